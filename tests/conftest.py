@@ -1,0 +1,76 @@
+"""Shared fixtures: a private TUNELAB_HOME per test and a tiny random llama built from a config (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAVEL = ROOT / "examples" / "travel"
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def build_tiny_model(path: Path, *, vocab_size: int = 600, context: int = 1024) -> Path:
+    """A byte-level BPE trained on the travel data, with ChatML markers as special tokens, and a 2-layer llama."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    texts = [m["content"] for line in (TRAVEL / "train.jsonl").read_text().splitlines()
+             for m in json.loads(line)["messages"]]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, initializer_range=0.2, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,  # larger init: the frozen tied head must be able to reach confident logits
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def chat(user: str = "Where should I go in May?", reply: str = "Lisbon is lovely in May. What do you enjoy?",
+         system: str | None = "You are a travel assistant.") -> dict:
+    messages = [{"role": "system", "content": system}] if system else []
+    return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]}
+
+
+def varied_chats(n: int) -> list[dict]:
+    """n distinct valid conversations (distinct enough not to be near duplicates of each other)."""
+    places = ["Lisbon", "Kyoto", "Cusco", "Hanoi", "Oslo", "Fez", "Quebec", "Hobart", "Tbilisi", "Cartagena",
+              "Valletta", "Luang Prabang", "Ljubljana", "Zanzibar", "Bergen", "Oaxaca"]
+    topics = ["festivals in spring", "hiking trails nearby", "the local markets", "museums on a rainy day",
+              "day trips by train", "the weather in autumn"]
+    rows = []
+    for i in range(n):
+        place, topic = places[i % len(places)], topics[i // len(places) % len(topics)]
+        rows.append(chat(f"Tell me about {topic} around {place}, trip number {i}?",
+                         f"{place} has wonderful options for {topic}: start early and wander. Variant {i} "
+                         f"of my answer mentions {place} again. What pace do you like?"))
+    return rows

@@ -1,0 +1,133 @@
+"""The `tunelab` command as a user types it: exit codes, readable errors (no tracebacks), files written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tunelab.cli.main import main
+from conftest import TRAVEL, varied_chats, write_jsonl
+
+
+def tunelab(capsys, *argv: str) -> tuple[int, str]:
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.fixture
+def broken(tmp_path):
+    rows = [json.dumps(r) for r in varied_chats(11)]
+    rows[2] = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}'
+    return write_jsonl(tmp_path / "broken.jsonl", rows)
+
+
+def test_data_check_names_the_line_and_rule_and_fails(capsys, broken, tiny_model):
+    code, output = tunelab(capsys, "data", "check", str(broken), "--model", str(tiny_model))
+    assert code == 1
+    assert "line 3 [invalid_content] messages[1].content is empty" in output
+    assert "Traceback" not in output and "1 error(s)" in output
+
+
+def test_data_check_json_lists_errors_for_programs(capsys, broken, tiny_model):
+    code, output = tunelab(capsys, "data", "check", str(broken), "--model", str(tiny_model), "--json")
+    report = json.loads(output)
+    assert code == 1 and report["ok"] is False
+    assert [(e["line"], e["rule"]) for e in report["files"][0]["errors"]] == [(3, "invalid_content")]
+
+
+def test_data_check_on_travel_data_passes_with_statistics(capsys, tiny_model):
+    code, output = tunelab(capsys, "data", "check", str(TRAVEL / "train.jsonl"), "--validation",
+                           str(TRAVEL / "valid.jsonl"), "--model", str(tiny_model), "--json")
+    report = json.loads(output)
+    assert code == 0 and report["ok"]
+    tokens = report["files"][0]["tokens"]
+    assert tokens["examples"] == report["files"][0]["examples"] >= 150
+    assert sum(b["count"] for b in tokens["histogram"]) == tokens["examples"]
+    assert tokens["min"] <= tokens["median"] <= tokens["p95"] <= tokens["max"]
+    assert 0 < tokens["trained_total"] < tokens["total"]
+    assert report["n_epochs"] == 3 and report["estimated_seconds"] > 0
+
+
+def test_data_check_terminal_report_has_histogram_and_estimate(capsys, tiny_model, tmp_path):
+    code, output = tunelab(capsys, "data", "check", str(write_jsonl(tmp_path / "d.jsonl", varied_chats(12))),
+                           "--model", str(tiny_model))
+    assert code == 0
+    assert "tokens per example" in output and "█" in output and "Training estimate" in output
+    assert "ready to train" in output
+
+
+def test_missing_file_is_a_clean_error(capsys, tmp_path):
+    code, output = tunelab(capsys, "data", "check", str(tmp_path / "nope.jsonl"))
+    assert code == 2 and "no such file" in output and "Traceback" not in output
+
+
+def test_models_list_shows_the_catalog(capsys):
+    code, output = tunelab(capsys, "models", "list", "--json")
+    rows = {r["name"]: r for r in json.loads(output)}
+    assert code == 0 and {"SmolLM2-135M-Instruct", "gemma-3-270m"} <= set(rows)
+    assert rows["gemma-3-270m"]["chat_template"] == "tunelab default (gemma)"
+    code, output = tunelab(capsys, "models", "list")
+    assert "SmolLM2-135M-Instruct" in output and "template" in output
+
+
+def test_models_import_copies_a_safetensors_directory(capsys, tiny_model):
+    code, output = tunelab(capsys, "models", "import", str(tiny_model), "--name", "tiny")
+    assert code == 0 and "Imported tiny" in output
+    rows = {r["name"]: r for r in json.loads(tunelab(capsys, "models", "list", "--json")[1])}
+    assert rows["tiny"]["installed"] and rows["tiny"]["parameters"].endswith("K")
+    code, output = tunelab(capsys, "models", "import", str(tiny_model), "--name", "tiny")
+    assert code == 2 and "already exists" in output
+
+
+def test_models_import_refuses_pickle_weights_and_remote_code(capsys, tiny_model, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(tiny_model / "config.json", pickled)
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    code, output = tunelab(capsys, "models", "import", str(pickled), "--name", "pickled")
+    assert code == 2 and "pickle" in output and "Traceback" not in output
+
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_model, remote)
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))
+    code, output = tunelab(capsys, "models", "import", str(remote), "--name", "remote")
+    assert code == 2 and "remote code" in output
+
+
+def test_train_through_the_cli_writes_the_run(capsys, tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", varied_chats(12))
+    out = tmp_path / "run"
+    code, output = tunelab(capsys, "train", "--model", str(tiny_model), "--train", str(data), "--epochs", "2",
+                           "--seed", "1", "--suffix", "ft-travel", "--out", str(out))
+    assert code == 0, output
+    assert "n_epochs=2" in output and "batch_size=1" in output  # resolved settings are shown
+    assert str(out / "adapter") in output
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "results.csv").is_file()
+
+
+def test_train_rejects_bad_flags_naming_them(capsys, tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", varied_chats(12))
+    code, output = tunelab(capsys, "train", "--model", str(tiny_model), "--train", str(data), "--epochs", "0",
+                           "--learning-rate-multiplier", "fast")
+    assert code == 2 and "--epochs" in output and "--learning-rate-multiplier" in output
+    code, output = tunelab(capsys, "train", "--model", "no-such-model", "--train", str(data))
+    assert code == 2 and "does not exist" in output and "SmolLM2-135M-Instruct" in output
+
+
+def test_data_check_reports_examples_over_the_context(capsys, tiny_model, tmp_path):
+    long = {"messages": [{"role": "user", "content": "Tell me about Peru. " * 400},
+                         {"role": "assistant", "content": "Machu Picchu at dawn is unforgettable. When will you go?"}]}
+    data = write_jsonl(tmp_path / "d.jsonl", varied_chats(11) + [long])
+    code, output = tunelab(capsys, "data", "check", str(data), "--model", str(tiny_model), "--json")
+    tokens = json.loads(output)["files"][0]["tokens"]
+    assert code == 0 and tokens["over_limit"] == [12] and tokens["context_limit"] == 1024
+    code, output = tunelab(capsys, "data", "check", str(data), "--model", str(tiny_model))
+    assert "1 example(s) exceed the 1024-token context" in output and "truncated from the end" in output

