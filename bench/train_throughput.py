@@ -1,12 +1,14 @@
 """Training throughput: tunelab's recipe vs TRL `SFTTrainer` + PEFT, side by side on the same data and model.
 
     make bench                     # = .venv/bin/python bench/train_throughput.py
-    .venv/bin/python bench/train_throughput.py --examples 160 --epochs 1
+    .venv/bin/python bench/train_throughput.py --examples 64 --batch-size 4
 
-Both fine-tune SmolLM2-135M-Instruct with LoRA (same rank, alpha, target modules, learning rate, epochs and batch
-size) on the travel data set; TRL keeps its other defaults (gradient checkpointing on, padding to the longest in
-the batch, loss over the whole sequence). Each runs in its own process so peak memory (max RSS) is its own.
-Throughput counts real chat-template tokens, unpadded, for both: Σ tokens per conversation × epochs / seconds.
+Both fine-tune SmolLM2-135M-Instruct with LoRA (same rank, alpha, target modules, learning rate and epochs) on
+the travel data set; everything else is each tool's default: TRL's gradient checkpointing, padding to the longest
+in the batch, loss over the whole sequence and batch size 8; tunelab's "auto" batch size (2 for 64–127 examples,
+4 for 128–255). `--batch-size N` sets the same batch size for both. Each runs in its own process, so peak memory
+(max RSS) is its own. Throughput counts real chat-template tokens, unpadded, for both:
+Σ tokens per conversation × epochs / seconds of training.
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ def run_tunelab(train: Path, args) -> dict:
         def finish(self): pass
 
     out = Path(tempfile.mkdtemp()) / "run"
-    config = parse_config(model=MODEL, train_file=train, n_epochs=args.epochs, batch_size=args.batch_size,
+    config = parse_config(model=MODEL, train_file=train, n_epochs=args.epochs, batch_size=args.batch_size or "auto",
                           seed=0, lora_rank=args.rank, out=out)
     started = time.perf_counter()
     result = run(config, Quiet())
-    return {"seconds": time.perf_counter() - started, "final_loss": result.metrics["train_loss"]}
+    hyperparameters = json.loads((out / "config.json").read_text())["hyperparameters"]
+    return {"seconds": time.perf_counter() - started, "final_loss": result.metrics["train_loss"],
+            "batch_size": hyperparameters["batch_size"]}
 
 
 def run_trl(train: Path, args) -> dict:
@@ -66,9 +70,10 @@ def run_trl(train: Path, args) -> dict:
 
     path = get_settings().models_dir / MODEL
     rows = [json.loads(line) for line in train.read_text().splitlines() if line.strip()]
-    config = SFTConfig(output_dir=tempfile.mkdtemp(), num_train_epochs=args.epochs,
-                       per_device_train_batch_size=args.batch_size, learning_rate=BASE_LEARNING_RATE["lora"],
-                       seed=0, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True)
+    batch = {"per_device_train_batch_size": args.batch_size} if args.batch_size else {}
+    config = SFTConfig(output_dir=tempfile.mkdtemp(), num_train_epochs=args.epochs, **batch,
+                       learning_rate=BASE_LEARNING_RATE["lora"], seed=0, report_to=[], save_strategy="no",
+                       logging_steps=1, use_cpu=True)
     lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=load_causal_lm(path), args=config, train_dataset=Dataset.from_list(rows),
@@ -76,7 +81,7 @@ def run_trl(train: Path, args) -> dict:
     started = time.perf_counter()
     output = trainer.train()
     return {"seconds": time.perf_counter() - started, "final_loss": output.training_loss,
-            "gradient_checkpointing": config.gradient_checkpointing, "padding_free": config.padding_free,
+            "batch_size": config.per_device_train_batch_size, "gradient_checkpointing": config.gradient_checkpointing, "padding_free": config.padding_free,
             "packing": config.packing}
 
 
@@ -88,9 +93,9 @@ def child(which: str, train: Path, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=64, help="first N travel training conversations")
+    parser.add_argument("--examples", type=int, default=160, help="first N travel training conversations [all]")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, help="the same for both [default: each tool's own]")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--only", choices=["tunelab", "trl"])
     parser.add_argument("--child", choices=["tunelab", "trl"], help=argparse.SUPPRESS)
@@ -108,12 +113,12 @@ def main() -> None:
     train.write_text("\n".join(lines) + "\n")
     tokens = real_tokens(train, args.epochs)
     print(f"{len(lines)} conversations × {args.epochs} epoch(s) = {tokens:,} real tokens; LoRA r={args.rank}, "
-          f"batch {args.batch_size}, {os.cpu_count()} CPU cores", flush=True)
+          f"batch size {args.batch_size or 'each default'}, {os.cpu_count()} CPU cores", flush=True)
 
     results = {}
     for which in [args.only] if args.only else ["tunelab", "trl"]:
         cmd = [sys.executable, __file__, "--child", which, "--train", str(train), "--epochs", str(args.epochs),
-               "--batch-size", str(args.batch_size), "--rank", str(args.rank)]
+               "--rank", str(args.rank)] + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -121,7 +126,7 @@ def main() -> None:
         results[which] = json.loads(line[0][7:])
         results[which]["tokens_per_second"] = tokens / results[which]["seconds"]
         r = results[which]
-        print(f"{which:8} {r['tokens_per_second']:7.1f} tokens/s  {r['seconds']:7.1f} s  "
+        print(f"{which:8} batch {r['batch_size']}: {r['tokens_per_second']:7.1f} tokens/s  {r['seconds']:7.1f} s  "
               f"peak RSS {r['peak_rss_mb']:6.0f} MB  final loss {r['final_loss']:.3f}", flush=True)
     if len(results) == 2:
         speedup = results["tunelab"]["tokens_per_second"] / results["trl"]["tokens_per_second"]

@@ -131,3 +131,32 @@ def test_data_check_reports_examples_over_the_context(capsys, tiny_model, tmp_pa
     assert code == 0 and tokens["over_limit"] == [12] and tokens["context_limit"] == 1024
     code, output = tunelab(capsys, "data", "check", str(data), "--model", str(tiny_model))
     assert "1 example(s) exceed the 1024-token context" in output and "truncated from the end" in output
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = write_jsonl(tmp_path / "d.jsonl", varied_chats(12))
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", "from tunelab.cli.main import main; main()", "train", "--model",
+               str(tiny_model), "--train", str(data), "--epochs", "50", "--seed", "1", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "results.csv").exists() or \
+            len((out / "results.csv").read_text().splitlines()) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "checkpoint saved" in output and "--resume" in output and "Traceback" not in output
+    (checkpoint,) = [p for p in (out / "checkpoints").iterdir()]
+    stopped_at = int(checkpoint.name.removeprefix("step-"))
+    assert 2 <= stopped_at < 600 and not (out / "adapter").exists()
+
+    done = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"Resuming from step-{stopped_at:06d}" in done.stderr
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -56,3 +56,17 @@ def test_tool_calls_are_rendered_for_templates_without_tool_support(tiny_model):
     assert '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call>' in text
     assert "4C and windy" not in text and text.endswith("fjord trips?<|im_end|>\n")
     assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}  # the input was not modified
+
+
+def test_gemma_default_template_folds_the_system_message_and_masks_model_turns(tiny_model):
+    from tunelab.models.templates import GEMMA
+
+    tokenizer = load_tokenizer(tiny_model)
+    tokenizer.chat_template = GEMMA
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello! Where to?"}]
+    chat = render_chat(tokenizer, messages)
+    text = tokenizer.decode(chat.input_ids)
+    assert text.endswith("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+                         "Hello! Where to?<end_of_turn>\n")
+    assert masked_text(tokenizer, chat) == "Hello! Where to?<end_of_turn>\n"

@@ -211,3 +211,59 @@ def test_examples_over_the_context_are_truncated_and_reported(tiny_model, data, 
     run(config(tiny_model, data, tmp_path / "run", n_epochs=1, max_seq_len=200), reporter)
     (message,) = [m for m in reporter.messages if "training example" in m]
     assert message.startswith("12 training example(s) longer than 200 tokens were truncated (lines 1, 2, 3")
+
+
+def test_full_fine_tuning_trains_every_weight_and_resumes_exactly(tiny_model, data, tmp_path):
+    from safetensors.torch import load_file as load
+
+    whole = tmp_path / "whole"
+    result = run(config(tiny_model, data, whole, method="full", n_epochs=2, learning_rate_multiplier=1.0), Recorder())
+    assert result.weights == whole / "model" and (whole / "model" / "config.json").is_file()
+    trained = load(whole / "model" / "model.safetensors")
+    original = load(tiny_model / "model.safetensors")
+    assert trained.keys() == original.keys()
+    assert all(not torch.equal(trained[k], original[k]) for k in trained if k.endswith("proj.weight"))
+
+    parts = tmp_path / "parts"
+    stop = threading.Event()
+    run(config(tiny_model, data, parts, method="full", n_epochs=2, learning_rate_multiplier=1.0),
+        Recorder(4, stop), stop=stop)
+    run(config(tiny_model, data, parts, method="full", n_epochs=2, learning_rate_multiplier=1.0), Recorder(),
+        resume=True)
+    resumed = load(parts / "model" / "model.safetensors")
+    assert all(torch.equal(trained[k], resumed[k]) for k in trained)
+    assert read_csv(whole / "results.csv") == read_csv(parts / "results.csv")
+
+
+def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model, data):
+    from tunelab.train.prefix import compute_prefix, shared_length
+    from tunelab.train.recipe import loss_step
+
+    hp = resolve(config(tiny_model, data, None), 12, 0)
+    torch.manual_seed(0)
+    model = setup_model(resolve_model(str(tiny_model)), hp)
+    for p in model.parameters():  # non-zero LoRA B, so every LoRA weight gets a gradient
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:4]
+    assert shared_length(batch) > 50  # the travel system message
+
+    def gradients(share: bool):
+        model.zero_grad(set_to_none=True)
+        prefix = compute_prefix(model.get_base_model(), batch) if share else None
+        losses = []
+        for sample in batch:
+            loss, _ = loss_step(model, sample, prefix)
+            loss.backward()
+            losses.append(loss.item())
+        if prefix:
+            prefix.backward()
+        return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain_losses, plain = gradients(False)
+    shared_losses, shared = gradients(True)
+    assert shared_losses == pytest.approx(plain_losses, rel=1e-5)
+    assert plain.keys() == shared.keys()
+    for name in plain:
+        scale = plain[name].abs().max()
+        assert (plain[name] - shared[name]).abs().max() <= 1e-4 * scale, (name, (plain[name] - shared[name]).abs().max(), scale)

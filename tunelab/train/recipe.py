@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from .. import __version__
 from ..config import get_settings
 from ..data.samples import Sample, load_samples
-from ..errors import InvalidRequest
+from ..errors import CheckpointError, InvalidRequest
 from ..models.catalog import LocalModel, resolve_model
 from ..models.load import load_causal_lm, load_tokenizer
 from . import checkpoints
 from .config import Hyperparameters, TrainConfig, resolve
 from .metrics import Reporter, ResultsCsv, StepMetrics
+from .prefix import SharedPrefix, compute_prefix
 
 
 @dataclass
@@ -62,9 +63,13 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
                              f"(lines {', '.join(map(str, cut[:10]))}{'…' if len(cut) > 10 else ''})")
 
     out = config.out or get_settings().runs_dir / f"{base.name}-{config.suffix or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
-    hp = _prepare_out_dir(out, config, resolve(config, len(train_set), len(valid_set)), resume)
+    hp = _hyperparameters(out, config, resolve(config, len(train_set), len(valid_set)), resume)
     torch.manual_seed(hp.seed)
     model = setup_model(base, hp)
+    if not resume:  # only now, so a run that could not start leaves no directory behind
+        out.mkdir(parents=True, exist_ok=True)
+        data = {"config": json.loads(config.model_dump_json()), "hyperparameters": hp.model_dump()}
+        (out / "config.json").write_text(json.dumps(data, indent=2))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate,
                                   weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(hp))
@@ -124,10 +129,13 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
 
 
 def setup_model(base: LocalModel, hp: Hyperparameters) -> torch.nn.Module:
-    """Load the base model in fp32; for LoRA wrap every linear layer (not the LM head) with rank-r adapters."""
+    """Load the base model in fp32 (on the GPU when there is one); for LoRA, wrap every linear layer but the
+    LM head with rank-r adapters."""
     from peft import LoraConfig, get_peft_model
 
     model = load_causal_lm(base.path)
+    if torch.cuda.is_available():
+        model.to("cuda")
     model.config.use_cache = False
     if hp.method == "full":
         return model
@@ -143,19 +151,22 @@ def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
     return [order[i:i + hp.batch_size] for i in range(0, n, hp.batch_size)]
 
 
-def loss_step(model: torch.nn.Module, sample: Sample) -> tuple[torch.Tensor, int]:
+def loss_step(model: torch.nn.Module, sample: Sample, prefix: SharedPrefix | None = None) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the sample's trained tokens, and how many of them the model predicts right.
 
-    The decoder runs over the whole conversation, but the vocabulary projection (a 49k × 576 matmul per token
-    for SmolLM2) runs only at positions whose next token is trained.
+    The decoder runs over the conversation (after `prefix`, when the batch shares one), but the vocabulary
+    projection (a 49k × 576 matmul per token for SmolLM2) runs only at positions whose next token is trained.
     """
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal.get_decoder()(input_ids=sample.input_ids[None]).last_hidden_state[0]
-    logits = causal.get_output_embeddings()(hidden[sample.positions]).float()
+    causal = _causal(model)
+    device = causal.device
+    start, extra = (prefix.length, {"cache": prefix.cache(), "use_cache": True}) if prefix else (0, {})
+    hidden = causal.get_decoder()(input_ids=sample.input_ids[start:].to(device)[None], **extra).last_hidden_state[0]
+    logits = causal.get_output_embeddings()(hidden[(sample.positions - start).to(device)]).float()
+    targets = sample.targets.to(device)
     if cap := getattr(causal.config, "final_logit_softcapping", None):
         logits = torch.tanh(logits / cap) * cap
-    loss = F.cross_entropy(logits, sample.targets, reduction="sum")
-    correct = int((logits.argmax(-1) == sample.targets).sum())
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    correct = int((logits.argmax(-1) == targets).sum())
     return loss, correct
 
 
@@ -164,11 +175,14 @@ def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float,
     n_trained = sum(s.n_trained for s in batch)
     total, correct = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
+    prefix = compute_prefix(_causal(model), batch)
     for sample in batch:  # one conversation at a time: no padding, gradients accumulate
-        loss, right = loss_step(model, sample)
+        loss, right = loss_step(model, sample, prefix)
         (loss / n_trained).backward()
         total += loss.item()
         correct += right
+    if prefix:
+        prefix.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     optimizer.step()
     scheduler.step()
@@ -180,13 +194,19 @@ def evaluate(model, samples: list[Sample]) -> tuple[float, float]:
     """Mean token loss and accuracy over `samples`, weighted by trained tokens."""
     model.eval()
     total, correct, n = 0.0, 0, 0
+    prefix = compute_prefix(_causal(model), samples)
     for sample in samples:
-        loss, right = loss_step(model, sample)
+        loss, right = loss_step(model, sample, prefix)
         total += loss.item()
         correct += right
         n += sample.n_trained
     model.train()
     return total / n, correct / n
+
+
+def _causal(model):
+    """The transformers model inside a PEFT wrapper (LoRA layers are injected into it in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _schedule(hp: Hyperparameters):
@@ -223,7 +243,7 @@ def _load_weights(model, checkpoint: Path, hp: Hyperparameters) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if model.config.tie_word_embeddings and "lm_head" in k}
     if unexpected or set(missing) - tied:
-        raise checkpoints.CheckpointError(f"checkpoint {checkpoint} does not match the model")
+        raise CheckpointError(f"checkpoint {checkpoint} does not match the model")
 
 
 def _save_final(model, tokenizer, weights: Path, out: Path, base: LocalModel, config: TrainConfig,
@@ -249,8 +269,8 @@ def _save_final(model, tokenizer, weights: Path, out: Path, base: LocalModel, co
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def _prepare_out_dir(out: Path, config: TrainConfig, hp: Hyperparameters, resume: bool) -> Hyperparameters:
-    """Create the run directory and its config.json; on resume, reuse the recorded hyperparameters."""
+def _hyperparameters(out: Path, config: TrainConfig, hp: Hyperparameters, resume: bool) -> Hyperparameters:
+    """The run's hyperparameters: `hp` for a new run directory, the recorded ones when resuming."""
     saved = out / "config.json"
     if resume:
         if not saved.exists():
@@ -266,9 +286,6 @@ def _prepare_out_dir(out: Path, config: TrainConfig, hp: Hyperparameters, resume
     if out.exists() and any(out.iterdir()):
         raise InvalidRequest(f"{out} already holds a run; pass --resume to continue it or choose another --out",
                              param="out")
-    out.mkdir(parents=True, exist_ok=True)
-    data = {"config": json.loads(config.model_dump_json()), "hyperparameters": hp.model_dump()}
-    saved.write_text(json.dumps(data, indent=2))
     return hp
 
 
