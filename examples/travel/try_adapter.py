@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 SYSTEM = ("You are an AI travel assistant that helps people plan their trips. Your objective is to offer support for "
@@ -25,10 +26,14 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from tunelab.models.catalog import resolve_model
     from tunelab.models.load import load_causal_lm
 
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a run directory written by `tunelab train`")
     parser.add_argument("--question", action="append", help="ask this instead (repeatable)")
@@ -46,14 +51,19 @@ def main() -> None:
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=160, do_sample=False, repetition_penalty=1.1,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
-        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        new = out[0, ids.shape[1]:]
+        cut = "…" if new[-1] != tokenizer.eos_token_id else ""  # stopped by the token limit, not by the model
+        return tokenizer.decode(new, skip_special_tokens=True).strip() + cut
 
     table = Table("question", f"{manifest['base_model']} (base)", "fine-tuned", show_lines=True)
     for question in args.question or QUESTIONS:
         with model.disable_adapter():
             base = answer(question)
         table.add_row(question, base, answer(question))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a log or `make` output: give the side-by-side answers room
+        console = Console(width=140)
+    console.print(table)
 
 
 if __name__ == "__main__":

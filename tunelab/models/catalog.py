@@ -18,7 +18,7 @@ from typing import Callable
 from ..config import get_settings
 from ..errors import InvalidRequest, ModelNotFound, ModelRefused
 from .convert import convert_gguf
-from .load import check_model_dir, load_tokenizer
+from .load import PICKLE_SUFFIXES, check_model_dir, load_tokenizer
 from .templates import TEMPLATES
 
 METADATA = "tunelab.json"
@@ -172,8 +172,7 @@ def _copy_model_dir(source: Path, target: Path) -> str:
     """Copy everything but pickle files; give the tokenizer the default template if it has none."""
     work = target.parent / f".{target.name}-import"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(source, work, ignore=shutil.ignore_patterns(*(f"*{s}" for s in
-                                                                   (".bin", ".pt", ".pth", ".ckpt", ".pkl"))))
+    shutil.copytree(source, work, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)))
     try:
         tokenizer = load_tokenizer(work)
         template = "model"
