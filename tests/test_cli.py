@@ -160,3 +160,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_model, tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"Resuming from step-{stopped_at:06d}" in done.stderr
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_an_unwritable_run_directory_is_a_clean_error(capsys, tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", varied_chats(12))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run directory's parent should be")
+    code, output = tunelab(capsys, "train", "--model", str(tiny_model), "--train", str(data),
+                           "--out", str(blocker / "run"))
+    assert code == 2 and "Not a directory" in output and "Traceback" not in output

@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     except TunelabError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
         sys.exit(2)
+    except OSError as exc:  # disk full, permissions, a vanished file: say what and where, without a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/red] {escape(exc.strerror or str(exc))}{escape(where)}", highlight=False)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

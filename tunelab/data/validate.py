@@ -88,45 +88,42 @@ def validate_file(path: str | Path, *, min_examples: int = MIN_EXAMPLES) -> Vali
     def error(line: int, rule: str, message: str) -> None:
         result.problems.append(Problem(name, line, rule, message))
 
-    raw = Path(path).read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
-        chunk = chunk.removesuffix(b"\r")
-        if not chunk.strip():
-            continue
-        if b"\x00" in chunk:
-            error(number, "encoding", "the line contains a NUL byte")
-            continue
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            error(number, "encoding", f"not valid UTF-8 (byte {exc.start + 1} of the line)")
-            continue
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            error(number, "invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        except RecursionError:
-            error(number, "invalid_json", "JSON nested too deeply")
-            continue
-        if _depth(data) > MAX_JSON_DEPTH:
-            error(number, "invalid_json", f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
-            continue
-        if not isinstance(data, dict):
-            error(number, "not_an_object", f"each line must be a JSON object, found {_kind(data)}")
-            continue
-        found = _check_example(data)
-        for rule, message in found:
-            error(number, rule, message)
-        if not found:
-            result.examples.append(Example(number, _normalise(data["messages"]), data.get("tools")))
+    with Path(path).open("rb") as lines:  # streamed: a 512 MB upload is never held whole
+        for number, chunk in enumerate(lines, start=1):
+            _check_line(number, chunk.removeprefix(b"\xef\xbb\xbf") if number == 1 else chunk, result, error)
 
     if len(result.examples) < min_examples:
         error(0, "too_few_examples",
               f"the file has {len(result.examples)} valid example(s), but must have at least {min_examples}")
     return result
+
+
+def _check_line(number: int, chunk: bytes, result: Validation, error) -> None:
+    """Decode and parse one line, then apply the per-example rules; valid examples join `result`."""
+    chunk = chunk.removesuffix(b"\n").removesuffix(b"\r")
+    if not chunk.strip():
+        return
+    if b"\x00" in chunk:
+        return error(number, "encoding", "the line contains a NUL byte")
+    try:
+        text = chunk.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return error(number, "encoding", f"not valid UTF-8 (byte {exc.start + 1} of the line)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return error(number, "invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        return error(number, "invalid_json", "JSON nested too deeply")
+    if _depth(data) > MAX_JSON_DEPTH:
+        return error(number, "invalid_json", f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    if not isinstance(data, dict):
+        return error(number, "not_an_object", f"each line must be a JSON object, found {_kind(data)}")
+    found = _check_example(data)
+    for rule, message in found:
+        error(number, rule, message)
+    if not found:
+        result.examples.append(Example(number, _normalise(data["messages"]), data.get("tools")))
 
 
 def _check_example(data: dict) -> list[tuple[str, str]]:
