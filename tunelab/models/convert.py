@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.console import Console
 
 from .templates import TEMPLATES
 
@@ -23,31 +23,37 @@ def convert_gguf(gguf: Path, target: Path, *, default_template: str = "chatml") 
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    console = Console(stderr=True)
+    console.print(f"Converting {gguf.name} into safetensors (once; later loads take seconds)")
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # transformers' own bar follows the slow part, dequantizing each tensor
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
-            task = bar.add_task(f"Converting {gguf.name} (once): reading and dequantizing", total=3)
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            bar.update(task, advance=1, description="Converting: rebuilding the model in fp32")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        if not bars_were_on:
+            hf_logging.disable_progress_bar()
+        with console.status("rebuilding the model in fp32 and writing safetensors"):
             settings = {k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"}
             config = type(quantized.config).from_dict(settings)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             model.load_state_dict(quantized.state_dict(), strict=True)
             del quantized
-            bar.update(task, advance=1, description="Converting: writing safetensors")
             template_source = "model"
             if not tokenizer.chat_template:
                 tokenizer.chat_template = TEMPLATES[default_template]
                 template_source = f"tunelab default ({default_template})"
             model.save_pretrained(work, safe_serialization=True)
             tokenizer.save_pretrained(work)
-            bar.update(task, advance=1)
         if target.exists():
             shutil.rmtree(target)
         work.rename(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if not bars_were_on:
+            hf_logging.disable_progress_bar()
+    console.print(f"Converted into {target}")
     return template_source
