@@ -39,12 +39,12 @@ def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
-        start = len(_apply(tokenizer, messages[:i], tools, generation_prompt=True)) if i else 0
+        prompt = _apply(tokenizer, messages[:i], tools, generation_prompt=True) if i else ""
         before_next = _apply(tokenizer, messages[: i + 1], tools, generation_prompt=False)
-        if not text.startswith(before_next):
+        if not (text.startswith(before_next) and before_next.startswith(prompt)):
             raise InvalidRequest("the chat template does not render conversations incrementally, so assistant "
                                  "turns cannot be located; use a template whose output grows turn by turn")
-        spans.append((start, len(before_next)))
+        spans.append((len(prompt), len(before_next)))
 
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
