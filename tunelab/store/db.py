@@ -1,0 +1,121 @@
+"""The SQLite state database: one file in WAL mode, numbered migrations, writes in `BEGIN IMMEDIATE` transactions.
+
+SQLite the boring way: plain SQL; migrations are files `migrations/NNNN_name.sql`, applied in order and recorded
+in `PRAGMA user_version`, never edited once shipped; every write takes the write lock up front (a deferred
+transaction that upgrades from read to write fails at once with SQLITE_BUSY instead of waiting); `synchronous=FULL`
+so a record acknowledged to a client survives a crash; `integrity_check` before serving.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import TunelabError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+BUSY_TIMEOUT_MS = 5_000
+
+
+class StoreCorrupt(TunelabError):
+    code = "store_corrupt"
+    status = 503
+
+
+class Database:
+    """A handle on the state database; each thread gets its own connection."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: no implicit transactions; `write()` opens them explicitly.
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the write lock from its first statement; rolled back on any error."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        return self.connection().execute(sql, params).fetchall()
+
+    def version(self) -> int:
+        return self.connection().execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> int:
+        """Apply every migration newer than the database, each in its own transaction; return the new version."""
+        for number, path in migrations():
+            if number <= self.version():
+                continue
+            with self.write() as conn:
+                for statement in _statements(path.read_text()):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+        return self.version()
+
+    def check_integrity(self) -> None:
+        """Refuse to serve on a damaged database, naming the file."""
+        try:
+            result = self.connection().execute("PRAGMA integrity_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(f"the state database {self.path} is damaged ({exc}); restore it from a backup or "
+                               "move it aside to start empty") from None
+        if result != "ok":
+            raise StoreCorrupt(f"the state database {self.path} failed its integrity check ({result}); restore "
+                               "it from a backup or move it aside to start empty")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def migrations() -> list[tuple[int, Path]]:
+    """The migration files, by number; numbers must be unique and start at 1."""
+    found = []
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        match = re.match(r"(\d{4})_\w+\.sql$", path.name)
+        if not match:
+            raise AssertionError(f"migration file {path.name} is not named NNNN_name.sql")
+        found.append((int(match.group(1)), path))
+    numbers = [n for n, _ in found]
+    assert numbers == list(range(1, len(numbers) + 1)), f"migrations must be numbered 1..n, found {numbers}"
+    return found
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements, line by line, with SQLite's own idea of where a statement ends."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not all(l.strip().startswith("--") or not l.strip() for l in buffer.splitlines()):
+        raise AssertionError(f"unterminated statement at the end of a migration: {buffer.strip()[:80]}")
+    return statements
