@@ -1,0 +1,142 @@
+"""The durable job queue in SQLite: statuses, the transitions between them, and leases with fencing.
+
+A worker claims the oldest queued job by a conditional UPDATE inside `BEGIN IMMEDIATE`, so two workers can never
+own the same job. The claim hands out a lease token; heartbeats extend the lease and every worker write names the
+token, so a worker that stalled past its lease (and was reaped) cannot overwrite the new owner's state. The reaper
+puts jobs whose lease expired back in the queue (resumed later from their last checkpoint) until `max_attempts`,
+then fails them with the last cause.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from ..errors import InvalidRequest, NotFound
+from ..store.db import Database
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+# What a client may ask for, from which statuses; anything else is a 400 and changes nothing.
+CLIENT_TRANSITIONS = {
+    "cancel": {"validating_files", "queued", "running", "paused"},
+    "pause": {"running"},
+    "resume": {"paused"},
+}
+
+
+@dataclass
+class Lease:
+    job_id: str
+    token: str
+    attempt: int
+
+
+class LeaseLost(Exception):
+    """The worker's lease expired and the job moved on; the worker must stop writing and let go."""
+
+
+class Queue:
+    def __init__(self, db: Database, *, lease_seconds: float = 30.0, max_attempts: int = 3, clock=time.time):
+        self.db = db
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.clock = clock
+
+    def add(self, job_id: str, request: dict, status: str = "validating_files") -> None:
+        with self.db.write() as conn:
+            conn.execute("INSERT INTO jobs (id, status, request, created_at) VALUES (?, ?, ?, ?)",
+                         (job_id, status, json.dumps(request), int(self.clock())))
+
+    def status(self, job_id: str) -> str:
+        rows = self.db.query("SELECT status FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise NotFound(f"fine-tuning job {job_id!r} does not exist", param="fine_tuning_job_id")
+        return rows[0]["status"]
+
+    def set_status(self, job_id: str, status: str, *, expect: tuple[str, ...]) -> None:
+        """Move a job that is in one of `expect` to `status` (e.g. validating_files → queued)."""
+        with self.db.write() as conn:
+            done = conn.execute(f"UPDATE jobs SET status = ? WHERE id = ? AND status IN ({_marks(expect)})",
+                                (status, job_id, *expect)).rowcount
+        if not done:
+            raise InvalidRequest(f"job {job_id} is {self.status(job_id)}, not {' or '.join(expect)}")
+
+    def request(self, job_id: str, action: str) -> str:
+        """A client's cancel, pause or resume; returns the new status. Invalid transitions change nothing."""
+        with self.db.write() as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"fine-tuning job {job_id!r} does not exist", param="fine_tuning_job_id")
+            status = row["status"]
+            if status not in CLIENT_TRANSITIONS[action]:
+                raise InvalidRequest(f"cannot {action} job {job_id}: it is {status}", param="fine_tuning_job_id")
+            if status == "running":  # the worker stops at its next step boundary and records the outcome
+                conn.execute("UPDATE jobs SET requested = ? WHERE id = ?", (action, job_id))
+                return status
+            new = {"cancel": "cancelled", "resume": "queued"}[action]
+            finished = int(self.clock()) if new == "cancelled" else None
+            conn.execute("UPDATE jobs SET status = ?, finished_at = ?, requested = NULL WHERE id = ?",
+                         (new, finished, job_id))
+            return new
+
+    def claim(self, owner: str) -> Lease | None:
+        """Take the oldest queued job, or None."""
+        token = secrets.token_hex(16)
+        now = self.clock()
+        with self.db.write() as conn:
+            row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET status = 'running', lease_owner = ?, lease_token = ?, lease_expires_at = ?, "
+                         "attempt = attempt + 1 WHERE id = ? AND status = 'queued'",
+                         (owner, token, now + self.lease_seconds, row["id"]))
+            attempt = conn.execute("SELECT attempt FROM jobs WHERE id = ?", (row["id"],)).fetchone()["attempt"]
+        return Lease(row["id"], token, attempt)
+
+    def heartbeat(self, lease: Lease) -> str | None:
+        """Extend the lease; returns a pending client request ('cancel' or 'pause'), raises LeaseLost if fenced."""
+        with self.db.write() as conn:
+            done = conn.execute("UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_token = ? "
+                                "AND status = 'running'",
+                                (self.clock() + self.lease_seconds, lease.job_id, lease.token)).rowcount
+            if not done:
+                raise LeaseLost(lease.job_id)
+            return conn.execute("SELECT requested FROM jobs WHERE id = ?", (lease.job_id,)).fetchone()["requested"]
+
+    def finish(self, lease: Lease, status: str, **fields) -> None:
+        """Record the worker's outcome (succeeded, failed, cancelled, paused) and release the lease."""
+        assert status in (*FINAL, "paused"), status
+        values = {"status": status, "lease_owner": None, "lease_token": None, "lease_expires_at": None,
+                  "requested": None, **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}}
+        if status in FINAL:
+            values["finished_at"] = int(self.clock())
+        with self.db.write() as conn:
+            done = conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} "
+                                "WHERE id = ? AND lease_token = ?", (*values.values(), lease.job_id, lease.token)).rowcount
+        if not done:
+            raise LeaseLost(lease.job_id)
+
+    def reap(self) -> list[str]:
+        """Requeue running jobs whose lease expired (or fail them after max_attempts); returns their ids."""
+        now = self.clock()
+        with self.db.write() as conn:
+            rows = conn.execute("SELECT id, attempt FROM jobs WHERE status = 'running' AND lease_expires_at < ?",
+                                (now,)).fetchall()
+            for row in rows:
+                if row["attempt"] >= self.max_attempts:
+                    error = {"code": "worker_lost", "param": None,
+                             "message": f"the training process stopped {row['attempt']} times without finishing"}
+                    conn.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_owner = NULL, "
+                                 "lease_token = NULL, lease_expires_at = NULL WHERE id = ?",
+                                 (json.dumps(error), int(now), row["id"]))
+                else:
+                    conn.execute("UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_token = NULL, "
+                                 "lease_expires_at = NULL WHERE id = ?", (row["id"],))
+        return [r["id"] for r in rows]
+
+
+def _marks(values: tuple) -> str:
+    return ", ".join("?" for _ in values)
