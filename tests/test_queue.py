@@ -109,3 +109,11 @@ def test_invalid_client_transitions_change_nothing(queue, status, action):
 def test_unknown_job_is_not_found(queue):
     with pytest.raises(NotFound):
         queue.request("ftjob-nope", "cancel")
+
+
+def test_set_status_moves_only_from_the_expected_status(queue):
+    queue.add("ftjob-f", {})
+    queue.set_status("ftjob-f", "queued", expect=("validating_files",))
+    assert queue.status("ftjob-f") == "queued"
+    with pytest.raises(InvalidRequest, match="is queued, not validating_files"):
+        queue.set_status("ftjob-f", "queued", expect=("validating_files",))

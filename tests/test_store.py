@@ -108,3 +108,14 @@ def test_ids_never_come_from_user_names(tmp_path):
     for bad in ("../../etc/cron.d/x", "/abs", "..\\x", ".hidden", ""):
         with pytest.raises(ValueError):
             store.path(bad)
+
+
+def test_an_uncommitted_writer_leaves_nothing_even_over_an_existing_blob(tmp_path):
+    store = BlobStore(tmp_path / "files")
+    with store.writer("file-z", limit=100) as w:
+        w.write(b"first")
+        w.commit()
+    with store.writer("file-z", limit=100) as w:
+        w.write(b"second, never committed")
+    assert [p.name for p in (tmp_path / "files").iterdir()] == ["file-z"]
+    assert store.path("file-z").read_bytes() == b"first"

@@ -109,13 +109,14 @@ class Queue:
     def finish(self, lease: Lease, status: str, **fields) -> None:
         """Record the worker's outcome (succeeded, failed, cancelled, paused) and release the lease."""
         assert status in (*FINAL, "paused"), status
+        encoded = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
         values = {"status": status, "lease_owner": None, "lease_token": None, "lease_expires_at": None,
-                  "requested": None, **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}}
+                  "requested": None, **encoded}
         if status in FINAL:
             values["finished_at"] = int(self.clock())
         with self.db.write() as conn:
-            done = conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} "
-                                "WHERE id = ? AND lease_token = ?", (*values.values(), lease.job_id, lease.token)).rowcount
+            done = conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? "
+                                "AND lease_token = ?", (*values.values(), lease.job_id, lease.token)).rowcount
         if not done:
             raise LeaseLost(lease.job_id)
 

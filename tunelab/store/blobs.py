@@ -54,6 +54,7 @@ class BlobWriter:
         self.final = final
         self.limit = limit
         self.size = 0
+        self.committed = False
         self._hash = hashlib.sha256()
         self._tmp = final.with_name(f".tmp-{final.name}")
         self._file = self._tmp.open("wb")
@@ -75,6 +76,7 @@ class BlobWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self.final)
+        self.committed = True
 
     def abort(self) -> None:
         if not self._file.closed:
@@ -85,5 +87,5 @@ class BlobWriter:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is not None or not self.final.exists():
+        if not self.committed:
             self.abort()

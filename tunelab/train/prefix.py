@@ -55,8 +55,8 @@ def shared_length(batch: list[Sample]) -> int:
 
 def compute_prefix(causal, batch: list[Sample]) -> SharedPrefix | None:
     """Run the shared prefix of `batch` through the decoder once; None when sharing does not apply."""
-    if getattr(causal.config, "sliding_window", None) or getattr(causal.config, "layer_types", None) and \
-            any(t != "full_attention" for t in causal.config.layer_types):
+    layer_types = getattr(causal.config, "layer_types", None) or []
+    if getattr(causal.config, "sliding_window", None) or any(t != "full_attention" for t in layer_types):
         return None  # sliding-window caches drop old keys; keep those models on the plain path
     length = shared_length(batch)
     if not length:
