@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -16,7 +23,62 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    # Client commands must never find a service someone runs on this machine's default port.
+    monkeypatch.setenv("TUNELAB_BASE_URL", "http://127.0.0.1:9")
     return tmp_path / "home"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningService:
+    base_url: str  # ends in /v1
+    key: str
+
+    def client(self, **kwargs):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key=self.key, **kwargs)
+
+
+@contextmanager
+def serve_in_thread(**settings) -> Iterator[RunningService]:
+    """The real app (API and job worker) under uvicorn on a loopback port, in this process."""
+    import uvicorn
+
+    from tunelab.api.app import create_app
+    from tunelab.config import Settings
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(**settings)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    try:
+        yield RunningService(f"http://127.0.0.1:{port}/v1", os.environ.get("TUNELAB_API_KEY", ""))
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+@pytest.fixture
+def service(monkeypatch, tiny_model) -> Iterator[RunningService]:
+    """A running service with the tiny model in its catalog as `tiny` and a known API key."""
+    from tunelab.models.catalog import import_model
+
+    monkeypatch.setenv("TUNELAB_API_KEY", "test-key")
+    monkeypatch.setenv("TUNELAB_LEASE_SECONDS", "3")
+    import_model(tiny_model, "tiny")
+    with serve_in_thread() as running:
+        yield running
 
 
 def build_tiny_model(path: Path, *, vocab_size: int = 600, context: int = 1024) -> Path:

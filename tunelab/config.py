@@ -1,4 +1,4 @@
-"""Settings shared by every tunelab command, read from the environment (`TUNELAB_*`)."""
+"""Settings shared by every tunelab command and the service, read from the environment (`TUNELAB_*`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,23 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path("~/.tunelab"), description="Where models, runs and state live.")
     default_model: str = Field(default="SmolLM2-135M-Instruct", description="Base model used when none is named.")
 
+    # The service (`tunelab serve`) and its clients.
+    host: str = Field(default="127.0.0.1", description="Address `tunelab serve` binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `tunelab serve` listens on.")
+    api_key: str | None = Field(default=None, description="An API key the service accepts, and the key the CLI "
+                                "sends.")
+    base_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI's client commands find "
+                          "the service.")
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest file `POST /v1/files` "
+                                "accepts, in bytes.")
+    max_running_jobs: int = Field(default=1, ge=1, description="Fine-tuning jobs trained at the same time.")
+    lease_seconds: float = Field(default=30.0, gt=0, description="How long a job stays claimed without a "
+                                 "heartbeat before another worker takes it over.")
+    max_attempts: int = Field(default=3, ge=1, description="Times a job is started after its worker died before "
+                              "it fails.")
+    owner: str = Field(default="local", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="The owner named in "
+                       "fine-tuned model ids (ft:<base>:<owner>:<suffix>:<id>).")
+
     @property
     def models_dir(self) -> Path:
         return self.home.expanduser() / "models"
@@ -21,6 +38,11 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.home.expanduser() / "runs"
+
+    @property
+    def state_dir(self) -> Path:
+        """The service's state: the SQLite database, uploaded files, job runs."""
+        return self.home.expanduser() / "state"
 
 
 def get_settings() -> Settings:

@@ -1,8 +1,11 @@
-"""The `tunelab` command: models, data check and training. Errors print as one readable line, never a traceback.
+"""The `tunelab` command: models, data check, training, the service and its clients. Errors print as one
+readable line, never a traceback.
 
     tunelab models list
     tunelab data check examples/travel/train.jsonl --validation examples/travel/valid.jsonl
     tunelab train --model SmolLM2-135M-Instruct --train examples/travel/train.jsonl --suffix ft-travel
+    tunelab serve
+    tunelab jobs create --train examples/travel/train.jsonl --suffix ft-travel --wait
 """
 
 from __future__ import annotations
@@ -20,13 +23,18 @@ from rich.table import Column, Table
 from .. import __version__
 from ..config import get_settings
 from ..errors import ModelNotFound, TunelabError
+from .client import ApiKey, BaseUrl, ServiceUnreachable, delete_service_model, files_app, jobs_app, \
+    list_service_models, parse_auto
 
 app = typer.Typer(help="Fine-tune a chat model on your own examples, on your own machine.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
-models_app = typer.Typer(help="Base models: list the catalog, import your own.", no_args_is_help=True)
+models_app = typer.Typer(help="Models: list base and fine-tuned models, import your own, delete fine-tunes.",
+                         no_args_is_help=True)
 data_app = typer.Typer(help="Training data: the pre-flight check.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(files_app, name="files")
+app.add_typer(jobs_app, name="jobs")
 
 out = Console()
 err = Console(stderr=True)
@@ -39,20 +47,43 @@ def version() -> None:
 
 
 @models_app.command("list")
-def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON for programs.")) -> None:
-    """Show the base models: parameters, source, installed or not, chat template."""
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON for programs."),
+                base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Show base and fine-tuned models from the service; with no service running, the base models on this
+    machine."""
     from ..models.catalog import list_models
+    from ..models.registry import base_object
 
-    rows = list_models()
+    note = None
+    try:
+        rows = list_service_models(base_url, api_key)
+    except ServiceUnreachable as exc:
+        if base_url:  # the user named a service: say it is not there
+            raise
+        rows = [{**base_object(r), "install": r["install"]} for r in list_models()]
+        note = f"{exc.message.split(';')[0]}: showing the base models on this machine"
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table(Column("name", no_wrap=True), "parameters", "source", "installed", "chat template")
+    table = Table(Column("id", no_wrap=True, min_width=max(len(r["id"]) for r in rows)), "kind", "about")
     for r in rows:
-        installed = ("yes" + ("" if r["converted"] else " (converted on first use)")) if r["installed"] \
-            else f"no — {r['install']}"
-        table.add_row(r["name"], r["parameters"], r["source"], installed, r["chat_template"])
+        if r["kind"] == "base":
+            installed = "installed" if r.get("installed") else f"not installed — {r.get('install') or 'see the catalog'}"
+            about = f"{r.get('parameters')} parameters, {installed}, chat template: {r.get('chat_template')}"
+        else:
+            about = f"fine-tuned from {r.get('parent')}"
+        table.add_row(r["id"], r["kind"], about)
     out.print(table)
+    if note:
+        err.print(f"[dim]{escape(note)}[/dim]", soft_wrap=True)
+
+
+@models_app.command("delete")
+def models_delete(model_id: str = typer.Argument(..., help="A fine-tuned model id (ft:…)."),
+                  base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Delete a fine-tuned model and its weights (base models cannot be deleted)."""
+    delete_service_model(model_id, base_url, api_key)
+    out.print(f"Deleted {model_id}")
 
 
 @models_app.command("import")
@@ -129,8 +160,8 @@ def train(
             raise TunelabError(f"{path}: no such file", param="train" if path == train_file else "validation")
     config = parse_config(
         model=model or get_settings().default_model, train_file=train_file, validation_file=validation,
-        suffix=suffix, n_epochs=_auto(epochs, int), batch_size=_auto(batch_size, int),
-        learning_rate_multiplier=_auto(learning_rate_multiplier, float), seed=seed, method=method,
+        suffix=suffix, n_epochs=parse_auto(epochs, int), batch_size=parse_auto(batch_size, int),
+        learning_rate_multiplier=parse_auto(learning_rate_multiplier, float), seed=seed, method=method,
         lora_rank=lora_rank, out=out_dir)
     result = run(config, ConsoleReporter(err), resume=resume)
     if result.stopped_early:
@@ -147,14 +178,16 @@ def train(
     out.print(f"  manifest: {result.out / 'manifest.json'}")
 
 
-def _auto(value: str, kind):
-    """'auto' stays 'auto'; anything else must parse as `kind` (the config then checks its range)."""
-    if value == "auto":
-        return value
-    try:
-        return kind(value)
-    except ValueError:
-        return value  # pydantic reports it, naming the flag
+@app.command()
+def serve(host: Optional[str] = typer.Option(None, "--host", help="Address to bind [default: 127.0.0.1]; any "
+                                              "other than loopback needs an API key."),
+          port: Optional[int] = typer.Option(None, "--port", help="Port [default: 8000].")) -> None:
+    """Run the OpenAI-compatible service (files, fine-tuning jobs, models) and its job worker."""
+    from ..config import Settings
+    from .serve import serve as run_server
+
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    run_server(Settings(**overrides), out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,7 +46,8 @@ def render_examples(examples: list[Example], tokenizer) -> list[RenderedChat]:
 def load_samples(path: Path, tokenizer, max_len: int, *, param: str = "training_file") -> list[Sample]:
     """Validate and render a JSONL file; any error fails the whole file, naming its first problems."""
     code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
-    validation = validate_file(path)
+    # The minimum number of examples is a training-set rule; a small validation set is fine.
+    validation = validate_file(path) if param == "training_file" else validate_file(path, min_examples=1)
     if validation.errors:
         raise _invalid(validation.errors, param, code)
     samples = [to_sample(e.line, chat, max_len)

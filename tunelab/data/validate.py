@@ -58,7 +58,7 @@ class Validation:
         return [p for p in self.problems if p.severity == "error"]
 
 
-def validate_file(path: str | Path, *, min_examples: int = MIN_EXAMPLES) -> Validation:
+def validate_file(path: str | Path, *, min_examples: int = MIN_EXAMPLES, name: str | None = None) -> Validation:
     """Check that every line of `path` is a chat example in the OpenAI fine-tuning format.
 
     Rules (each error names the file, the 1-based line and the rule):
@@ -82,8 +82,8 @@ def validate_file(path: str | Path, *, min_examples: int = MIN_EXAMPLES) -> Vali
     - `no_trained_assistant`: the example has at least one assistant message with weight other than 0.
     - `too_few_examples`: the file holds at least `min_examples` (10) valid examples (reported on line 0).
     """
-    result = Validation(file=str(path))
-    name = str(path)
+    name = name or str(path)  # how errors name the file (the service names the uploaded file, not its blob)
+    result = Validation(file=name)
 
     def error(line: int, rule: str, message: str) -> None:
         result.problems.append(Problem(name, line, rule, message))

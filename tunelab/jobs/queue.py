@@ -106,19 +106,46 @@ class Queue:
                 raise LeaseLost(lease.job_id)
             return conn.execute("SELECT requested FROM jobs WHERE id = ?", (lease.job_id,)).fetchone()["requested"]
 
-    def finish(self, lease: Lease, status: str, **fields) -> None:
-        """Record the worker's outcome (succeeded, failed, cancelled, paused) and release the lease."""
+    def finish(self, lease: Lease, status: str, conn=None, **fields) -> None:
+        """Record the worker's outcome (succeeded, failed, cancelled, paused) and release the lease.
+
+        With `conn`, inside the caller's write transaction (so the outcome commits with what the job produced).
+        """
         assert status in (*FINAL, "paused"), status
         encoded = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
         values = {"status": status, "lease_owner": None, "lease_token": None, "lease_expires_at": None,
-                  "requested": None, **encoded}
+                  "requested": None, "estimated_finish": None, **encoded}
         if status in FINAL:
             values["finished_at"] = int(self.clock())
-        with self.db.write() as conn:
-            done = conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? "
-                                "AND lease_token = ?", (*values.values(), lease.job_id, lease.token)).rowcount
+        sql = (f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? AND lease_token = ?",
+               (*values.values(), lease.job_id, lease.token))
+        if conn is not None:
+            done = conn.execute(*sql).rowcount
+        else:
+            with self.db.write() as own:
+                done = own.execute(*sql).rowcount
         if not done:
             raise LeaseLost(lease.job_id)
+
+    def release(self, lease: Lease, *, error: dict | None = None, count_attempt: bool = True) -> str:
+        """Give a job back without an outcome: queued again (to resume from its last checkpoint), or failed with
+        `error` once it has been started `max_attempts` times. A graceful stop (`count_attempt=False`, the
+        server shutting down) does not use up an attempt. Returns the new status."""
+        with self.db.write() as conn:
+            row = conn.execute("SELECT attempt FROM jobs WHERE id = ? AND lease_token = ?",
+                               (lease.job_id, lease.token)).fetchone()
+            if row is None:
+                raise LeaseLost(lease.job_id)
+            if count_attempt and row["attempt"] >= self.max_attempts:
+                conn.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_owner = NULL, "
+                             "lease_token = NULL, lease_expires_at = NULL, requested = NULL, estimated_finish = NULL "
+                             "WHERE id = ?", (json.dumps(error), int(self.clock()), lease.job_id))
+                return "failed"
+            conn.execute("UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_token = NULL, "
+                         "lease_expires_at = NULL, estimated_finish = NULL, requested = NULL, attempt = attempt - ? "
+                         "WHERE id = ?",
+                         (0 if count_attempt else 1, lease.job_id))
+            return "queued"
 
     def reap(self) -> list[str]:
         """Requeue running jobs whose lease expired (or fail them after max_attempts); returns their ids."""

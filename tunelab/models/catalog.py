@@ -135,12 +135,13 @@ def list_models() -> list[dict]:
         rows.append({
             "name": m.name, "parameters": m.parameters, "source": m.source, "installed": installed,
             "converted": bool(meta), "chat_template": _template_label(meta, m.default_template),
-            "install": None if installed else m.install,
+            "install": None if installed else m.install, "created": (meta or {}).get("created"),
         })
     for meta in _imported():
         rows.append({
             "name": meta["name"], "parameters": meta.get("parameters", "?"), "source": meta["source"],
             "installed": True, "converted": True, "chat_template": _template_label(meta, "chatml"), "install": None,
+            "created": meta.get("created"),
         })
     return rows
 

@@ -30,6 +30,21 @@ FLAGS = {
 }
 
 
+# The cloud's bounds for each hyperparameter that may also be "auto"; the API's request schema checks the same.
+BOUNDS = {
+    "n_epochs": (lambda v: 1 <= v <= 50, "must be 'auto' or an integer from 1 to 50"),
+    "batch_size": (lambda v: 1 <= v <= 256, "must be 'auto' or an integer from 1 to 256"),
+    "learning_rate_multiplier": (lambda v: 0 < v <= 10, "must be 'auto' or a number above 0 and at most 10"),
+}
+
+
+def check_bounds(field: str, value):
+    within, message = BOUNDS[field]
+    if value != "auto" and not within(value):
+        raise ValueError(message)
+    return value
+
+
 class TrainConfig(BaseModel):
     """What the user asked for; `"auto"` values are resolved by `resolve` once the data size is known."""
 
@@ -49,27 +64,13 @@ class TrainConfig(BaseModel):
     eval_every: int | None = Field(default=None, ge=1, description="steps between validation batches")
     max_seq_len: int | None = Field(default=None, ge=16, description="training context; default: the model's")
     keep_checkpoints: int = Field(default=3, ge=1)
+    init_adapter: Path | None = Field(default=None, description="start from this LoRA adapter (continued "
+                                      "fine-tuning); its rank must equal lora_rank")
 
-    @field_validator("n_epochs")
+    @field_validator("n_epochs", "batch_size", "learning_rate_multiplier")
     @classmethod
-    def _epochs(cls, v):
-        if v != "auto" and not 1 <= v <= 50:
-            raise ValueError("must be 'auto' or an integer from 1 to 50")
-        return v
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, v):
-        if v != "auto" and not 1 <= v <= 256:
-            raise ValueError("must be 'auto' or an integer from 1 to 256")
-        return v
-
-    @field_validator("learning_rate_multiplier")
-    @classmethod
-    def _lrm(cls, v):
-        if v != "auto" and not 0 < v <= 10:
-            raise ValueError("must be 'auto' or a number above 0 and at most 10")
-        return v
+    def _bounds(cls, value, info):
+        return check_bounds(info.field_name, value)
 
 
 class Hyperparameters(BaseModel):

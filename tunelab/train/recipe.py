@@ -77,6 +77,8 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     ckpt_root = out / "checkpoints"
     checkpoints.clean_partial(ckpt_root)
     step = 0
+    if config.init_adapter and not resume:  # continued fine-tuning: start from the earlier fine-tune's weights
+        _load_weights(model, config.init_adapter, hp)
     if resume:
         latest = checkpoints.latest_checkpoint(ckpt_root)
         if latest is None:

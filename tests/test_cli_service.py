@@ -1,0 +1,133 @@
+"""`tunelab serve` and the client commands (files, jobs, models) as a user types them, against the real service."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from conftest import free_port, varied_chats, write_jsonl
+from test_cli import tunelab
+from test_service import wait_for_event
+
+TUNELAB = str(Path(sys.executable).with_name("tunelab"))
+
+
+@pytest.fixture
+def cli_env(service, monkeypatch):
+    monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
+    return service
+
+
+def test_a_fine_tune_from_the_command_line(capsys, cli_env, tmp_path, home):
+    train = write_jsonl(tmp_path / "train.jsonl", varied_chats(16))
+    code, output = tunelab(capsys, "jobs", "create", "--model", "tiny", "--train", str(train), "--suffix", "cli",
+                           "--epochs", "2", "--batch-size", "8", "--seed", "5", "--wait")
+    assert code == 0, output
+    assert "Uploaded train.jsonl as file-" in output and "Files validated" in output
+    model = re.search(r"Succeeded: (ft:tiny:local:cli:\w+)", output).group(1)
+    job_id = re.search(r"Created (ftjob-\w+)", output).group(1)
+
+    code, output = tunelab(capsys, "jobs", "show", job_id)
+    assert code == 0 and "succeeded" in output and "epochs 2, batch size 8" in output and model in output
+    code, output = tunelab(capsys, "jobs", "events", job_id, "--json")
+    events = json.loads(output)
+    assert code == 0 and events[0]["message"] == "The job has successfully completed"
+    code, output = tunelab(capsys, "jobs", "checkpoints", job_id)
+    assert code == 0 and f"{model}:ckpt-step-4" in output and f"{model}:ckpt-step-2" in output
+    code, output = tunelab(capsys, "jobs", "list", "--json")
+    assert [j["id"] for j in json.loads(output)] == [job_id]
+    code, output = tunelab(capsys, "models", "list", "--json")
+    assert {m["id"]: m["kind"] for m in json.loads(output)}[model] == "fine-tuned"
+    code, output = tunelab(capsys, "files", "list")
+    assert code == 0 and "train.jsonl" in output and "results.csv" in output
+    file_id = re.search(r"(file-\w+)\s.*train\.jsonl", output).group(1)
+
+    assert tunelab(capsys, "models", "delete", model)[0] == 0
+    code, output = tunelab(capsys, "models", "delete", "tiny")
+    assert code == 2 and "base model" in output and "Traceback" not in output
+    assert tunelab(capsys, "files", "delete", file_id)[0] == 0
+    code, output = tunelab(capsys, "files", "list", "--json")
+    assert [f["filename"] for f in json.loads(output)] == ["results.csv"]
+
+
+def test_pause_resume_and_cancel_from_the_command_line(capsys, cli_env, tmp_path):
+    code, output = tunelab(capsys, "files", "upload", str(write_jsonl(tmp_path / "t.jsonl", varied_chats(40))),
+                           "--json")
+    file_id = json.loads(output)["id"]
+    code, output = tunelab(capsys, "jobs", "create", "--model", "tiny", "--train", file_id, "--epochs", "50",
+                           "--batch-size", "1", "--json")
+    job_id = json.loads(output)["id"]
+    wait_for_event(cli_env.client(), job_id, "Step 2/")
+    assert tunelab(capsys, "jobs", "pause", job_id) == (0, f"{job_id}: paused\n")
+    code, output = tunelab(capsys, "jobs", "wait", job_id)
+    assert code == 1 and "paused" in output
+    assert tunelab(capsys, "jobs", "resume", job_id) == (0, f"{job_id}: queued\n")
+    assert tunelab(capsys, "jobs", "cancel", job_id) == (0, f"{job_id}: cancelled\n")
+    code, output = tunelab(capsys, "jobs", "cancel", job_id)
+    assert code == 2 and "cannot cancel" in output and "Traceback" not in output
+
+
+def test_client_errors_are_one_readable_line(capsys, cli_env, monkeypatch):
+    code, output = tunelab(capsys, "jobs", "show", "ftjob-nope")
+    assert code == 2 and "no fine-tuning job with id 'ftjob-nope'" in output
+    code, output = tunelab(capsys, "jobs", "list", "--api-key", "wrong")
+    assert code == 2 and "not valid" in output and "TUNELAB_API_KEY" in output
+    monkeypatch.setenv("TUNELAB_BASE_URL", f"http://127.0.0.1:{free_port()}")
+    code, output = tunelab(capsys, "files", "list")
+    assert code == 2 and "cannot reach the tunelab service" in output and "tunelab serve" in output
+    code, output = tunelab(capsys, "models", "list")  # no service: the base models on disk, said so
+    assert code == 0 and "tiny" in output and "showing the base models on this machine" in output
+
+
+def test_serve_prints_a_new_key_once_stores_it_hashed_and_keeps_one_server_per_home(tmp_path, home, monkeypatch):
+    monkeypatch.delenv("TUNELAB_API_KEY", raising=False)
+    refused = subprocess.run([TUNELAB, "serve", "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "refusing to listen on 0.0.0.0 without an API key" in refused.stderr
+
+    port = free_port()
+    first = subprocess.Popen([TUNELAB, "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        banner = ""
+        while "export TUNELAB_API_KEY" not in banner:
+            line = first.stdout.readline()
+            assert line, banner
+            banner += line
+        key = re.search(r"TUNELAB_API_KEY=(\S+)", banner).group(1)
+        assert f"http://127.0.0.1:{port}/v1" in banner
+        stored = (home / "api_keys").read_text()
+        assert key not in stored and "sha256:" in stored
+        assert (home / "api_keys").stat().st_mode & 0o077 == 0
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert response.status_code == 200
+        second = subprocess.run([TUNELAB, "serve", "--port", str(free_port())], capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 2 and "another `tunelab serve` is already using" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(60)
+    again = subprocess.Popen([TUNELAB, "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        line = ""
+        while "API key" not in line:
+            line = again.stdout.readline()
+            assert line
+        assert "from " in line and "tl-" not in line  # no new key: the stored one still works
+    finally:
+        again.terminate()
+        again.wait(60)

@@ -1,0 +1,331 @@
+"""The client commands: files, jobs and models through the service's HTTP API, with the `openai` SDK.
+
+    tunelab files upload examples/travel/train.jsonl
+    tunelab jobs create --train file-… --suffix ft-travel --wait
+    tunelab jobs wait ftjob-…            # live progress bar: step, loss, ETA
+
+They find the service through --base-url / TUNELAB_BASE_URL and send --api-key / TUNELAB_API_KEY.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
+
+from ..config import get_settings
+from ..errors import TunelabError
+
+files_app = typer.Typer(help="Files on the service: upload training data, list, delete.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Fine-tuning jobs on the service: create, follow, cancel, pause, resume.",
+                       no_args_is_help=True)
+
+out = Console()
+err = Console(stderr=True)
+
+BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="The service [default: $TUNELAB_BASE_URL or "
+                                                "http://127.0.0.1:8000].")]
+ApiKey = Annotated[Optional[str], typer.Option("--api-key", help="API key [default: $TUNELAB_API_KEY].")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class ServiceUnreachable(TunelabError):
+    code = "service_unreachable"
+
+
+def client(base_url: str | None, api_key: str | None):
+    from openai import OpenAI
+
+    settings = get_settings()
+    base = (base_url or settings.base_url).rstrip("/")
+    return OpenAI(base_url=f"{base}/v1", api_key=api_key or settings.api_key or "no-key", max_retries=2, timeout=60)
+
+
+@contextmanager
+def api_errors(base_url: str | None = None):
+    """The service's OpenAI-shaped errors become one readable line; so does a service that is not running."""
+    import openai
+
+    try:
+        yield
+    except openai.APIConnectionError:
+        where = (base_url or get_settings().base_url).rstrip("/")
+        raise ServiceUnreachable(f"cannot reach the tunelab service at {where}; start it with `tunelab serve` "
+                                 "(or point --base-url / TUNELAB_BASE_URL at it)") from None
+    except openai.APIStatusError as exc:
+        body = exc.body if isinstance(exc.body, dict) else {}
+        message = body.get("message") or str(exc)
+        if exc.status_code == 401:
+            message += " (pass --api-key or set TUNELAB_API_KEY to the key `tunelab serve` printed)"
+        raise TunelabError(message, param=body.get("param"), code=body.get("code")) from None
+
+
+def _print_json(obj) -> None:
+    out.print_json(json.dumps(obj.model_dump() if hasattr(obj, "model_dump") else obj))
+
+
+def _id_column(header: str, values) -> Column:
+    """Ids are copied and pasted: never cut them short, let the other columns wrap instead."""
+    return Column(header, no_wrap=True, min_width=max([len(header), *(len(v or "") for v in values)]))
+
+
+def _when(ts: int | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "–"
+
+
+# --- files ------------------------------------------------------------------------------------------------------
+
+@files_app.command("upload")
+def files_upload(path: Path = typer.Argument(..., help="A chat-format .jsonl file."),
+                 purpose: str = typer.Option("fine-tune", "--purpose", help="What the file is for."),
+                 base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Upload a training or validation file."""
+    if not path.is_file():
+        raise TunelabError(f"{path}: no such file", param="file")
+    with api_errors(base_url), path.open("rb") as f:
+        uploaded = client(base_url, api_key).files.create(file=f, purpose=purpose)
+    if as_json:
+        return _print_json(uploaded)
+    out.print(f"Uploaded {path.name} as [bold]{uploaded.id}[/bold] ({uploaded.bytes:,} bytes)")
+
+
+@files_app.command("list")
+def files_list(base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """List files, newest first."""
+    with api_errors(base_url):
+        files = list(client(base_url, api_key).files.list())
+    if as_json:
+        return _print_json([f.model_dump() for f in files])
+    table = Table(_id_column("id", [f.id for f in files]), _id_column("filename", [f.filename for f in files]),
+                  "purpose", "bytes", "created")
+    for f in files:
+        table.add_row(f.id, f.filename, f.purpose, f"{f.bytes:,}", _when(f.created_at))
+    out.print(table)
+
+
+@files_app.command("delete")
+def files_delete(file_id: str = typer.Argument(..., help="The file id (file-…)."),
+                 base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Delete a file and its bytes (refused while an unfinished job uses it)."""
+    with api_errors(base_url):
+        client(base_url, api_key).files.delete(file_id)
+    out.print(f"Deleted {file_id}")
+
+
+# --- jobs -------------------------------------------------------------------------------------------------------
+
+@jobs_app.command("create")
+def jobs_create(
+    train: str = typer.Option(..., "--train", help="Training file: an uploaded file id, or a .jsonl path to "
+                              "upload first."),
+    validation: Optional[str] = typer.Option(None, "--validation", help="Validation file: id or path."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base or fine-tuned model [default: "
+                                        "SmolLM2-135M-Instruct]."),
+    suffix: Optional[str] = typer.Option(None, "--suffix", help="Names the fine-tuned model."),
+    epochs: str = typer.Option("auto", "--epochs", help="'auto' or 1–50."),
+    batch_size: str = typer.Option("auto", "--batch-size", help="'auto' or 1–256."),
+    learning_rate_multiplier: str = typer.Option("auto", "--learning-rate-multiplier", help="'auto' or a factor."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Fixes data order and initialisation."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job until it finishes."),
+    base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False,
+) -> None:
+    """Create a fine-tuning job (uploading local files first)."""
+    api = client(base_url, api_key)
+    with api_errors(base_url):
+        training_file = _file_id(api, train, "train")
+        validation_file = _file_id(api, validation, "validation") if validation else None
+        hyperparameters = {"n_epochs": parse_auto(epochs, int), "batch_size": parse_auto(batch_size, int),
+                           "learning_rate_multiplier": parse_auto(learning_rate_multiplier, float)}
+        job = api.fine_tuning.jobs.create(
+            model=model or get_settings().default_model, training_file=training_file,
+            validation_file=validation_file, suffix=suffix, seed=seed,
+            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}})
+    if as_json and not wait:
+        return _print_json(job)
+    out.print(f"Created [bold]{job.id}[/bold] ({job.status})")
+    if wait:
+        jobs_wait(job.id, base_url, api_key)
+
+
+def _file_id(api, value: str, flag: str) -> str:
+    path = Path(value)
+    if path.suffix == ".jsonl" or path.is_file():
+        if not path.is_file():
+            raise TunelabError(f"{value}: no such file", param=flag)
+        with path.open("rb") as f:
+            uploaded = api.files.create(file=f, purpose="fine-tune")
+        out.print(f"Uploaded {path.name} as {uploaded.id}")
+        return uploaded.id
+    return value
+
+
+def parse_auto(value: str, kind):
+    """'auto' stays 'auto'; anything else must parse as `kind` (the range is checked by whoever receives it)."""
+    if value == "auto":
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        return value  # pydantic (or the service) reports it, naming the field
+
+
+@jobs_app.command("list")
+def jobs_list(limit: int = typer.Option(20, "--limit", help="How many, newest first."),
+              base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """List fine-tuning jobs, newest first."""
+    with api_errors(base_url):
+        jobs = client(base_url, api_key).fine_tuning.jobs.list(limit=limit).data
+    if as_json:
+        return _print_json([j.model_dump() for j in jobs])
+    table = Table(_id_column("id", [j.id for j in jobs]), "status", "model", "suffix",
+                  _id_column("fine-tuned model", [j.fine_tuned_model for j in jobs]), "created")
+    for j in jobs:
+        table.add_row(j.id, j.status, j.model, getattr(j, "user_provided_suffix", None) or "",
+                      j.fine_tuned_model or "", _when(j.created_at))
+    out.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str = typer.Argument(..., help="The job id (ftjob-…)."),
+              base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Show a job: status, hyperparameters, tokens, result files, error."""
+    with api_errors(base_url):
+        job = client(base_url, api_key).fine_tuning.jobs.retrieve(job_id)
+    if as_json:
+        return _print_json(job)
+    hp = job.hyperparameters
+    rows = [("status", job.status), ("model", job.model), ("training file", job.training_file),
+            ("validation file", job.validation_file or "–"),
+            ("hyperparameters", f"epochs {hp.n_epochs}, batch size {hp.batch_size}, "
+                                f"learning rate multiplier {hp.learning_rate_multiplier}"),
+            ("seed", str(job.seed)), ("created", _when(job.created_at)), ("finished", _when(job.finished_at)),
+            ("trained tokens", f"{job.trained_tokens:,}" if job.trained_tokens else "–"),
+            ("fine-tuned model", job.fine_tuned_model or "–"), ("result files", ", ".join(job.result_files) or "–")]
+    if job.estimated_finish:
+        rows.append(("estimated finish", _when(job.estimated_finish)))
+    if job.error and job.error.message:
+        rows.append(("error", f"[red]{job.error.code}[/red]: {job.error.message}"))
+    table = Table(show_header=False, box=None)
+    for k, v in rows:
+        table.add_row(f"[bold]{k}[/bold]", v)
+    out.print(f"[bold]{job.id}[/bold]")
+    out.print(table)
+
+
+@jobs_app.command("events")
+def jobs_events(job_id: str = typer.Argument(..., help="The job id (ftjob-…)."),
+                limit: int = typer.Option(50, "--limit", help="How many, newest first."),
+                base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Show a job's events (newest first): lifecycle messages and per-step metrics."""
+    with api_errors(base_url):
+        events = client(base_url, api_key).fine_tuning.jobs.list_events(job_id, limit=limit).data
+    if as_json:
+        return _print_json([e.model_dump() for e in events])
+    for e in events:
+        style = {"warn": "yellow", "error": "red"}.get(e.level, "")
+        line = f"{_when(e.created_at)}  {e.message}"
+        out.print(f"[{style}]{line}[/{style}]" if style else line, highlight=False)
+
+
+@jobs_app.command("checkpoints")
+def jobs_checkpoints(job_id: str = typer.Argument(..., help="The job id (ftjob-…)."),
+                     base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Show a job's checkpoints with their metrics and model ids."""
+    with api_errors(base_url):
+        checkpoints = list(client(base_url, api_key).fine_tuning.jobs.checkpoints.list(job_id))
+    if as_json:
+        return _print_json([c.model_dump() for c in checkpoints])
+    table = Table("step", "train loss", "valid loss", "full valid loss",
+                  _id_column("model", [c.fine_tuned_model_checkpoint for c in checkpoints]))
+    for c in checkpoints:
+        m = c.metrics.model_dump() if c.metrics else {}
+        table.add_row(str(c.step_number), *(f"{m[k]:.3f}" if m.get(k) is not None else "–"
+                                            for k in ("train_loss", "valid_loss", "full_valid_loss")),
+                      c.fine_tuned_model_checkpoint)
+    out.print(table)
+
+
+def _act(job_id: str, action: str, base_url, api_key) -> None:
+    with api_errors(base_url):
+        job = getattr(client(base_url, api_key).fine_tuning.jobs, action)(job_id)
+    out.print(f"{job.id}: {job.status}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str = typer.Argument(..., help="The job id."), base_url: BaseUrl = None,
+                api_key: ApiKey = None) -> None:
+    """Cancel a job; a running one stops within seconds."""
+    _act(job_id, "cancel", base_url, api_key)
+
+
+@jobs_app.command("pause")
+def jobs_pause(job_id: str = typer.Argument(..., help="The job id."), base_url: BaseUrl = None,
+               api_key: ApiKey = None) -> None:
+    """Pause a running job; it writes a deployable checkpoint."""
+    _act(job_id, "pause", base_url, api_key)
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: str = typer.Argument(..., help="The job id."), base_url: BaseUrl = None,
+                api_key: ApiKey = None) -> None:
+    """Resume a paused job from its checkpoint."""
+    _act(job_id, "resume", base_url, api_key)
+
+
+@jobs_app.command("wait")
+def jobs_wait(job_id: str = typer.Argument(..., help="The job id."), base_url: BaseUrl = None,
+              api_key: ApiKey = None) -> None:
+    """Follow a job with a live progress bar (step, loss, ETA) until it finishes; exit 1 unless it succeeded."""
+    api = client(base_url, api_key)
+    seen: set[str] = set()
+    progress = Progress(TextColumn("[bold]{task.fields[status]}"), MofNCompleteColumn(), BarColumn(),
+                        TextColumn("loss {task.fields[loss]} · ETA {task.fields[eta]}"), TimeElapsedColumn(),
+                        console=err, transient=False)
+    task = progress.add_task("job", total=None, status="starting", loss="–", eta="–")
+    with api_errors(base_url), progress:
+        while True:
+            job = api.fine_tuning.jobs.retrieve(job_id)
+            events = [e for e in api.fine_tuning.jobs.list_events(job_id, limit=100).data if e.id not in seen]
+            for e in reversed(events):
+                seen.add(e.id)
+                if e.type == "metrics" and e.data:
+                    progress.update(task, total=e.data.get("total_steps"), completed=e.data.get("step"),
+                                    loss=f"{e.data.get('train_loss', float('nan')):.3f}")
+                elif e.type != "metrics":
+                    progress.console.print(e.message, highlight=False)
+            eta = "–"
+            if job.estimated_finish:
+                eta = f"{max(0, job.estimated_finish - int(time.time()))} s"
+            progress.update(task, status=job.status, eta=eta)
+            if job.status in FINAL or job.status == "paused":
+                break
+            time.sleep(1.0)
+    if job.status == "succeeded":
+        out.print(f"[green]Succeeded[/green]: {job.fine_tuned_model} ({job.trained_tokens:,} trained tokens)")
+        return
+    if job.error and job.error.message:
+        err.print(f"[red]{job.status}[/red]: {job.error.message}", highlight=False)
+    else:
+        err.print(f"{job.id} is {job.status}")
+    raise typer.Exit(1)
+
+
+# --- models (the `tunelab models` group lives in main.py beside `models import`) ---------------------------------
+
+def list_service_models(base_url: str | None, api_key: str | None) -> list[dict]:
+    with api_errors(base_url):
+        return [m.model_dump() for m in client(base_url, api_key).models.list().data]
+
+
+def delete_service_model(model_id: str, base_url: str | None, api_key: str | None) -> None:
+    with api_errors(base_url):
+        client(base_url, api_key).models.delete(model_id)

@@ -1,0 +1,59 @@
+"""`tunelab serve`: the API and the job worker in one process, on loopback unless told otherwise.
+
+    tunelab serve                       # http://127.0.0.1:8000/v1, prints a new API key on first start
+    TUNELAB_API_KEY=... tunelab serve --host 0.0.0.0   # other machines may connect: a key is required
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from rich.console import Console
+
+from .. import __version__
+from ..api.auth import Keys, is_loopback
+from ..config import Settings
+from ..errors import InvalidRequest
+
+
+def serve(settings: Settings, console: Console) -> None:
+    import uvicorn
+
+    from ..api.app import create_app
+
+    keys = Keys(settings.home, settings.api_key)
+    if not is_loopback(settings.host) and not keys.configured():
+        raise InvalidRequest(f"refusing to listen on {settings.host} without an API key: set TUNELAB_API_KEY (or "
+                             f"write one to {keys.path}) first", param="host")
+    lock = _lock(settings)  # held until the process exits
+    new_key = None if keys.configured() else keys.generate()
+    url = f"http://{settings.host if ':' not in settings.host else f'[{settings.host}]'}:{settings.port}"
+    def say(text: str) -> None:  # whole lines, never wrapped: the key and the export line are copied
+        console.print(text, soft_wrap=True, highlight=False)
+
+    say(f"[bold]tunelab {__version__}[/bold] serving the OpenAI-compatible API at [bold]{url}/v1[/bold]")
+    if new_key:
+        say(f"API key (shown once, stored hashed in {keys.path}):\n  [bold]{new_key}[/bold]\n"
+            f"  export TUNELAB_API_KEY={new_key} TUNELAB_BASE_URL={url}")
+    else:
+        say(f"API keys: from {'TUNELAB_API_KEY' if settings.api_key else keys.path}")
+    say(f"State: {settings.state_dir}  ·  Ctrl-C stops; running jobs checkpoint and resume on the next start")
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                            timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()
+    del lock
+
+
+def _lock(settings: Settings):
+    """One server per TUNELAB_HOME: a second one would run the same jobs twice."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(settings.state_dir / "serve.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InvalidRequest(f"another `tunelab serve` is already using {settings.home}; stop it or set a "
+                             "different TUNELAB_HOME", param="home") from None
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

@@ -1,0 +1,153 @@
+"""One fine-tuning job's training process: `python -m tunelab.jobs.runner JOB_ID LEASE_TOKEN`, started by the worker.
+
+It builds the job's training config, runs the recipe with a `JobReporter`, and records the outcome under its
+lease: succeeded (a fine-tuned model and results.csv), failed (the error, naming the file and line), paused
+(SIGTERM after a pause request: checkpoint, then stop) or back in the queue (SIGTERM when the server stops).
+A job that already has a complete checkpoint resumes from it. If the server dies, this process exits too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from ..config import get_settings
+from ..errors import TunelabError
+from ..models.registry import Registry
+from ..store.db import Database
+from ..store.files import Files
+from ..train import checkpoints
+from ..train.config import TrainConfig
+from .events import JobReporter, add_event, assert_lease
+from .queue import Lease, LeaseLost, Queue
+
+
+def main(job_id: str, token: str) -> int:
+    _exit_with_parent()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the recipe takes over this handler while it trains
+    settings = get_settings()
+    db = Database(settings.state_dir / "tunelab.db")
+    queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    files = Files(db, settings.state_dir / "files", settings.max_file_bytes)
+    row = db.query("SELECT * FROM jobs WHERE id = ? AND lease_token = ?", (job_id, token))
+    if not row:
+        return 0  # the lease moved on before we started
+    job = row[0]
+    lease = Lease(job_id, token, job["attempt"])
+    request = json.loads(job["request"])
+    blob_names = {}
+    try:
+        config, blob_names = _config(request, Path(job["run_dir"]), files, Registry(db, settings.owner))
+        resume = checkpoints.latest_checkpoint(config.out / "checkpoints") is not None
+        if not resume and config.out.exists():  # an attempt that died before its first checkpoint
+            shutil.rmtree(config.out)
+        from ..train.recipe import run  # torch loads here, after the cheap checks
+
+        result = run(config, JobReporter(db, lease, job["output_model"]), resume=resume, stop=stop)
+    except LeaseLost:
+        return 0
+    except TunelabError as exc:
+        _fail(db, queue, lease, exc.code, _named(exc.message, blob_names), exc.param)
+        return 0
+    except Exception as exc:  # a bug or resource failure: the job fails with the cause; the traceback goes to the log
+        traceback.print_exc()
+        code = "out_of_memory" if "out of memory" in str(exc).lower() else "training_failed"
+        hint = " (try a smaller batch_size)" if code == "out_of_memory" else ""
+        _fail(db, queue, lease, code, f"{type(exc).__name__}: {_named(str(exc), blob_names)}{hint}", None)
+        return 0
+
+    try:
+        if result.stopped_early:
+            _stopped(db, queue, lease, result.steps, job["output_model"])
+        else:
+            _succeeded(db, queue, files, lease, result, request, job["output_model"], settings.owner)
+    except LeaseLost:
+        pass
+    return 0
+
+
+def _config(request: dict, run_dir: Path, files: Files, registry: Registry) -> tuple[TrainConfig, dict]:
+    start = registry.training_start(request["model"])
+    train = files.path(request["training_file"])
+    valid = files.path(request["validation_file"]) if request["validation_file"] else None
+    names = {str(train): request["training_file"], **({str(valid): request["validation_file"]} if valid else {})}
+    hp = request["hyperparameters"]
+    extra = {}
+    if start.weights is not None and start.method == "lora":
+        rank = json.loads((start.weights / "adapter_config.json").read_text())["r"]
+        extra = {"init_adapter": start.weights, "lora_rank": rank}
+    model = str(start.weights) if start.method == "full" else start.base
+    config = TrainConfig(model=model, train_file=train, validation_file=valid, suffix=request["suffix"],
+                         n_epochs=hp["n_epochs"], batch_size=hp["batch_size"],
+                         learning_rate_multiplier=hp["learning_rate_multiplier"], seed=request["seed"],
+                         method=start.method or "lora", out=run_dir, **extra)
+    return config, names
+
+
+def _succeeded(db, queue: Queue, files: Files, lease: Lease, result, request: dict, model_id: str, owner: str) -> None:
+    with db.write() as conn:
+        assert_lease(conn, lease)
+        results = files.add_path(result.out / "results.csv", "results.csv", "fine-tune-results", conn=conn)
+        method = json.loads((result.out / "config.json").read_text())["hyperparameters"]["method"]
+        conn.execute("INSERT INTO models (id, job_id, base, parent, method, path, owned_by, created_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (model_id, lease.job_id, request["base"], request["model"], method, str(result.weights), owner,
+                      int(time.time())))
+        queue.finish(lease, "succeeded", conn=conn, trained_tokens=result.trained_tokens, result_file=results)
+        add_event(conn, lease.job_id, f"New fine-tuned model created: {model_id}")
+        add_event(conn, lease.job_id, "The job has successfully completed")
+
+
+def _stopped(db, queue: Queue, lease: Lease, step: int, model_id: str) -> None:
+    requested = db.query("SELECT requested FROM jobs WHERE id = ?", (lease.job_id,))[0]["requested"]
+    if requested == "pause":
+        latest = db.query("SELECT model FROM checkpoints WHERE job_id = ? ORDER BY step DESC LIMIT 1", (lease.job_id,))
+        with db.write() as conn:
+            queue.finish(lease, "paused", conn=conn)
+            snapshot = f"; checkpoint {latest[0]['model']} can be deployed" if latest else ""
+            add_event(conn, lease.job_id, f"The job was paused at step {step}{snapshot}")
+        return
+    queue.release(lease, count_attempt=False)
+    with db.write() as conn:
+        add_event(conn, lease.job_id, f"Training stopped at step {step} because the server is shutting down; the "
+                  "job is queued and resumes from its checkpoint", level="warn")
+
+
+def _fail(db, queue: Queue, lease: Lease, code: str, message: str, param: str | None) -> None:
+    try:
+        with db.write() as conn:
+            queue.finish(lease, "failed", conn=conn, error={"code": code, "message": message, "param": param})
+            add_event(conn, lease.job_id, f"Fine-tuning failed: {message}", level="error")
+    except LeaseLost:
+        pass
+
+
+def _named(message: str, blob_names: dict) -> str:
+    """Name uploaded files by their id, not by where their bytes lie on disk."""
+    for path, file_id in blob_names.items():
+        message = message.replace(path, file_id)
+    return message
+
+
+def _exit_with_parent() -> None:
+    """Leave at once when the server that started us is gone (kill -9): the job is reclaimed on its next start."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))

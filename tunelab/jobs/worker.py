@@ -1,0 +1,241 @@
+"""The job worker inside `tunelab serve`: validates new jobs, trains queued ones in child processes, keeps their
+leases alive and carries out cancel and pause.
+
+Each job trains in its own process (`python -m tunelab.jobs.runner`), so a crash, a cancel (SIGKILL) or the
+memory a run held never touches the server. A monitor thread per run heartbeats the lease and watches the
+child; a child exits on its own if the server dies. On restart, jobs whose server is gone are queued again at
+once and resume from their last complete checkpoint; the lease reaper covers every other way a worker can vanish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..config import Settings
+from ..data.validate import MIN_EXAMPLES, validate_file
+from ..errors import NotFound
+from ..store.db import Database
+from ..store.files import Files
+from .events import add_event
+from .queue import Lease, LeaseLost, Queue
+
+POLL_SECONDS = 0.3
+
+
+class Worker:
+    def __init__(self, settings: Settings, db: Database, queue: Queue, files: Files):
+        self.settings = settings
+        self.db = db
+        self.queue = queue
+        self.files = files
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+        self.runs: dict[str, Run] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.reclaim_orphans()
+        self._thread = threading.Thread(target=self._loop, name="tunelab-worker", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, grace: float = 60.0) -> None:
+        """Stop taking jobs; ask running ones to checkpoint and go back to the queue (they resume next start)."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        for run in self.runs.values():
+            run.preempt()
+        deadline = time.monotonic() + grace
+        for run in self.runs.values():
+            run.join(max(0.0, deadline - time.monotonic()))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                self.tick()
+            except Exception as exc:  # the worker must outlive any one bad job; the cause goes to the log
+                print(f"tunelab worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def tick(self) -> None:
+        for job_id in self.queue.reap():
+            self._note_lost(job_id)
+        for row in self.db.query("SELECT id FROM jobs WHERE status = 'validating_files' ORDER BY rowid"):
+            self.validate(row["id"])
+        self.runs = {job_id: run for job_id, run in self.runs.items() if run.alive()}
+        while len(self.runs) < self.settings.max_running_jobs and not self._stop.is_set():
+            lease = self.queue.claim(self.owner)
+            if lease is None:
+                break
+            self.runs[lease.job_id] = Run(lease, self.queue, self.db, self.settings).start()
+
+    def validate(self, job_id: str) -> None:
+        """Run the data check on the job's files: a bad file fails the job, naming the line; nothing is trained."""
+        request = json.loads(self.db.query("SELECT request FROM jobs WHERE id = ?", (job_id,))[0]["request"])
+        error = None
+        for param in ("training_file", "validation_file"):
+            file_id = request[param]
+            if file_id is None:
+                continue
+            try:
+                row = self.files.get(file_id)
+                result = validate_file(self.files.path(file_id), name=f"{file_id} ({row['filename']})",
+                                       min_examples=MIN_EXAMPLES if param == "training_file" else 1)
+            except (NotFound, FileNotFoundError):
+                error = {"code": f"invalid_{param}", "param": param,
+                         "message": f"the {param.replace('_', ' ')} {file_id} was deleted before the job could use it"}
+                break
+            if result.errors:
+                first = result.errors[0]
+                code = "invalid_n_examples" if first.rule == "too_few_examples" else f"invalid_{param}"
+                more = f" (and {len(result.errors) - 1} more problems)" if len(result.errors) > 1 else ""
+                error = {"code": code, "param": param, "message": f"{first}{more}"}
+                break
+        with self.db.write() as conn:
+            status = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()["status"]
+            if status != "validating_files":  # cancelled meanwhile
+                return
+            if error:
+                conn.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                             (json.dumps(error), int(time.time()), job_id))
+                add_event(conn, job_id, f"Files failed validation: {error['message']}", level="error")
+            else:
+                conn.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job_id,))
+                add_event(conn, job_id, "Files validated, moving job to queued state")
+
+    def reclaim_orphans(self) -> None:
+        """Queue again, at once, the jobs whose server process on this machine is gone (a crash, kill -9)."""
+        host = socket.gethostname()
+        for row in self.db.query("SELECT id, lease_owner, lease_token, attempt FROM jobs WHERE status = 'running'"):
+            owner_host, _, rest = (row["lease_owner"] or "").partition(":")
+            pid = int(rest.split(":")[0]) if rest.split(":")[0].isdigit() else None
+            if owner_host == host and pid and not _alive(pid):
+                lease = Lease(row["id"], row["lease_token"], row["attempt"])
+                self._release_lost(lease, "the server stopped while the job was training")
+
+    def _release_lost(self, lease: Lease, cause: str) -> None:
+        error = {"code": "worker_lost", "param": None, "message": f"{cause}, {lease.attempt} time(s)"}
+        try:
+            status = self.queue.release(lease, error=error)
+        except LeaseLost:
+            return
+        self._note_lost(lease.job_id, cause, status)
+
+    def _note_lost(self, job_id: str, cause: str = "the training process stopped responding",
+                   status: str | None = None) -> None:
+        status = status or self.queue.status(job_id)
+        with self.db.write() as conn:
+            if status == "queued":
+                add_event(conn, job_id, f"Training was interrupted ({cause}); the job is queued again and resumes "
+                          "from its last checkpoint", level="warn")
+            else:
+                add_event(conn, job_id, f"Training was interrupted ({cause}) too many times; the job failed",
+                          level="error")
+
+
+class Run:
+    """One job's training process and the thread that heartbeats its lease and watches it."""
+
+    def __init__(self, lease: Lease, queue: Queue, db: Database, settings: Settings):
+        self.lease = lease
+        self.queue = queue
+        self.db = db
+        self.settings = settings
+        self.proc: subprocess.Popen | None = None
+        self._thread = threading.Thread(target=self._watch, name=f"tunelab-run-{lease.job_id}", daemon=True)
+
+    def start(self) -> "Run":
+        run_dir = Path(self.db.query("SELECT run_dir FROM jobs WHERE id = ?", (self.lease.job_id,))[0]["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = (run_dir.parent / f"{self.lease.job_id}.log").open("ab")
+        # The child's output (library warnings, a traceback if it crashes) goes to the job's log, not the console.
+        self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.jobs.runner", self.lease.job_id, self.lease.token],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # a Ctrl-C on the server reaches it only through us
+        log.close()
+        self._thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def preempt(self) -> None:
+        """Ask the child to checkpoint at its next step boundary and stop (it goes back to the queue)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def _watch(self) -> None:
+        beat_every = self.settings.lease_seconds / 3
+        next_beat = 0.0
+        pause_sent = False
+        while self.proc.poll() is None:
+            requested = None
+            if time.monotonic() >= next_beat:
+                try:
+                    requested = self.queue.heartbeat(self.lease)
+                except LeaseLost:  # the job was reaped and belongs to someone else now
+                    self.proc.kill()
+                    self.proc.wait()
+                    return
+                next_beat = time.monotonic() + beat_every
+            else:
+                rows = self.db.query("SELECT requested FROM jobs WHERE id = ?", (self.lease.job_id,))
+                requested = rows[0]["requested"] if rows else None
+            if requested == "cancel":
+                self._cancel()
+                return
+            if requested == "pause" and not pause_sent:
+                self.proc.send_signal(signal.SIGTERM)  # checkpoint at the next step boundary, then stop
+                pause_sent = True
+            time.sleep(POLL_SECONDS)
+        self._after_exit(self.proc.returncode)
+
+    def _cancel(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        try:
+            with self.db.write() as conn:
+                self.queue.finish(self.lease, "cancelled", conn=conn)
+                add_event(conn, self.lease.job_id, "The job was cancelled")
+        except LeaseLost:  # it finished on its own just before
+            pass
+
+    def _after_exit(self, code: int) -> None:
+        """The child records its own outcome; if it still holds the lease, it died without one."""
+        rows = self.db.query("SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?",
+                             (self.lease.job_id, self.lease.token))
+        if not rows:
+            return
+        cause = f"the training process exited with code {code}"
+        error = {"code": "training_process_died", "param": None,
+                 "message": f"{cause} on each of {self.lease.attempt} attempts; see {self.lease.job_id}.log"}
+        try:
+            status = self.queue.release(self.lease, error=error)
+        except LeaseLost:
+            return
+        with self.db.write() as conn:
+            if status == "queued":
+                add_event(conn, self.lease.job_id, f"Training was interrupted ({cause}); the job is queued again "
+                          "and resumes from its last checkpoint", level="warn")
+            else:
+                add_event(conn, self.lease.job_id, f"Training failed: {error['message']}", level="error")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,106 @@
+"""Every model the service knows: catalog base models, fine-tuned models (the `models` table) and checkpoints.
+
+    GET /v1/models        # base and fine-tuned models
+    DELETE /v1/models/ID  # fine-tuned models only
+
+Fine-tuned model ids follow the cloud: `ft:<base>:<owner>:<suffix>:<id>`, checkpoints add `:ckpt-step-<N>`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidRequest, ModelNotFound
+from ..store.db import Database
+from .catalog import list_models
+
+
+@dataclass
+class TrainingStart:
+    """What a job fine-tunes from: the catalog base model, and the weights of a fine-tuned model if it continues one."""
+
+    base: str
+    method: str | None = None  # of the fine-tuned model continued from
+    weights: Path | None = None
+
+
+class Registry:
+    def __init__(self, db: Database, owner: str):
+        self.db = db
+        self.owner = owner
+
+    def list(self) -> list[dict]:
+        bases = [base_object(r) for r in list_models()]
+        tuned = [_tuned_object(r) for r in self.db.query("SELECT * FROM models ORDER BY created_at, rowid")]
+        return bases + tuned
+
+    def get(self, model_id: str) -> dict:
+        for row in list_models():
+            if row["name"] == model_id:
+                return base_object(row)
+        rows = self.db.query("SELECT * FROM models WHERE id = ?", (model_id,))
+        if rows:
+            return _tuned_object(rows[0])
+        rows = self.db.query("SELECT c.*, j.request FROM checkpoints c JOIN jobs j ON j.id = c.job_id "
+                             "WHERE c.model = ?", (model_id,))
+        if rows and Path(rows[0]["path"]).is_dir():
+            row = rows[0]
+            return {"id": row["model"], "object": "model", "created": row["created_at"], "owned_by": self.owner,
+                    "parent": model_id.rsplit(":ckpt-step-", 1)[0], "root": _root_of(model_id), "kind": "checkpoint",
+                    "fine_tuning_job_id": row["job_id"]}
+        raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
+
+    def training_start(self, model_id: str) -> TrainingStart:
+        """Check a job's `model` without loading anything: an installed base model or a fine-tuned model."""
+        for row in list_models():
+            if row["name"] == model_id:
+                if not row["installed"]:
+                    raise InvalidRequest(f"the base model {model_id!r} is not installed; install it with: "
+                                         f"{row['install']}", param="model")
+                return TrainingStart(model_id)
+        rows = self.db.query("SELECT * FROM models WHERE id = ?", (model_id,))
+        if not rows:
+            known = ", ".join(m["id"] for m in self.list())
+            raise ModelNotFound(f"the model {model_id!r} does not exist; known models: {known}", param="model")
+        row = rows[0]
+        return TrainingStart(row["base"], row["method"], Path(row["path"]))
+
+    def delete(self, model_id: str) -> dict:
+        if any(row["name"] == model_id for row in list_models()):
+            raise InvalidRequest(f"{model_id!r} is a base model; only fine-tuned models can be deleted", param="model")
+        with self.db.write() as conn:
+            row = conn.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+            if row is None:
+                raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
+            users = self._deployments_using(conn, model_id)
+            if users:
+                raise InvalidRequest(f"the model {model_id!r} is deployed as {users[0]!r}; delete the deployment "
+                                     "first", param="model")
+            conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
+            shutil.rmtree(row["path"], ignore_errors=True)
+        return {"id": model_id, "object": "model", "deleted": True}
+
+    @staticmethod
+    def _deployments_using(conn, model_id: str) -> list[str]:
+        """Names of deployments serving `model_id` (none until the service has deployments)."""
+        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deployments'").fetchone()
+        if not has_table:
+            return []
+        return [r["name"] for r in conn.execute("SELECT name FROM deployments WHERE model = ?", (model_id,))]
+
+
+def _root_of(model_id: str) -> str:
+    return model_id.split(":")[1] if model_id.startswith("ft:") else model_id
+
+
+def base_object(row: dict) -> dict:
+    return {"id": row["name"], "object": "model", "created": row.get("created") or 0, "owned_by": "tunelab",
+            "parent": None, "root": row["name"], "kind": "base", "parameters": row["parameters"],
+            "installed": row["installed"], "chat_template": row["chat_template"]}
+
+
+def _tuned_object(row) -> dict:
+    return {"id": row["id"], "object": "model", "created": row["created_at"], "owned_by": row["owned_by"],
+            "parent": row["parent"], "root": row["base"], "kind": "fine-tuned", "fine_tuning_job_id": row["job_id"]}

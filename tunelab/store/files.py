@@ -1,0 +1,140 @@
+"""Uploaded and produced files: rows in the `files` table, bytes in the blob store under the generated id.
+
+The API streams an upload into `writer()` and hands it to `add()`, which commits the bytes and the row together
+(or neither); a job's `results.csv` goes in through `add_path()`. A file that a job still needs cannot be
+deleted; otherwise deleting removes the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+
+from ..errors import InvalidRequest, NotFound
+from .blobs import BlobStore, BlobWriter, new_id
+from .db import Database
+from .idempotency import remember
+
+UPLOAD_PURPOSES = ("fine-tune",)
+# Jobs in these statuses will still read their files.
+ACTIVE_JOB_STATUSES = ("validating_files", "queued", "running", "paused")
+
+
+class Files:
+    def __init__(self, db: Database, root: Path, max_bytes: int):
+        self.db = db
+        self.blobs = BlobStore(root)
+        self.max_bytes = max_bytes
+
+    def writer(self) -> tuple[str, BlobWriter]:
+        """A new file id and a writer for its bytes (capped at `max_bytes`)."""
+        file_id = new_id("file")
+        return file_id, self.blobs.writer(file_id, self.max_bytes)
+
+    def add(self, file_id: str, writer: BlobWriter, filename: str, purpose: str,
+            idempotency_key: str | None = None) -> dict:
+        """Make an uploaded file visible: commit its bytes and its row together.
+
+        With an `idempotency_key`, a repeat of the same upload returns the first file and keeps no second copy.
+        """
+        filename = clean_filename(filename)
+        writer.commit()
+        fingerprint = hashlib.sha256(f"{purpose}\0{filename}\0{writer.sha256}".encode()).hexdigest()
+        try:
+            with self.db.write() as conn:
+                if idempotency_key:
+                    first = remember(conn, "files", idempotency_key, fingerprint, file_id)
+                    if first != file_id:  # a retry: keep the first upload, drop these bytes
+                        self.blobs.delete(file_id)
+                        return self._row(conn, first)
+                conn.execute("INSERT INTO files (id, filename, purpose, bytes, sha256, status, created_at) "
+                             "VALUES (?, ?, ?, ?, ?, 'processed', ?)",
+                             (file_id, filename, purpose, writer.size, writer.sha256, int(time.time())))
+                return self._row(conn, file_id)
+        except BaseException:
+            self.blobs.delete(file_id)
+            raise
+
+    def add_path(self, path: Path, filename: str, purpose: str, conn=None) -> str:
+        """Store a copy of a file the service produced (a job's results.csv); returns its id.
+
+        With `conn`, the row joins the caller's open transaction (the job's outcome is recorded with it).
+        """
+        file_id, writer = self.writer()
+        with writer, path.open("rb") as source:
+            while chunk := source.read(1 << 20):
+                writer.write(chunk)
+            writer.commit()
+        row = (file_id, clean_filename(filename), purpose, writer.size, writer.sha256, int(time.time()))
+        sql = ("INSERT INTO files (id, filename, purpose, bytes, sha256, status, created_at) "
+               "VALUES (?, ?, ?, ?, ?, 'processed', ?)")
+        if conn is not None:
+            conn.execute(sql, row)
+        else:
+            with self.db.write() as own:
+                own.execute(sql, row)
+        return file_id
+
+    def get(self, file_id: str) -> dict:
+        return self._row(self.db.connection(), file_id)
+
+    def path(self, file_id: str) -> Path:
+        self.get(file_id)
+        return self.blobs.path(file_id)
+
+    def list(self, *, purpose: str | None = None, limit: int = 10_000, order: str = "desc",
+             after: str | None = None) -> dict:
+        """A cursor page, newest first by default; `after` is the id of the last file of the previous page."""
+        where, params = [], []
+        if purpose:
+            where.append("purpose = ?")
+            params.append(purpose)
+        if after:
+            cursor = self.db.query("SELECT rowid FROM files WHERE id = ?", (after,))
+            if not cursor:
+                raise InvalidRequest(f"no file {after!r} to page after", param="after")
+            where.append("rowid < ?" if order == "desc" else "rowid > ?")
+            params.append(cursor[0]["rowid"])
+        sql = (f"SELECT * FROM files {'WHERE ' + ' AND '.join(where) if where else ''} "
+               f"ORDER BY rowid {'DESC' if order == 'desc' else 'ASC'} LIMIT ?")
+        rows = self.db.query(sql, (*params, limit + 1))
+        data = [file_object(r) for r in rows[:limit]]
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}
+
+    def delete(self, file_id: str) -> dict:
+        with self.db.write() as conn:
+            self._row(conn, file_id)
+            marks = ", ".join("?" for _ in ACTIVE_JOB_STATUSES)
+            users = conn.execute(
+                f"SELECT id, status FROM jobs WHERE status IN ({marks}) AND (json_extract(request, '$.training_file') "
+                "= ? OR json_extract(request, '$.validation_file') = ?) ORDER BY rowid",
+                (*ACTIVE_JOB_STATUSES, file_id, file_id)).fetchall()
+            if users:
+                job = users[0]
+                raise InvalidRequest(f"file {file_id} is used by fine-tuning job {job['id']} ({job['status']}); "
+                                     "cancel the job or wait for it to finish first", param="file_id")
+            conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            self.blobs.delete(file_id)  # inside the transaction: if this fails, the row stays
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    def _row(self, conn, file_id: str) -> dict:
+        row = conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no file with id {file_id!r}", param="file_id")
+        return file_object(row)
+
+
+def file_object(row) -> dict:
+    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
+            "filename": row["filename"], "purpose": row["purpose"], "status": row["status"],
+            "status_details": None, "expires_at": None}
+
+
+def clean_filename(name: str) -> str:
+    """The name a client sent, as metadata only: no directories, no control characters, at most 255 chars."""
+    name = re.split(r"[\\/]", name or "")[-1]
+    name = re.sub(r"[\x00-\x1f\x7f]", "", name).strip().lstrip(".")
+    return name[:255] or "upload.jsonl"
