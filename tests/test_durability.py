@@ -3,7 +3,7 @@ never interrupted; a graceful stop (SIGTERM) puts the running job back in the qu
 
 from __future__ import annotations
 
-import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +19,12 @@ from conftest import free_port, varied_chats, write_jsonl
 from test_service import wait_for, wait_for_event
 
 TUNELAB = str(Path(sys.executable).with_name("tunelab"))
+
+
+def steps_in(client, job_id: str, pattern: str) -> list[int]:
+    """The step numbers that event messages matching `pattern` name, oldest first."""
+    events = reversed(client.fine_tuning.jobs.list_events(job_id, limit=1000).data)
+    return [int(m.group(1)) for e in events if (m := re.search(pattern, e.message))]
 
 
 class Server:
@@ -82,7 +88,10 @@ def test_kill_9_and_sigterm_mid_job_then_the_job_finishes_with_the_same_result(m
 
     server.start()
     wait_for_event(client, job.id, "the server stopped while the job was training")
-    wait_for_event(client, job.id, "Checkpoint created at step 80 ")
+    wait_for_event(client, job.id, "resumed at step")
+    resumed_at = steps_in(client, job.id, r"resumed at step (\d+)/")[0]
+    assert 40 <= resumed_at < 200  # killed mid-job, resumed from a checkpoint
+    wait_for_event(client, job.id, f"Checkpoint created at step {resumed_at + 20} ")
     server.stop(signal.SIGTERM)  # graceful: checkpoint at the next step, back to the queue
     assert not trainers(job.id)
     server.start()

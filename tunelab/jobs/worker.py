@@ -149,6 +149,7 @@ class Run:
         self.db = db
         self.settings = settings
         self.proc: subprocess.Popen | None = None
+        self.preempted = False
         self._thread = threading.Thread(target=self._watch, name=f"tunelab-run-{lease.job_id}", daemon=True)
 
     def start(self) -> "Run":
@@ -171,6 +172,7 @@ class Run:
 
     def preempt(self) -> None:
         """Ask the child to checkpoint at its next step boundary and stop (it goes back to the queue)."""
+        self.preempted = True
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
@@ -216,11 +218,14 @@ class Run:
                              (self.lease.job_id, self.lease.token))
         if not rows:
             return
-        cause = f"the training process exited with code {code}"
+        if self.preempted:  # stopped by our SIGTERM before it could checkpoint (still starting up): no attempt used
+            cause = "the server is shutting down"
+        else:
+            cause = f"the training process exited with code {code}"
         error = {"code": "training_process_died", "param": None,
                  "message": f"{cause} on each of {self.lease.attempt} attempts; see {self.lease.job_id}.log"}
         try:
-            status = self.queue.release(self.lease, error=error)
+            status = self.queue.release(self.lease, error=error, count_attempt=not self.preempted)
         except LeaseLost:
             return
         with self.db.write() as conn:
