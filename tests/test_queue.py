@@ -117,3 +117,27 @@ def test_set_status_moves_only_from_the_expected_status(queue):
     assert queue.status("ftjob-f") == "queued"
     with pytest.raises(InvalidRequest, match="is queued, not validating_files"):
         queue.set_status("ftjob-f", "queued", expect=("validating_files",))
+
+
+def test_a_job_given_back_carries_out_the_cancel_or_pause_asked_for_meanwhile(queue):
+    for job_id, action in (("ftjob-c", "cancel"), ("ftjob-p", "pause")):
+        queue.add(job_id, {}, status="queued")
+        lease = queue.claim("w")
+        assert queue.request(job_id, action) == "running"
+        assert queue.release(lease, error={"code": "x"}) == {"cancel": "cancelled", "pause": "paused"}[action]
+    queue.add("ftjob-r", {}, status="queued")
+    queue.claim("w")
+    queue.request("ftjob-r", "cancel")
+    with pytest.raises(InvalidRequest, match="being cancelled"):  # a pause never downgrades a cancel
+        queue.request("ftjob-r", "pause")
+    queue.clock.now += 31
+    assert queue.reap() == ["ftjob-r"] and queue.status("ftjob-r") == "cancelled"
+
+
+def test_a_graceful_stop_uses_no_attempt(queue):
+    queue.add("ftjob-g", {}, status="queued")
+    for _ in range(3):  # more stops than max_attempts (2)
+        lease = queue.claim("w")
+        assert lease.attempt == 1 and queue.release(lease, count_attempt=False) == "queued"
+    assert queue.release(queue.claim("w"), error={"code": "died"}) == "queued"
+    assert queue.release(queue.claim("w"), error={"code": "died"}) == "failed"

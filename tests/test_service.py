@@ -101,6 +101,13 @@ def test_a_job_runs_from_upload_to_a_fine_tuned_model(service, tmp_path, home):
     first_loss = [e.data["train_loss"] for e in client.fine_tuning.jobs.list_events(more.id, limit=100)
                   if e.type == "metrics"][-1]
     assert first_loss < metrics[0].data["train_loss"]  # same seed, same first batch: it starts where the first ended
+    slow = client.fine_tuning.jobs.create(model=more.fine_tuned_model, training_file=train.id,
+                                          hyperparameters={"n_epochs": 50, "batch_size": 1})
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.models.delete(more.fine_tuned_model)
+    assert slow.id in caught.value.message  # a job still continues from it
+    client.fine_tuning.jobs.cancel(slow.id)
+    assert client.models.delete(more.fine_tuned_model).deleted
     assert client.models.delete(job.fine_tuned_model).deleted
     assert not adapter.exists()
     with pytest.raises(openai.NotFoundError) as caught:
@@ -143,6 +150,12 @@ def test_a_bad_file_fails_the_job_naming_its_line_and_trains_nothing(service, tm
     events = client.fine_tuning.jobs.list_events(job.id).data
     assert events[0].level == "error" and not any(e.type == "metrics" for e in events)
     assert not (home / "state" / "jobs" / job.id).exists()  # no training process ever ran
+
+    rows = varied_chats(12)
+    rows[7] = '{"messages": ' + "9" * 5000 + "}"  # an integer Python refuses to convert
+    huge = upload(client, tmp_path, rows, "huge.jsonl")
+    job = wait_for(client, client.fine_tuning.jobs.create(model="tiny", training_file=huge.id).id)
+    assert job.status == "failed" and "line 8" in job.error.message and "invalid_json" in job.error.message
 
     few = upload(client, tmp_path, varied_chats(3), "few.jsonl")
     job = wait_for(client, client.fine_tuning.jobs.create(model="tiny", training_file=few.id).id)
@@ -221,6 +234,19 @@ def test_bad_requests_get_openai_errors_naming_the_field(service, tmp_path):
     response = httpx.post(f"{service.base_url}/fine_tuning/jobs", headers={"Authorization": "Bearer test-key"},
                           content=b"{" + b" " * (2 << 20) + b"}")
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    chunked = (b" " * 65536 for _ in range(40))  # no Content-Length
+    response = httpx.post(f"{service.base_url}/fine_tuning/jobs", headers={"Authorization": "Bearer test-key"},
+                          content=chunked)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    response = httpx.get(f"{service.base_url}/fine_tuning/jobs", params={'metadata[a"].x]': "b"},
+                         headers={"Authorization": "Bearer test-key"})
+    assert response.status_code == 200 and response.json()["data"] == []
+    cut = b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--b\r\n' \
+          b'Content-Disposition: form-data; name="file"; filename="cut.jsonl"\r\n\r\n{"messages": ['
+    response = httpx.post(f"{service.base_url}/files", content=cut, headers={
+        "Authorization": "Bearer test-key", "Content-Type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 400 and "closing boundary" in response.json()["error"]["message"]
+    assert [f.id for f in client.files.list()] == [train.id]
 
 
 def test_a_file_in_use_cannot_be_deleted_and_a_deleted_file_is_gone(service, tmp_path, home):
@@ -310,3 +336,10 @@ def test_the_upload_cap_stops_reading_and_keeps_nothing(monkeypatch, tiny_model,
         assert len(client.files.list().data) == 2
     stored = sorted(p.name for p in (home / "state" / "files").iterdir())
     assert len(stored) == 2 and not any(name.startswith(".tmp") for name in stored)
+
+    # Bytes whose row never committed (a crash between the two) are removed at the next start.
+    (home / "state" / "files" / "file-0123456789abcdef01234567").write_bytes(b"orphan")
+    (home / "state" / "files" / ".tmp-file-89abcdef0123456789abcdef").write_bytes(b"half")
+    with serve_in_thread():
+        pass
+    assert sorted(p.name for p in (home / "state" / "files").iterdir()) == stored

@@ -10,6 +10,7 @@ envelope `{"error": {"message", "type", "param", "code"}}`, translated here and 
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import sys
 from contextlib import asynccontextmanager
 
@@ -107,6 +108,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, messages.get(exc.status_code, str(exc.detail)),
                       code="not_found" if exc.status_code == 404 else None, headers=headers)
 
+    @app.exception_handler(sqlite3.OperationalError)
+    async def store_unavailable(request: Request, exc: sqlite3.OperationalError):
+        # Locked past the busy timeout, or the disk is full: transient, and the SDK retries a 503.
+        print(f"tunelab: {request.method} {request.url.path}: state database: {exc}", file=sys.stderr)
+        return _error(503, f"the state database is unavailable ({exc}); try again shortly", type="server_error",
+                      code="store_unavailable")
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         print(f"tunelab: {request.method} {request.url.path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -148,11 +156,16 @@ class Guard:
                 return await response(scope, receive, send_with_id)
         if not _is_upload(scope):
             declared = headers.get("content-length")
+            too_large = _error(413, f"the request body is larger than {MAX_JSON_BYTES:,} bytes",
+                               code="request_too_large")
             if declared and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
-                response = _error(413, f"the request body is larger than {MAX_JSON_BYTES:,} bytes",
-                                  code="request_too_large")
-                return await response(scope, receive, send_with_id)
-            receive = _capped(receive)
+                return await too_large(scope, receive, send_with_id)
+            if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                # A body sent without Content-Length (chunked) is read here, up to the cap, and replayed.
+                body = await _read_capped(receive)
+                if body is None:
+                    return await too_large(scope, receive, send_with_id)
+                receive = _replay(body, receive)
         await self.app(scope, receive, send_with_id)
 
 
@@ -160,18 +173,29 @@ def _is_upload(scope) -> bool:
     return scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/files")
 
 
-def _capped(receive):
-    """A body sent without Content-Length (chunked) is cut off at the cap too."""
-    seen = 0
-
-    async def wrapped():
-        nonlocal seen
+async def _read_capped(receive) -> bytes | None:
+    """The whole body, or None once it passes MAX_JSON_BYTES."""
+    body = bytearray()
+    while True:
         message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > MAX_JSON_BYTES:
-                from .uploads import RequestTooLarge
-                raise RequestTooLarge(f"the request body is larger than {MAX_JSON_BYTES:,} bytes")
-        return message
+        if message["type"] != "http.request":
+            return bytes(body)
+        body += message.get("body", b"")
+        if len(body) > MAX_JSON_BYTES:
+            return None
+        if not message.get("more_body"):
+            return bytes(body)
 
-    return wrapped
+
+def _replay(body: bytes, receive):
+    """The body once, then the client's own messages (a disconnect, when it comes)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed

@@ -38,4 +38,4 @@ class Service:
         if self.db.path.exists():
             self.db.check_integrity()
         self.db.migrate()
-        self.files.blobs.sweep()
+        self.files.sweep()

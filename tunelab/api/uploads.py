@@ -15,7 +15,7 @@ from ..errors import InvalidRequest, TunelabError
 from ..store.blobs import BlobWriter
 
 MAX_FIELD_BYTES = 4096
-MAX_FIELDS = 16
+MAX_PARTS = 16  # parts of any kind, the file included
 MAX_HEADER_BYTES = 8192
 
 
@@ -49,11 +49,13 @@ class UploadParser:
         self._part_name: str | None = None
         self._is_file = False
         self._buffer = bytearray()
+        self._parts = 0
+        self._ended = False
         self._parser = MultipartParser(boundary, callbacks={
             "on_part_begin": self._part_begin, "on_header_field": self._header_field,
             "on_header_value": self._header_value, "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
+            "on_part_end": self._part_end, "on_end": self._end,
         })
 
     def feed(self, chunk: bytes) -> None:
@@ -67,11 +69,16 @@ class UploadParser:
             self._parser.finalize()
         except MultipartParseError as exc:
             raise InvalidRequest(f"the upload is not valid multipart/form-data: {exc}", param="file") from None
+        if not self._ended:  # the closing boundary never came: the body was cut short
+            raise InvalidRequest("the upload ended before its closing boundary; nothing was stored", param="file")
         return self.result
 
     # --- parser callbacks ---
 
     def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise InvalidRequest(f"too many parts in the upload (at most {MAX_PARTS})", param="file")
         self._headers, self._field, self._value, self._header_bytes = {}, b"", b"", 0
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
@@ -94,8 +101,6 @@ class UploadParser:
             if self.result.filename is not None:
                 raise InvalidRequest("send one file per upload", param="file")
             self.result.filename = options.get(b"filename", b"").decode("utf-8", "replace")
-        elif len(self.result.fields) >= MAX_FIELDS:
-            raise InvalidRequest(f"too many form fields (at most {MAX_FIELDS})", param=self._part_name)
         self._buffer.clear()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -110,6 +115,9 @@ class UploadParser:
     def _part_end(self) -> None:
         if not self._is_file and self._part_name:
             self.result.fields[self._part_name] = self._buffer.decode("utf-8", "replace")
+
+    def _end(self) -> None:
+        self._ended = True
 
     def _count_header(self, n: int) -> None:
         self._header_bytes += n

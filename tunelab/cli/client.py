@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +58,10 @@ def api_errors(base_url: str | None = None):
 
     try:
         yield
+    except openai.APITimeoutError:
+        where = (base_url or get_settings().base_url).rstrip("/")
+        raise ServiceUnreachable(f"the tunelab service at {where} did not answer in time; it may be busy — try "
+                                 "again") from None
     except openai.APIConnectionError:
         where = (base_url or get_settings().base_url).rstrip("/")
         raise ServiceUnreachable(f"cannot reach the tunelab service at {where}; start it with `tunelab serve` "
@@ -67,6 +72,11 @@ def api_errors(base_url: str | None = None):
         if exc.status_code == 401:
             message += " (pass --api-key or set TUNELAB_API_KEY to the key `tunelab serve` printed)"
         raise TunelabError(message, param=body.get("param"), code=body.get("code")) from None
+
+
+def _once() -> dict:
+    """An Idempotency-Key for a create: if the SDK retries it (a timeout), the service returns the first one."""
+    return {"Idempotency-Key": str(uuid.uuid4())}
 
 
 def _print_json(obj) -> None:
@@ -92,7 +102,7 @@ def files_upload(path: Path = typer.Argument(..., help="A chat-format .jsonl fil
     if not path.is_file():
         raise TunelabError(f"{path}: no such file", param="file")
     with api_errors(base_url), path.open("rb") as f:
-        uploaded = client(base_url, api_key).files.create(file=f, purpose=purpose)
+        uploaded = client(base_url, api_key).files.create(file=f, purpose=purpose, extra_headers=_once())
     if as_json:
         return _print_json(uploaded)
     out.print(f"Uploaded {path.name} as [bold]{uploaded.id}[/bold] ({uploaded.bytes:,} bytes)")
@@ -148,7 +158,8 @@ def jobs_create(
         job = api.fine_tuning.jobs.create(
             model=model or get_settings().default_model, training_file=training_file,
             validation_file=validation_file, suffix=suffix, seed=seed,
-            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}})
+            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            extra_headers=_once())
     if as_json and not wait:
         return _print_json(job)
     out.print(f"Created [bold]{job.id}[/bold] ({job.status})")
@@ -162,7 +173,7 @@ def _file_id(api, value: str, flag: str) -> str:
         if not path.is_file():
             raise TunelabError(f"{value}: no such file", param=flag)
         with path.open("rb") as f:
-            uploaded = api.files.create(file=f, purpose="fine-tune")
+            uploaded = api.files.create(file=f, purpose="fine-tune", extra_headers=_once())
         out.print(f"Uploaded {path.name} as {uploaded.id}")
         return uploaded.id
     return value

@@ -115,6 +115,8 @@ def _check_line(number: int, chunk: bytes, result: Validation, error) -> None:
         return error(number, "invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
     except RecursionError:
         return error(number, "invalid_json", "JSON nested too deeply")
+    except ValueError as exc:  # e.g. an integer longer than Python converts (4,300 digits)
+        return error(number, "invalid_json", f"invalid JSON: {exc}")
     if _depth(data) > MAX_JSON_DEPTH:
         return error(number, "invalid_json", f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(data, dict):

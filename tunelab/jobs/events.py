@@ -25,6 +25,19 @@ def add_event(conn, job_id: str, message: str, *, level: str = "info", type: str
                   json.dumps(data) if data is not None else None))
 
 
+def note_outcome(db: Database, job_id: str, status: str, cause: str) -> None:
+    """The event for a job given back without an outcome from its trainer (see `Queue.release`)."""
+    text, level = {
+        "queued": (f"Training was interrupted ({cause}); the job is queued again and resumes from its last "
+                   "checkpoint", "warn"),
+        "failed": (f"Training was interrupted ({cause}) too many times; the job failed", "error"),
+        "cancelled": ("The job was cancelled", "info"),
+        "paused": ("The job was paused; resume continues from its last checkpoint", "info"),
+    }[status]
+    with db.write() as conn:
+        add_event(conn, job_id, text, level=level)
+
+
 def metrics_message(metrics: dict) -> str:
     """`Step 12/120: training loss=1.23, validation loss=1.30, full validation loss=1.28`."""
     text = f"Step {metrics['step']}/{metrics['total_steps']}: training loss={metrics['train_loss']:.2f}"

@@ -73,7 +73,10 @@ class Queue:
             status = row["status"]
             if status not in CLIENT_TRANSITIONS[action]:
                 raise InvalidRequest(f"cannot {action} job {job_id}: it is {status}", param="fine_tuning_job_id")
-            if status == "running":  # the worker stops at its next step boundary and records the outcome
+            if status == "running":  # the worker stops the training and records the outcome
+                pending = conn.execute("SELECT requested FROM jobs WHERE id = ?", (job_id,)).fetchone()["requested"]
+                if pending == "cancel" and action == "pause":  # never downgrade a cancel
+                    raise InvalidRequest(f"cannot pause job {job_id}: it is being cancelled", param="fine_tuning_job_id")
                 conn.execute("UPDATE jobs SET requested = ? WHERE id = ?", (action, job_id))
                 return status
             new = {"cancel": "cancelled", "resume": "queued"}[action]
@@ -128,42 +131,44 @@ class Queue:
             raise LeaseLost(lease.job_id)
 
     def release(self, lease: Lease, *, error: dict | None = None, count_attempt: bool = True) -> str:
-        """Give a job back without an outcome: queued again (to resume from its last checkpoint), or failed with
-        `error` once it has been started `max_attempts` times. A graceful stop (`count_attempt=False`, the
-        server shutting down) does not use up an attempt. Returns the new status."""
+        """Give a job back without an outcome from its worker: queued again (to resume from its last checkpoint),
+        or failed with `error` once it has been started `max_attempts` times. A graceful stop (`count_attempt=False`,
+        the server shutting down) does not use up an attempt. A cancel or pause the client asked for meanwhile
+        is carried out instead. Returns the new status."""
         with self.db.write() as conn:
-            row = conn.execute("SELECT attempt FROM jobs WHERE id = ? AND lease_token = ?",
+            row = conn.execute("SELECT attempt, requested FROM jobs WHERE id = ? AND lease_token = ?",
                                (lease.job_id, lease.token)).fetchone()
             if row is None:
                 raise LeaseLost(lease.job_id)
-            if count_attempt and row["attempt"] >= self.max_attempts:
-                conn.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_owner = NULL, "
-                             "lease_token = NULL, lease_expires_at = NULL, requested = NULL, estimated_finish = NULL "
-                             "WHERE id = ?", (json.dumps(error), int(self.clock()), lease.job_id))
-                return "failed"
-            conn.execute("UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_token = NULL, "
-                         "lease_expires_at = NULL, estimated_finish = NULL, requested = NULL, attempt = attempt - ? "
-                         "WHERE id = ?",
-                         (0 if count_attempt else 1, lease.job_id))
-            return "queued"
+            return self._give_back(conn, lease.job_id, row["attempt"], row["requested"], error, count_attempt)
 
     def reap(self) -> list[str]:
-        """Requeue running jobs whose lease expired (or fail them after max_attempts); returns their ids."""
+        """Give back running jobs whose lease expired (see `release`); returns their ids."""
         now = self.clock()
         with self.db.write() as conn:
-            rows = conn.execute("SELECT id, attempt FROM jobs WHERE status = 'running' AND lease_expires_at < ?",
-                                (now,)).fetchall()
+            rows = conn.execute("SELECT id, attempt, requested FROM jobs WHERE status = 'running' "
+                                "AND lease_expires_at < ?", (now,)).fetchall()
             for row in rows:
-                if row["attempt"] >= self.max_attempts:
-                    error = {"code": "worker_lost", "param": None,
-                             "message": f"the training process stopped {row['attempt']} times without finishing"}
-                    conn.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_owner = NULL, "
-                                 "lease_token = NULL, lease_expires_at = NULL WHERE id = ?",
-                                 (json.dumps(error), int(now), row["id"]))
-                else:
-                    conn.execute("UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_token = NULL, "
-                                 "lease_expires_at = NULL WHERE id = ?", (row["id"],))
+                error = {"code": "worker_lost", "param": None,
+                         "message": f"the training process stopped {row['attempt']} times without finishing"}
+                self._give_back(conn, row["id"], row["attempt"], row["requested"], error, True)
         return [r["id"] for r in rows]
+
+    def _give_back(self, conn, job_id: str, attempt: int, requested: str | None, error: dict | None,
+                   count_attempt: bool) -> str:
+        if requested == "cancel":
+            status, fields = "cancelled", {"finished_at": int(self.clock())}
+        elif requested == "pause":
+            status, fields = "paused", {}
+        elif count_attempt and attempt >= self.max_attempts:
+            status, fields = "failed", {"error": json.dumps(error), "finished_at": int(self.clock())}
+        else:
+            status, fields = "queued", {"attempt": attempt - (0 if count_attempt else 1)}
+        values = {"status": status, "lease_owner": None, "lease_token": None, "lease_expires_at": None,
+                  "requested": None, "estimated_finish": None, **fields}
+        conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
+                     (*values.values(), job_id))
+        return status
 
 
 def _marks(values: tuple) -> str:

@@ -8,31 +8,36 @@ A job that already has a complete checkpoint resumes from it. If the server dies
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
-import sys
 import threading
-import time
-import traceback
-from pathlib import Path
 
-from ..config import get_settings
-from ..errors import TunelabError
-from ..models.registry import Registry
-from ..store.db import Database
-from ..store.files import Files
-from ..train import checkpoints
-from ..train.config import TrainConfig
-from .events import JobReporter, add_event, assert_lease
-from .queue import Lease, LeaseLost, Queue
+# Before anything slow is imported: a SIGTERM from the server (it is shutting down) must never find the
+# default handler, which would end the process without a checkpoint. The recipe takes over while it trains.
+STOP = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: STOP.set())
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from ..config import get_settings  # noqa: E402
+from ..errors import TunelabError  # noqa: E402
+from ..models.registry import Registry  # noqa: E402
+from ..store.db import Database  # noqa: E402
+from ..store.files import Files  # noqa: E402
+from ..train.config import TrainConfig  # noqa: E402
+from .events import JobReporter, add_event, assert_lease, note_outcome  # noqa: E402
+from .queue import Lease, LeaseLost, Queue  # noqa: E402
+
+PAUSE_POLL_SECONDS = 0.5
 
 
 def main(job_id: str, token: str) -> int:
     _exit_with_parent()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the recipe takes over this handler while it trains
     settings = get_settings()
     db = Database(settings.state_dir / "tunelab.db")
     queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
@@ -42,36 +47,46 @@ def main(job_id: str, token: str) -> int:
         return 0  # the lease moved on before we started
     job = row[0]
     lease = Lease(job_id, token, job["attempt"])
+    _stop_when_paused(db, job_id)
     request = json.loads(job["request"])
     blob_names = {}
     try:
+        from ..train import checkpoints
+        from ..train.recipe import run  # torch loads here, after the cheap checks
+
         config, blob_names = _config(request, Path(job["run_dir"]), files, Registry(db, settings.owner))
         resume = checkpoints.latest_checkpoint(config.out / "checkpoints") is not None
         if not resume and config.out.exists():  # an attempt that died before its first checkpoint
             shutil.rmtree(config.out)
-        from ..train.recipe import run  # torch loads here, after the cheap checks
-
-        result = run(config, JobReporter(db, lease, job["output_model"]), resume=resume, stop=stop)
+        result = run(config, JobReporter(db, lease, job["output_model"]), resume=resume, stop=STOP)
+        if result.stopped_early:
+            _stopped(db, queue, lease, result.steps)
+        else:
+            _succeeded(db, queue, files, lease, result, request, job["output_model"], settings.owner)
     except LeaseLost:
         return 0
+    except KeyboardInterrupt:  # a second SIGTERM: leave without an outcome; the server gives the job back
+        return 1
     except TunelabError as exc:
         _fail(db, queue, lease, exc.code, _named(exc.message, blob_names), exc.param)
-        return 0
     except Exception as exc:  # a bug or resource failure: the job fails with the cause; the traceback goes to the log
         traceback.print_exc()
         code = "out_of_memory" if "out of memory" in str(exc).lower() else "training_failed"
         hint = " (try a smaller batch_size)" if code == "out_of_memory" else ""
         _fail(db, queue, lease, code, f"{type(exc).__name__}: {_named(str(exc), blob_names)}{hint}", None)
-        return 0
-
-    try:
-        if result.stopped_early:
-            _stopped(db, queue, lease, result.steps, job["output_model"])
-        else:
-            _succeeded(db, queue, files, lease, result, request, job["output_model"], settings.owner)
-    except LeaseLost:
-        pass
     return 0
+
+
+def _stop_when_paused(db: Database, job_id: str) -> None:
+    """A pause asked for by a client stops training at the next step boundary, with a checkpoint."""
+    def watch():
+        while not STOP.is_set():
+            rows = db.query("SELECT requested FROM jobs WHERE id = ?", (job_id,))
+            if rows and rows[0]["requested"] == "pause":
+                STOP.set()
+            time.sleep(PAUSE_POLL_SECONDS)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _config(request: dict, run_dir: Path, files: Files, registry: Registry) -> tuple[TrainConfig, dict]:
@@ -106,7 +121,7 @@ def _succeeded(db, queue: Queue, files: Files, lease: Lease, result, request: di
         add_event(conn, lease.job_id, "The job has successfully completed")
 
 
-def _stopped(db, queue: Queue, lease: Lease, step: int, model_id: str) -> None:
+def _stopped(db, queue: Queue, lease: Lease, step: int) -> None:
     requested = db.query("SELECT requested FROM jobs WHERE id = ?", (lease.job_id,))[0]["requested"]
     if requested == "pause":
         latest = db.query("SELECT model FROM checkpoints WHERE job_id = ? ORDER BY step DESC LIMIT 1", (lease.job_id,))
@@ -115,7 +130,9 @@ def _stopped(db, queue: Queue, lease: Lease, step: int, model_id: str) -> None:
             snapshot = f"; checkpoint {latest[0]['model']} can be deployed" if latest else ""
             add_event(conn, lease.job_id, f"The job was paused at step {step}{snapshot}")
         return
-    queue.release(lease, count_attempt=False)
+    status = queue.release(lease, count_attempt=False)
+    if status != "queued":  # a cancel arrived meanwhile
+        return note_outcome(db, lease.job_id, status, "the server is shutting down")
     with db.write() as conn:
         add_event(conn, lease.job_id, f"Training stopped at step {step} because the server is shutting down; the "
                   "job is queued and resumes from its checkpoint", level="warn")

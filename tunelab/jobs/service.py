@@ -67,10 +67,13 @@ class Jobs:
             "hyperparameters": hyper.model_dump() if hyper else {k: "auto" for k in SHOWN},
             "metadata": body.metadata,
         }
-        job_id = new_id("ftjob")
         fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-        output = f"ft:{start.base}:{self.owner}:{body.suffix or ''}:{job_id[-8:]}"
         with self.db.write() as conn:
+            while True:  # the model id carries 8 hex digits of the job id: keep them unique
+                job_id = new_id("ftjob")
+                output = f"ft:{start.base}:{self.owner}:{body.suffix or ''}:{job_id[-8:]}"
+                if not conn.execute("SELECT 1 FROM jobs WHERE output_model = ?", (output,)).fetchone():
+                    break
             if idempotency_key:
                 first = remember(conn, "fine_tuning.jobs", idempotency_key, fingerprint, job_id)
                 if first != job_id:
@@ -97,8 +100,8 @@ class Jobs:
             where.append("rowid < ?")
             params.append(self._rowid("jobs", after, "after"))
         for key, value in (metadata or {}).items():
-            where.append("json_extract(request, ?) = ?")
-            params += [f'$.metadata."{key}"', value]
+            where.append("EXISTS (SELECT 1 FROM json_each(request, '$.metadata') WHERE key = ? AND value = ?)")
+            params += [key, value]
         rows = self.db.query(f"SELECT * FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
                              "ORDER BY rowid DESC LIMIT ?", (*params, limit + 1))
         return {"object": "list", "data": [job_object(r, self.owner) for r in rows[:limit]],
@@ -137,8 +140,8 @@ class Jobs:
                 "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}
 
     def act(self, job_id: str, action: str) -> dict:
-        """cancel, pause or resume. A running job is stopped by the worker within seconds; the job object returned
-        shows the outcome when it is already settled, else the status it is leaving."""
+        """cancel, pause or resume. A running job is stopped by the worker within seconds; until then the job
+        shows the status it is leaving."""
         status = self.queue.request(job_id, action)
         with self.db.write() as conn:
             if status == "running":
@@ -147,17 +150,6 @@ class Jobs:
             else:
                 add_event(conn, job_id, {"cancelled": "The job was cancelled",
                                          "queued": "The job was resumed and is queued"}[status])
-        return self.wait_settled(job_id, action) if status == "running" else self.get(job_id)
-
-    def wait_settled(self, job_id: str, action: str, timeout: float = 30.0) -> dict:
-        """Give the worker a moment to carry out a request on a running job, so the answer shows the outcome."""
-        goal = {"cancel": "cancelled", "pause": "paused"}[action]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.get(job_id)
-            if job["status"] == goal or job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(0.1)
         return self.get(job_id)
 
     def _rowid(self, table: str, object_id: str, param: str) -> int:

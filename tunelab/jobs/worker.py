@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from ..data.validate import MIN_EXAMPLES, validate_file
 from ..errors import NotFound
 from ..store.db import Database
 from ..store.files import Files
-from .events import add_event
+from .events import add_event, note_outcome
 from .queue import Lease, LeaseLost, Queue
 
 POLL_SECONDS = 0.3
@@ -36,7 +37,7 @@ class Worker:
         self.db = db
         self.queue = queue
         self.files = files
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.runs: dict[str, Run] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,7 +69,11 @@ class Worker:
         for job_id in self.queue.reap():
             self._note_lost(job_id)
         for row in self.db.query("SELECT id FROM jobs WHERE status = 'validating_files' ORDER BY rowid"):
-            self.validate(row["id"])
+            try:
+                self.validate(row["id"])
+            except Exception as exc:  # a fault in validating one job must not stall the others
+                self._fail_validation(row["id"], {"code": "validation_failed", "param": None,
+                                                  "message": f"the files could not be checked: {exc}"})
         self.runs = {job_id: run for job_id, run in self.runs.items() if run.alive()}
         while len(self.runs) < self.settings.max_running_jobs and not self._stop.is_set():
             lease = self.queue.claim(self.owner)
@@ -98,25 +103,27 @@ class Worker:
                 more = f" (and {len(result.errors) - 1} more problems)" if len(result.errors) > 1 else ""
                 error = {"code": code, "param": param, "message": f"{first}{more}"}
                 break
+        if error:
+            self._fail_validation(job_id, error)
+            return
         with self.db.write() as conn:
-            status = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()["status"]
-            if status != "validating_files":  # cancelled meanwhile
-                return
-            if error:
-                conn.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                             (json.dumps(error), int(time.time()), job_id))
-                add_event(conn, job_id, f"Files failed validation: {error['message']}", level="error")
-            else:
-                conn.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job_id,))
+            done = conn.execute("UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'validating_files'",
+                                (job_id,)).rowcount
+            if done:  # else it was cancelled meanwhile
                 add_event(conn, job_id, "Files validated, moving job to queued state")
 
+    def _fail_validation(self, job_id: str, error: dict) -> None:
+        with self.db.write() as conn:
+            done = conn.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ? "
+                                "AND status = 'validating_files'", (json.dumps(error), int(time.time()), job_id)).rowcount
+            if done:
+                add_event(conn, job_id, f"Files failed validation: {error['message']}", level="error")
+
     def reclaim_orphans(self) -> None:
-        """Queue again, at once, the jobs whose server process on this machine is gone (a crash, kill -9)."""
-        host = socket.gethostname()
+        """Queue again, at once, the jobs an earlier server left running (a crash, kill -9). `tunelab serve` holds
+        a lock on its home, so any other owner is gone; its trainers left when it died."""
         for row in self.db.query("SELECT id, lease_owner, lease_token, attempt FROM jobs WHERE status = 'running'"):
-            owner_host, _, rest = (row["lease_owner"] or "").partition(":")
-            pid = int(rest.split(":")[0]) if rest.split(":")[0].isdigit() else None
-            if owner_host == host and pid and not _alive(pid):
+            if row["lease_owner"] != self.owner:
                 lease = Lease(row["id"], row["lease_token"], row["attempt"])
                 self._release_lost(lease, "the server stopped while the job was training")
 
@@ -130,14 +137,7 @@ class Worker:
 
     def _note_lost(self, job_id: str, cause: str = "the training process stopped responding",
                    status: str | None = None) -> None:
-        status = status or self.queue.status(job_id)
-        with self.db.write() as conn:
-            if status == "queued":
-                add_event(conn, job_id, f"Training was interrupted ({cause}); the job is queued again and resumes "
-                          "from its last checkpoint", level="warn")
-            else:
-                add_event(conn, job_id, f"Training was interrupted ({cause}) too many times; the job failed",
-                          level="error")
+        note_outcome(self.db, job_id, status or self.queue.status(job_id), cause)
 
 
 class Run:
@@ -155,56 +155,67 @@ class Run:
     def start(self) -> "Run":
         run_dir = Path(self.db.query("SELECT run_dir FROM jobs WHERE id = ?", (self.lease.job_id,))[0]["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        log = (run_dir.parent / f"{self.lease.job_id}.log").open("ab")
-        # The child's output (library warnings, a traceback if it crashes) goes to the job's log, not the console.
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.jobs.runner", self.lease.job_id, self.lease.token],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # a Ctrl-C on the server reaches it only through us
-        log.close()
+        # The trainer reads the server's settings, whether they came from the environment or from code.
+        env = {**os.environ, "TUNELAB_HOME": str(self.settings.home), "TUNELAB_OWNER": self.settings.owner,
+               "TUNELAB_LEASE_SECONDS": str(self.settings.lease_seconds),
+               "TUNELAB_MAX_ATTEMPTS": str(self.settings.max_attempts)}
+        with (run_dir.parent / f"{self.lease.job_id}.log").open("ab") as log:
+            # Its output (library warnings, a traceback if it crashes) goes to the job's log, not the console;
+            # its own session keeps a Ctrl-C on the server from reaching it except through us.
+            self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.jobs.runner", self.lease.job_id,
+                                          self.lease.token], stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self._thread.start()
         return self
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() or self.proc.poll() is None
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
     def preempt(self) -> None:
-        """Ask the child to checkpoint at its next step boundary and stop (it goes back to the queue)."""
-        self.preempted = True
-        if self.proc and self.proc.poll() is None:
+        """Ask the trainer to checkpoint at its next step boundary and stop (the job goes back to the queue)."""
+        if not self.preempted and self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        self.preempted = True
 
     def _watch(self) -> None:
+        """Heartbeat the lease and carry out a cancel until the trainer exits. A pause is the trainer's own
+        business (it polls for it and checkpoints). Database trouble is retried until the lease would lapse."""
         beat_every = self.settings.lease_seconds / 3
-        next_beat = 0.0
-        pause_sent = False
+        next_beat, failing_since = 0.0, None
         while self.proc.poll() is None:
-            requested = None
-            if time.monotonic() >= next_beat:
-                try:
+            try:
+                if time.monotonic() >= next_beat:
                     requested = self.queue.heartbeat(self.lease)
-                except LeaseLost:  # the job was reaped and belongs to someone else now
-                    self.proc.kill()
-                    self.proc.wait()
+                    next_beat = time.monotonic() + beat_every
+                else:
+                    rows = self.db.query("SELECT requested FROM jobs WHERE id = ?", (self.lease.job_id,))
+                    requested = rows[0]["requested"] if rows else None
+                failing_since = None
+            except LeaseLost:  # the job was reaped and belongs to someone else now
+                self._kill()
+                return
+            except Exception as exc:  # a locked or full database: keep trying while the lease holds
+                print(f"tunelab worker: {self.lease.job_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > self.settings.lease_seconds:
+                    self._kill()  # it can no longer be supervised; the reaper gives the job back
                     return
-                next_beat = time.monotonic() + beat_every
-            else:
-                rows = self.db.query("SELECT requested FROM jobs WHERE id = ?", (self.lease.job_id,))
-                requested = rows[0]["requested"] if rows else None
+                requested = None
             if requested == "cancel":
                 self._cancel()
                 return
-            if requested == "pause" and not pause_sent:
-                self.proc.send_signal(signal.SIGTERM)  # checkpoint at the next step boundary, then stop
-                pause_sent = True
             time.sleep(POLL_SECONDS)
         self._after_exit(self.proc.returncode)
 
-    def _cancel(self) -> None:
+    def _kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+    def _cancel(self) -> None:
+        self._kill()
         try:
             with self.db.write() as conn:
                 self.queue.finish(self.lease, "cancelled", conn=conn)
@@ -213,34 +224,17 @@ class Run:
             pass
 
     def _after_exit(self, code: int) -> None:
-        """The child records its own outcome; if it still holds the lease, it died without one."""
+        """The trainer records its own outcome; if it still holds the lease, it exited without one."""
         rows = self.db.query("SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?",
                              (self.lease.job_id, self.lease.token))
         if not rows:
             return
-        if self.preempted:  # stopped by our SIGTERM before it could checkpoint (still starting up): no attempt used
-            cause = "the server is shutting down"
-        else:
-            cause = f"the training process exited with code {code}"
+        # Stopped by our SIGTERM while still starting up (before it could checkpoint): no attempt is used.
+        cause = "the server is shutting down" if self.preempted else f"the training process exited with code {code}"
         error = {"code": "training_process_died", "param": None,
                  "message": f"{cause} on each of {self.lease.attempt} attempts; see {self.lease.job_id}.log"}
         try:
             status = self.queue.release(self.lease, error=error, count_attempt=not self.preempted)
         except LeaseLost:
             return
-        with self.db.write() as conn:
-            if status == "queued":
-                add_event(conn, self.lease.job_id, f"Training was interrupted ({cause}); the job is queued again "
-                          "and resumes from its last checkpoint", level="warn")
-            else:
-                add_event(conn, self.lease.job_id, f"Training failed: {error['message']}", level="error")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        note_outcome(self.db, self.lease.job_id, status, cause)

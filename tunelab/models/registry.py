@@ -78,8 +78,13 @@ class Registry:
             if users:
                 raise InvalidRequest(f"the model {model_id!r} is deployed as {users[0]!r}; delete the deployment "
                                      "first", param="model")
+            job = conn.execute("SELECT id, status FROM jobs WHERE json_extract(request, '$.model') = ? AND status IN "
+                               "('validating_files', 'queued', 'running', 'paused') ORDER BY rowid", (model_id,)).fetchone()
+            if job:
+                raise InvalidRequest(f"fine-tuning job {job['id']} ({job['status']}) continues from {model_id!r}; "
+                                     "cancel it or wait for it to finish first", param="model")
             conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
-            shutil.rmtree(row["path"], ignore_errors=True)
+        shutil.rmtree(row["path"], ignore_errors=True)  # after the commit: the write lock is not held meanwhile
         return {"id": model_id, "object": "model", "deleted": True}
 
     @staticmethod

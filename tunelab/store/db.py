@@ -58,7 +58,12 @@ class Database:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except BaseException:  # disk full, I/O error: leave the connection usable for the next write
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         return self.connection().execute(sql, params).fetchall()

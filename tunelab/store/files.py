@@ -77,6 +77,15 @@ class Files:
                 own.execute(sql, row)
         return file_id
 
+    def sweep(self) -> None:
+        """At start-up, before any request: remove half-written uploads and bytes whose row never committed."""
+        self.blobs.sweep()
+        if self.blobs.root.is_dir():
+            known = {r["id"] for r in self.db.query("SELECT id FROM files")}
+            for path in self.blobs.root.iterdir():
+                if path.name.startswith("file-") and path.name not in known:
+                    path.unlink(missing_ok=True)
+
     def get(self, file_id: str) -> dict:
         return self._row(self.db.connection(), file_id)
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
+import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from ..schemas import CheckpointList, ErrorResponse, EventList, FineTuningJob, JobCreate, JobList
 from ..service import Service
 from .files import service
+
+SETTLE_SECONDS = 30
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"],
                    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
@@ -48,18 +54,29 @@ def list_checkpoints(job_id: str, after: str | None = None, limit: int = Query(1
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
-def cancel_job(job_id: str, svc: Service = Depends(service)) -> dict:
-    """Stop the job for good; a running one stops within seconds."""
-    return svc.jobs.act(job_id, "cancel")
+async def cancel_job(job_id: str, svc: Service = Depends(service)) -> dict:
+    """Stop the job for good; a running one stops within about a second."""
+    return await _act(svc, job_id, "cancel")
 
 
 @router.post("/{job_id}/pause", response_model=FineTuningJob)
-def pause_job(job_id: str, svc: Service = Depends(service)) -> dict:
+async def pause_job(job_id: str, svc: Service = Depends(service)) -> dict:
     """Pause a running job: it writes a checkpoint (deployable) and stops until resumed."""
-    return svc.jobs.act(job_id, "pause")
+    return await _act(svc, job_id, "pause")
 
 
 @router.post("/{job_id}/resume", response_model=FineTuningJob)
-def resume_job(job_id: str, svc: Service = Depends(service)) -> dict:
+async def resume_job(job_id: str, svc: Service = Depends(service)) -> dict:
     """Continue a paused job from its checkpoint."""
-    return svc.jobs.act(job_id, "resume")
+    return await _act(svc, job_id, "resume")
+
+
+async def _act(svc: Service, job_id: str, action: str) -> dict:
+    """Carry out the action; for a running job, wait (without holding a thread) up to SETTLE_SECONDS for the
+    worker to stop it, so the answer shows the outcome — `cancelled` or `paused` — as the cloud's does."""
+    job = await run_in_threadpool(svc.jobs.act, job_id, action)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while job["status"] == "running" and time.monotonic() < deadline:
+        await anyio.sleep(0.1)
+        job = await run_in_threadpool(svc.jobs.get, job_id)
+    return job
