@@ -38,6 +38,7 @@ def free_port() -> int:
 class RunningService:
     base_url: str  # ends in /v1
     key: str
+    app: object = None
 
     def client(self, **kwargs):
         from openai import OpenAI
@@ -54,8 +55,8 @@ def serve_in_thread(**settings) -> Iterator[RunningService]:
     from tunelab.config import Settings
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(**settings)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    app = create_app(Settings(**settings))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -63,7 +64,7 @@ def serve_in_thread(**settings) -> Iterator[RunningService]:
         assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
         time.sleep(0.02)
     try:
-        yield RunningService(f"http://127.0.0.1:{port}/v1", os.environ.get("TUNELAB_API_KEY", ""))
+        yield RunningService(f"http://127.0.0.1:{port}/v1", os.environ.get("TUNELAB_API_KEY", ""), app)
     finally:
         server.should_exit = True
         thread.join(60)

@@ -109,6 +109,14 @@ def test_fine_tune_smollm2_through_the_service_with_the_openai_sdk(tmp_path, mon
         assert checkpoint.step_number == 2 and math.isfinite(checkpoint.metrics.full_valid_loss)
         assert job.fine_tuned_model in {m.id for m in client.models.list()}
 
+        # Both models answer, and stop at the end of their turn rather than running on.
+        for model in ("SmolLM2-135M-Instruct", job.fine_tuned_model):
+            answer = client.chat.completions.create(
+                model=model, max_tokens=300, temperature=0,
+                messages=[{"role": "user", "content": "Say hello in one short sentence."}]).choices[0]
+            assert answer.finish_reason == "stop" and answer.message.content.strip(), (model, answer)
+            assert "<|im_end|>" not in answer.message.content and "<|im_start|>" not in answer.message.content
+
     adapter = home / "state" / "jobs" / job.id / "adapter"
     model = PeftModel.from_pretrained(load_causal_lm(resolve_model("SmolLM2-135M-Instruct").path), adapter)
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Settings
+from ..inference.pool import EnginePool
 from ..jobs.queue import Queue
 from ..jobs.service import Jobs
 from ..models.registry import Registry
@@ -22,6 +23,7 @@ class Service:
     registry: Registry
     jobs: Jobs
     keys: Keys
+    pool: EnginePool
 
     @classmethod
     def build(cls, settings: Settings) -> "Service":
@@ -31,7 +33,8 @@ class Service:
         queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
         registry = Registry(db, settings.owner)
         jobs = Jobs(db, queue, files, registry, state / "jobs", settings.owner)
-        return cls(settings, db, files, queue, registry, jobs, Keys(settings.home, settings.api_key))
+        return cls(settings, db, files, queue, registry, jobs, Keys(settings.home, settings.api_key),
+                   EnginePool(registry))
 
     def open(self) -> None:
         """Check and migrate the database and clear what an earlier crash left half-written."""

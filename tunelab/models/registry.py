@@ -8,6 +8,7 @@ Fine-tuned model ids follow the cloud: `ft:<base>:<owner>:<suffix>:<id>`, checkp
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,16 @@ from pathlib import Path
 from ..errors import InvalidRequest, ModelNotFound
 from ..store.db import Database
 from .catalog import list_models
+
+
+@dataclass
+class Located:
+    """Where a model's weights are: a catalog base model, plus an adapter (lora) or a whole model (full)."""
+
+    id: str
+    base: str
+    method: str | None = None
+    weights: Path | None = None
 
 
 @dataclass
@@ -51,6 +62,22 @@ class Registry:
                     "parent": model_id.rsplit(":ckpt-step-", 1)[0], "root": _root_of(model_id), "kind": "checkpoint",
                     "fine_tuning_job_id": row["job_id"]}
         raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
+
+    def locate(self, model_id: str) -> Located:
+        """What serving `model_id` needs: a base model name, a fine-tuned model or a checkpoint id."""
+        found = self.get(model_id)  # raises model_not_found
+        if found["kind"] == "base":
+            if not found["installed"]:
+                raise InvalidRequest(f"the base model {model_id!r} is not installed", param="model")
+            return Located(model_id, model_id)
+        if found["kind"] == "fine-tuned":
+            row = self.db.query("SELECT base, method, path FROM models WHERE id = ?", (model_id,))[0]
+            return Located(model_id, row["base"], row["method"], Path(row["path"]))
+        row = self.db.query("SELECT c.path, j.request FROM checkpoints c JOIN jobs j ON j.id = c.job_id "
+                            "WHERE c.model = ?", (model_id,))[0]
+        path = Path(row["path"])
+        method = "lora" if (path / "adapter_config.json").is_file() else "full"
+        return Located(model_id, json.loads(row["request"])["base"], method, path)
 
     def training_start(self, model_id: str) -> TrainingStart:
         """Check a job's `model` without loading anything: an installed base model or a fine-tuned model."""

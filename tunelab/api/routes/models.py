@@ -28,4 +28,6 @@ def retrieve_model(model_id: str, svc: Service = Depends(service)) -> dict:
 @router.delete("/{model_id:path}", response_model=Deleted)
 def delete_model(model_id: str, svc: Service = Depends(service)) -> dict:
     """Delete a fine-tuned model and its weights. Base models cannot be deleted."""
-    return svc.registry.delete(model_id)
+    deleted = svc.registry.delete(model_id)
+    svc.pool.forget(model_id)
+    return deleted

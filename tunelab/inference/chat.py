@@ -1,0 +1,155 @@
+"""Chat completions on top of the engine pool: request → prompt → generations → OpenAI response or SSE chunks.
+
+`start()` checks the request and submits it; `complete()` then returns the whole `chat.completion`, `stream()` yields `chat.completion.chunk` objects as the
+tokens come, for the route to send as server-sent events. Both run the engine in its own thread and wait on an
+asyncio queue, so the event loop never blocks; a stream that is abandoned cancels its generations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import AsyncIterator
+
+from starlette.concurrency import run_in_threadpool
+
+from ..api.schemas import ChatRequest
+from ..data.render import render_prompt
+from ..errors import InvalidRequest
+from .engine import SamplingParams, TokenLogprob
+from .pool import EnginePool, Target
+
+FINGERPRINT = "fp_tunelab"
+
+
+async def complete(state: "_State", request: ChatRequest) -> dict:
+    texts = [""] * state.n
+    logprobs: list[list] = [[] for _ in range(state.n)]
+    finish = [None] * state.n
+    async for index, kind, payload in state.events():
+        if kind == "delta":
+            texts[index] += payload[0]
+            logprobs[index] += payload[1]
+        else:
+            finish[index] = payload
+    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i], "refusal": None,
+                                       "annotations": []},
+                "logprobs": _logprobs(logprobs[i]) if request.logprobs else None, "finish_reason": finish[i]}
+               for i in range(state.n)]
+    return {"id": state.id, "object": "chat.completion", "created": state.created, "model": request.model,
+            "system_fingerprint": FINGERPRINT, "choices": choices, "usage": state.usage()}
+
+
+async def stream(state: "_State", request: ChatRequest) -> AsyncIterator[dict]:
+    include_usage = bool(request.stream_options and request.stream_options.include_usage)
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: dict, finish=None, logprobs=None) -> dict:
+        return {"id": state.id, "object": "chat.completion.chunk", "created": state.created, "model": request.model,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}], **extra}
+
+    for i in range(state.n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    try:
+        async for index, kind, payload in state.events():
+            if kind == "delta":
+                text, lps = payload
+                yield chunk(index, {"content": text}, logprobs=_logprobs(lps) if request.logprobs else None)
+            else:
+                yield chunk(index, {}, finish=payload)
+    finally:
+        state.cancel()  # the client went away (or we are done): stop generating
+    if include_usage:
+        yield {"id": state.id, "object": "chat.completion.chunk", "created": state.created, "model": request.model,
+               "system_fingerprint": FINGERPRINT, "choices": [], "usage": state.usage()}
+
+
+class _State:
+    """The generations of one request and the queue their events arrive on."""
+
+    def __init__(self, n: int, prompt_tokens: int):
+        self.id = f"chatcmpl-{secrets.token_hex(12)}"
+        self.created = int(time.time())
+        self.n = n
+        self.prompt_tokens = prompt_tokens
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.generations = []
+
+    def listener(self, index: int):
+        def on_event(kind, payload):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, kind, payload))
+        return on_event
+
+    async def events(self):
+        done = 0
+        while done < self.n:
+            index, kind, payload = await self.queue.get()
+            if kind == "error":
+                raise RuntimeError(payload)
+            if kind == "done":
+                done += 1
+            yield index, kind, payload
+
+    def cancel(self) -> None:
+        for generation in self.generations:
+            generation.cancel()
+
+    def usage(self) -> dict:
+        completion = sum(len(g.tokens) for g in self.generations)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion, "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0}}
+
+
+async def start(pool: EnginePool, request: ChatRequest) -> _State:
+    """Check the request against the model, render the prompt and submit its generations. Errors here are
+    ordinary HTTP errors; once this returns, the answer is being generated."""
+    target: Target = await run_in_threadpool(pool.target, request.model)
+    prompt = render_prompt(target.tokenizer, _messages(request), request.tools)
+    room = target.engine.context - len(prompt)
+    if room < 1:
+        raise InvalidRequest(f"the messages take {len(prompt)} tokens; the model's context is "
+                             f"{target.engine.context}", param="messages")
+    limit = request.max_completion_tokens or request.max_tokens
+    if limit is not None and limit > room:
+        raise InvalidRequest(f"max_tokens is {limit}, but only {room} tokens fit after the {len(prompt)}-token "
+                             f"prompt in the model's {target.engine.context}-token context", param="max_tokens")
+    stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    n = request.n or 1
+    state = _State(n, len(prompt))
+    for i in range(n):
+        params = SamplingParams(
+            max_tokens=limit or room, temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=request.top_p or 1.0, presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            seed=None if request.seed is None else request.seed + i, stop=stops + target.end_strings,
+            logprobs=bool(request.logprobs), top_logprobs=request.top_logprobs or 0)
+        state.generations.append(target.engine.submit(prompt, params, adapter=target.adapter, end_ids=target.end_ids,
+                                                      on_event=state.listener(i)))
+    return state
+
+
+def _messages(request: ChatRequest) -> list[dict]:
+    """Messages as the chat template takes them: `developer` is the system role; text parts are joined."""
+    messages = []
+    for i, m in enumerate(request.messages):
+        message = m.model_dump(exclude_none=True)
+        if message["role"] == "developer":
+            message["role"] = "system"
+        content = message.get("content")
+        if isinstance(content, list):
+            if any(part.get("type") != "text" for part in content):
+                raise InvalidRequest("only text content is supported (no images or audio)",
+                                     param=f"messages[{i}].content")
+            message["content"] = "".join(part.get("text", "") for part in content)
+        messages.append(message)
+    return messages
+
+
+def _logprobs(items: list[TokenLogprob]) -> dict:
+    return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
+                         "top_logprobs": [{"token": s, "logprob": v, "bytes": list(s.encode())} for s, v in t.top]}
+                        for t in items], "refusal": None}

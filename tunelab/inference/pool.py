@@ -1,0 +1,92 @@
+"""Which engine serves a model id: one engine per base model, fine-tunes attached to it as named adapters.
+
+A model that is not loaded yet is loaded on first use (OpenAI semantics: any model you own can be called);
+a fine-tune whose base is already loaded is ready in about a second. Full fine-tunes are their own base.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models.catalog import LocalModel, resolve_model
+from ..models.registry import Registry
+from ..models.templates import END_OF_TURN
+from .engine import Engine
+
+
+@dataclass
+class Target:
+    """Everything a request for one model id needs."""
+
+    engine: Engine
+    adapter: str | None  # None: the base model itself
+    tokenizer: object  # renders the prompt with the chat template the model was trained with
+    end_ids: set[int]  # tokens that end the assistant's turn
+    end_strings: list[str]  # end-of-turn markers that are not single tokens (learned as text)
+
+
+class EnginePool:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.engines: dict[str, Engine] = {}  # by base name (or full fine-tune id)
+        self.tokenizers: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def target(self, model_id: str) -> Target:
+        """Resolve and, if needed, load `model_id` (slow on first use: run it off the event loop)."""
+        located = self.registry.locate(model_id)
+        with self._lock:
+            if located.method == "full":
+                engine = self._engine(located.id, LocalModel(located.id, located.weights, {}))
+                return self._target(engine, None, engine.tokenizer)
+            engine = self._engine(located.base, None)
+            if located.method is None:
+                return self._target(engine, None, engine.tokenizer)
+            stale = engine.adapters.get(model_id)
+            if stale is not None and stale != located.weights:
+                engine.detach(model_id)
+            engine.attach(model_id, located.weights)
+            return self._target(engine, model_id, self._adapter_tokenizer(model_id, located.weights, engine))
+
+    def forget(self, model_id: str) -> None:
+        """A deleted model: free its adapter (or its whole engine, for a full fine-tune)."""
+        with self._lock:
+            self.engines.pop(model_id, None)
+            self.tokenizers.pop(model_id, None)
+            for engine in self.engines.values():
+                engine.detach(model_id)
+
+    def _engine(self, key: str, model: LocalModel | None) -> Engine:
+        if key not in self.engines:
+            self.engines[key] = Engine(model or resolve_model(key))
+        return self.engines[key]
+
+    def _adapter_tokenizer(self, model_id: str, path: Path, engine: Engine):
+        """The tokenizer saved with a fine-tune carries the chat template it trained with; checkpoints use the
+        base model's, which is the one they train with."""
+        if model_id not in self.tokenizers:
+            tokenizer = engine.tokenizer
+            if (path / "tokenizer_config.json").is_file():
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            self.tokenizers[model_id] = tokenizer
+        return self.tokenizers[model_id]
+
+    @staticmethod
+    def _target(engine: Engine, adapter: str | None, tokenizer) -> Target:
+        end_ids, end_strings = set(), []
+        if tokenizer.eos_token_id is not None:
+            end_ids.add(tokenizer.eos_token_id)
+        template = tokenizer.chat_template or ""
+        for marker in END_OF_TURN.values():
+            if marker not in template:
+                continue
+            ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                end_ids.add(ids[0])
+            else:
+                end_strings.append(marker)
+        return Target(engine, adapter, tokenizer, end_ids, end_strings)
