@@ -131,3 +131,41 @@ def test_serve_prints_a_new_key_once_stores_it_hashed_and_keeps_one_server_per_h
     finally:
         again.terminate()
         again.wait(60)
+
+
+def test_deploy_and_chat_from_the_command_line(capsys, cli_env, monkeypatch):
+    import io
+
+    code, output = tunelab(capsys, "deploy", "tiny", "--name", "base-travel", "--tpm", "5")
+    assert code == 0 and "base-travel: Succeeded (tiny, 5K tokens per minute, content filter Default)" in output
+    code, output = tunelab(capsys, "deployments", "list")
+    assert code == 0 and "base-travel" in output and "Succeeded" in output
+    code, output = tunelab(capsys, "deployments", "show", "base-travel")
+    assert json.loads(output)["properties"]["rateLimits"][1] == {"key": "token", "renewalPeriod": 60, "count": 5000}
+
+    seen = []
+    create = cli_env.app.state.service.pool.engines["tiny"].submit
+
+    def spy(prompt, params, **kwargs):  # what the chat sends, observed on the engine
+        seen.append(prompt)
+        return create(prompt, params, **kwargs)
+
+    cli_env.app.state.service.pool.engines["tiny"].submit = spy
+    monkeypatch.setattr("sys.stdin", io.StringIO("Where to in May?\n/system Be brief.\nAnd June?\n/clear\n/exit\n"))
+    code, output = tunelab(capsys, "chat", "base-travel", "--system", "You are a travel assistant.",
+                           "--max-tokens", "5")
+    assert code == 0 and output.count("base-travel> ") == 2 and "tokens in" in output
+    assert "chat cleared" in output
+    from tunelab.models.catalog import resolve_model
+    from tunelab.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_model("tiny").path)
+    first, second = (tokenizer.decode(p) for p in seen)
+    assert "You are a travel assistant." in first and "Where to in May?" in first
+    assert "Be brief." in second and "Where to in May?" not in second  # the new system message cleared the chat
+
+    code, output = tunelab(capsys, "deployments", "delete", "base-travel")
+    assert code == 0 and tunelab(capsys, "deployments", "list", "--json")[1].strip() == "[]"
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    code, output = tunelab(capsys, "chat", "nope")
+    assert code == 2 and "'nope' does not exist" in output and "Traceback" not in output

@@ -9,6 +9,7 @@ envelope `{"error": {"message", "type", "param", "code"}}`, translated here and 
 
 from __future__ import annotations
 
+import math
 import secrets
 import sqlite3
 import sys
@@ -24,10 +25,12 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..config import Settings, get_settings
+from ..deploy.limits import RateLimited
+from ..deploy.service import DeploymentNotReady
 from ..errors import TunelabError
 from ..jobs.worker import Worker
 from .auth import AuthenticationFailed, presented_key
-from .routes import chat, files, jobs, models
+from .routes import chat, deployments, files, jobs, models
 from .service import Service
 
 OPEN_PATHS = {"/health"}
@@ -44,6 +47,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         worker = Worker(settings, service.db, service.queue, service.files) if run_worker else None
         if worker:
             worker.start()
+        service.deployments.resume_all()
         app.state.worker = worker
         yield
         if worker:  # running jobs checkpoint and go back to the queue; they resume on the next start
@@ -55,7 +59,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     # The Guard middleware checks keys on every route; these dependencies only declare it in /openapi.json.
     documented = [Security(HTTPBearer(auto_error=False)), Security(APIKeyHeader(name="api-key", auto_error=False))]
     for prefix, shown in (("/v1", True), ("/openai", False), ("/openai/v1", False)):
-        for module in (files, jobs, models, chat):
+        for module in (files, jobs, models, chat, deployments):
             app.include_router(module.router, prefix=prefix, include_in_schema=shown, dependencies=documented)
 
     @app.get("/health", tags=["service"])
@@ -79,7 +83,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def tunelab_error(request: Request, exc: TunelabError):
         kind = "authentication_error" if isinstance(exc, AuthenticationFailed) else \
             ("server_error" if exc.status >= 500 else exc.type)
-        return _error(exc.status, exc.message, type=kind, param=exc.param, code=exc.code)
+        headers = None
+        if isinstance(exc, RateLimited):  # how long to wait, in both forms the SDK reads
+            headers = {**exc.headers, "Retry-After": str(math.ceil(exc.retry_after)),
+                       "retry-after-ms": str(math.ceil(exc.retry_after * 1000))}
+        elif isinstance(exc, DeploymentNotReady):
+            headers = {"Retry-After": "2"}
+        return _error(exc.status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

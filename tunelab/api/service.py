@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Settings
+from ..deploy.service import Deployments
 from ..inference.pool import EnginePool
 from ..jobs.queue import Queue
 from ..jobs.service import Jobs
@@ -24,6 +25,7 @@ class Service:
     jobs: Jobs
     keys: Keys
     pool: EnginePool
+    deployments: Deployments
 
     @classmethod
     def build(cls, settings: Settings) -> "Service":
@@ -33,8 +35,9 @@ class Service:
         queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
         registry = Registry(db, settings.owner)
         jobs = Jobs(db, queue, files, registry, state / "jobs", settings.owner)
-        return cls(settings, db, files, queue, registry, jobs, Keys(settings.home, settings.api_key),
-                   EnginePool(registry))
+        pool = EnginePool(registry)
+        return cls(settings, db, files, queue, registry, jobs, Keys(settings.home, settings.api_key), pool,
+                   Deployments(db, registry, pool))
 
     def open(self) -> None:
         """Check and migrate the database and clear what an earlier crash left half-written."""

@@ -340,3 +340,125 @@ def list_service_models(base_url: str | None, api_key: str | None) -> list[dict]
 def delete_service_model(model_id: str, base_url: str | None, api_key: str | None) -> None:
     with api_errors(base_url):
         client(base_url, api_key).models.delete(model_id)
+
+
+# --- deployments and chat ---------------------------------------------------------------------------------------
+
+deployments_app = typer.Typer(help="Deployments on the service: list, show, delete (create one with `tunelab "
+                              "deploy`).", no_args_is_help=True)
+
+
+def deploy(
+    model: str = typer.Argument(..., help="A model id: base, ft:…, or ft:…:ckpt-step-N."),
+    name: str = typer.Option(..., "--name", help="The deployment name clients use as `model`."),
+    tpm: int = typer.Option(5, "--tpm", help="Tokens-per-minute limit in thousands (6 requests/min each)."),
+    content_filter: str = typer.Option("Default", "--content-filter", help="Content filter policy: Default or "
+                                       "None."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the deployment has Succeeded."),
+    base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False,
+) -> None:
+    """Deploy a model as a named endpoint (type Standard) with a token-rate limit and a content filter."""
+    api = client(base_url, api_key)
+    body = {"sku": {"name": "Standard", "capacity": tpm},
+            "properties": {"model": {"format": "OpenAI", "name": model}, "raiPolicyName": content_filter}}
+    with api_errors(base_url):
+        created = api.put(f"/deployments/{name}", body=body, cast_to=object)
+        if wait:
+            with err.status(f"Provisioning {name} ({model})…"):
+                while created["properties"]["provisioningState"] == "Creating":
+                    time.sleep(0.5)
+                    created = api.get(f"/deployments/{name}", cast_to=object)
+    if as_json:
+        return _print_json(created)
+    state = created["properties"]["provisioningState"]
+    if state == "Failed":
+        err.print(f"[red]Failed[/red]: {created['properties']['error']}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"{name}: {state} ({model}, {tpm}K tokens per minute, content filter {content_filter})")
+
+
+@deployments_app.command("list")
+def deployments_list(base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """List deployments with their model, limit and provisioning state."""
+    with api_errors(base_url):
+        found = client(base_url, api_key).get("/deployments", cast_to=object)["value"]
+    if as_json:
+        return _print_json(found)
+    table = Table(_id_column("name", [d["name"] for d in found]), "state", "TPM", "filter",
+                  _id_column("model", [d["properties"]["model"]["name"] for d in found]))
+    for d in found:
+        table.add_row(d["name"], d["properties"]["provisioningState"], f"{d['sku']['capacity']}K",
+                      d["properties"]["raiPolicyName"], d["properties"]["model"]["name"])
+    out.print(table)
+
+
+@deployments_app.command("show")
+def deployments_show(name: str = typer.Argument(..., help="The deployment name."),
+                     base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Show a deployment in Azure's shape."""
+    with api_errors(base_url):
+        _print_json(client(base_url, api_key).get(f"/deployments/{name}", cast_to=object))
+
+
+@deployments_app.command("delete")
+def deployments_delete(name: str = typer.Argument(..., help="The deployment name."),
+                       base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Delete a deployment (its adapter is freed)."""
+    with api_errors(base_url):
+        client(base_url, api_key).delete(f"/deployments/{name}", cast_to=object)
+    out.print(f"Deleted {name}")
+
+
+def chat(
+    deployment: str = typer.Argument(..., help="A deployment name (or any model id)."),
+    system: Optional[str] = typer.Option(None, "--system", help="The system message."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Longest answer, in tokens."),
+    temperature: float = typer.Option(0.7, "--temperature", help="0 answers greedily; higher varies more."),
+    base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """Chat in the terminal with streaming, like the playground: /system TEXT sets the system message, /clear
+    clears the chat, /exit (or Ctrl-D) leaves."""
+    api = client(base_url, api_key)
+    history: list[dict] = []
+    err.print(f"Chatting with [bold]{deployment}[/bold]. /system TEXT · /clear · /exit", highlight=False)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/clear":
+            history.clear()
+            err.print("(chat cleared)")
+            continue
+        if text.startswith("/system"):
+            system = text[len("/system"):].strip() or None
+            history.clear()
+            err.print(f"(system message {'set' if system else 'removed'}; chat cleared)")
+            continue
+        history.append({"role": "user", "content": text})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        answer, started, first = "", time.monotonic(), None
+        with api_errors(base_url):
+            chunks = api.chat.completions.create(model=deployment, messages=messages, max_tokens=max_tokens,
+                                                 temperature=temperature, stream=True,
+                                                 stream_options={"include_usage": True})
+            out.print(f"{deployment}> ", end="", highlight=False)
+            usage = None
+            for chunk in chunks:
+                if chunk.usage:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        first = first or time.monotonic()
+                        answer += choice.delta.content
+                        out.print(choice.delta.content, end="", highlight=False, markup=False)
+        out.print()
+        history.append({"role": "assistant", "content": answer})
+        if usage:
+            ttft = f", first token {first - started:.2f} s" if first else ""
+            err.print(f"[dim]({usage.completion_tokens} tokens in {time.monotonic() - started:.1f} s{ttft})[/dim]")

@@ -23,8 +23,8 @@ from rich.table import Column, Table
 from .. import __version__
 from ..config import get_settings
 from ..errors import ModelNotFound, TunelabError
-from .client import ApiKey, BaseUrl, ServiceUnreachable, delete_service_model, files_app, jobs_app, \
-    list_service_models, parse_auto
+from .client import ApiKey, BaseUrl, ServiceUnreachable, chat, delete_service_model, deploy, deployments_app, \
+    files_app, jobs_app, list_service_models, parse_auto
 
 app = typer.Typer(help="Fine-tune a chat model on your own examples, on your own machine.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -35,6 +35,9 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(deployments_app, name="deployments")
+app.command("deploy")(deploy)
+app.command("chat")(chat)
 
 out = Console()
 err = Console(stderr=True)

@@ -17,10 +17,14 @@ from starlette.concurrency import run_in_threadpool
 from ..api.schemas import ChatRequest
 from ..data.render import render_prompt
 from ..errors import InvalidRequest
+from ..deploy.limits import RateLimiter
 from .engine import SamplingParams, TokenLogprob
 from .pool import EnginePool, Target
 
 FINGERPRINT = "fp_tunelab"
+# Without max_tokens, a rate-limited request is admitted on its prompt plus this many tokens (or the room left in
+# the context, if less), then charged what it really produced.
+DEFAULT_COMPLETION_ESTIMATE = 512
 
 
 async def complete(state: "_State", request: ChatRequest) -> dict:
@@ -37,6 +41,7 @@ async def complete(state: "_State", request: ChatRequest) -> dict:
                                        "annotations": []},
                 "logprobs": _logprobs(logprobs[i]) if request.logprobs else None, "finish_reason": finish[i]}
                for i in range(state.n)]
+    state.settle()
     return {"id": state.id, "object": "chat.completion", "created": state.created, "model": request.model,
             "system_fingerprint": FINGERPRINT, "choices": choices, "usage": state.usage()}
 
@@ -61,6 +66,7 @@ async def stream(state: "_State", request: ChatRequest) -> AsyncIterator[dict]:
                 yield chunk(index, {}, finish=payload)
     finally:
         state.cancel()  # the client went away (or we are done): stop generating
+        state.settle()
     if include_usage:
         yield {"id": state.id, "object": "chat.completion.chunk", "created": state.created, "model": request.model,
                "system_fingerprint": FINGERPRINT, "choices": [], "usage": state.usage()}
@@ -77,6 +83,7 @@ class _State:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.generations = []
+        self.limiter, self.charge, self.headers = None, None, {}
 
     def listener(self, index: int):
         def on_event(kind, payload):
@@ -97,6 +104,11 @@ class _State:
         for generation in self.generations:
             generation.cancel()
 
+    def settle(self) -> None:
+        """Charge the deployment's token window what was really used."""
+        if self.limiter is not None:
+            self.limiter.settle(self.charge, self.prompt_tokens + sum(len(g.tokens) for g in self.generations))
+
     def usage(self) -> dict:
         completion = sum(len(g.tokens) for g in self.generations)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
@@ -104,10 +116,11 @@ class _State:
                 "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
-async def start(pool: EnginePool, request: ChatRequest) -> _State:
-    """Check the request against the model, render the prompt and submit its generations. Errors here are
-    ordinary HTTP errors; once this returns, the answer is being generated."""
-    target: Target = await run_in_threadpool(pool.target, request.model)
+async def start(pool: EnginePool, request: ChatRequest, *, model_id: str | None = None,
+                limiter: RateLimiter | None = None, deployment: str | None = None) -> _State:
+    """Check the request against the model (and a deployment's rate limit), render the prompt and submit its
+    generations. Errors here are ordinary HTTP errors; once this returns, the answer is being generated."""
+    target: Target = await run_in_threadpool(pool.target, model_id or request.model)
     prompt = render_prompt(target.tokenizer, _messages(request), request.tools)
     room = target.engine.context - len(prompt)
     if room < 1:
@@ -120,6 +133,10 @@ async def start(pool: EnginePool, request: ChatRequest) -> _State:
     stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     n = request.n or 1
     state = _State(n, len(prompt))
+    if limiter is not None:  # Azure's admission estimate: the prompt plus what may be generated
+        estimate = len(prompt) + n * (limit or min(room, DEFAULT_COMPLETION_ESTIMATE))
+        state.charge, state.headers = limiter.admit(estimate, what=f"deployment {deployment}")
+        state.limiter = limiter
     for i in range(n):
         params = SamplingParams(
             max_tokens=limit or room, temperature=1.0 if request.temperature is None else request.temperature,

@@ -118,6 +118,23 @@ class Engine:
             self._wake.notify()
         return generation
 
+    def warm_up(self, adapter: str | None, end_ids: set[int], timeout: float = 120.0) -> None:
+        """One token through the scheduler: proves the model (and adapter) answer."""
+        done = threading.Event()
+        failure = []
+
+        def on_event(kind, payload):
+            if kind == "error":
+                failure.append(payload)
+            if kind in ("done", "error"):
+                done.set()
+
+        prompt = self.tokenizer("Hello", add_special_tokens=False)["input_ids"] or [0]
+        self.submit(prompt, SamplingParams(max_tokens=1, temperature=0), adapter=adapter, end_ids=end_ids,
+                    on_event=on_event)
+        if not done.wait(timeout) or failure:
+            raise RuntimeError(failure[0] if failure else "the model did not answer its warm-up in time")
+
     def _run(self) -> None:
         while True:
             with self._wake:

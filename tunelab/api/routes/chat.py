@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from ...errors import NotFound
 from ...inference.chat import complete, start, stream
 from ..schemas import ChatCompletion, ChatRequest, ErrorResponse
 from ..service import Service
@@ -17,14 +19,32 @@ router = APIRouter(tags=["chat"], responses={400: {"model": ErrorResponse}, 401:
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
-             responses={200: {"content": {"text/event-stream": {}}}})
+             responses={200: {"content": {"text/event-stream": {}}}, 429: {"model": ErrorResponse}})
 async def chat_completions(body: ChatRequest, svc: Service = Depends(service)):
-    """A chat completion from any model: base, fine-tuned (`ft:…`) or a checkpoint (`ft:…:ckpt-step-N`).
-    A model not loaded yet is loaded on first use. With `stream: true`, `chat.completion.chunk` events follow,
-    then `data: [DONE]`."""
-    state = await start(svc.pool, body)
+    """A chat completion from a model — base, fine-tuned (`ft:…`) or a checkpoint (`ft:…:ckpt-step-N`), loaded
+    on first use — or from a deployment named in `model`, under its rate limit. With `stream: true`,
+    `chat.completion.chunk` events follow, then `data: [DONE]`."""
+    return await _answer(svc, body, body.model, explicit=False)
+
+
+@router.post("/deployments/{deployment}/chat/completions", response_model=ChatCompletion,
+             responses={200: {"content": {"text/event-stream": {}}}, 429: {"model": ErrorResponse}})
+async def deployment_chat_completions(deployment: str, body: ChatRequest, svc: Service = Depends(service)):
+    """Azure's data-plane route (`AzureOpenAI` calls it with the deployment name as `model`)."""
+    return await _answer(svc, body, deployment, explicit=True)
+
+
+async def _answer(svc: Service, body: ChatRequest, name: str, *, explicit: bool):
+    served = await run_in_threadpool(svc.deployments.serving, name)
+    if served is None and explicit:
+        raise NotFound(f"no deployment named {name!r}", param="deployment", code="DeploymentNotFound")
+    if served is None:
+        state = await start(svc.pool, body)
+    else:
+        row, limiter = served
+        state = await start(svc.pool, body, model_id=row["model"], limiter=limiter, deployment=name)
     if not body.stream:
-        return await complete(state, body)
+        return JSONResponse(await complete(state, body), headers=state.headers)
 
     async def events():
         try:
@@ -35,4 +55,5 @@ async def chat_completions(body: ChatRequest, svc: Service = Depends(service)):
             yield f"data: {json.dumps({'error': error})}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", **state.headers})

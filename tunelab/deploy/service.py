@@ -1,0 +1,139 @@
+"""Deployments: named endpoints for models, in Azure's shape, provisioned in the background.
+
+    PUT /v1/deployments/base-travel  {"sku": {"name": "Standard", "capacity": 5},
+                                      "properties": {"model": {"format": "OpenAI", "name": "SmolLM2-135M-Instruct"},
+                                                     "raiPolicyName": "Default"}}
+
+A deployment is `Creating` until its model is loaded (the base once, a fine-tune as an adapter on it) and has
+answered a one-token warm-up, then `Succeeded` (or `Failed`, with the reason). Each has its own token-rate
+limiter. On restart, every deployment is provisioned again.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+from ..errors import InvalidRequest, NotFound, TunelabError
+from ..inference.pool import EnginePool
+from ..models.registry import Registry
+from ..store.db import Database
+from .limits import RateLimiter
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,63}$")
+POLICIES = ("Default", "None")  # custom policies and the classifier behind them: see docs/service.md
+
+
+class DeploymentNotReady(TunelabError):
+    """Transient: the SDK retries a 503 after Retry-After."""
+
+    code = "deployment_not_ready"
+    type = "server_error"
+    status = 503
+
+
+class Deployments:
+    def __init__(self, db: Database, registry: Registry, pool: EnginePool):
+        self.db = db
+        self.registry = registry
+        self.pool = pool
+        self.limiters: dict[str, RateLimiter] = {}
+
+    def create(self, name: str, model: str, capacity: int, sku: str = "Standard", policy: str | None = "Default") -> dict:
+        if not NAME.match(name):
+            raise InvalidRequest("a deployment name is 2–64 letters, digits, '.', '_' or '-', starting with a "
+                                 f"letter or digit; got {name!r}", param="name")
+        if sku != "Standard":
+            raise InvalidRequest(f"sku {sku!r} is not available; use 'Standard'", param="sku.name")
+        if not 1 <= capacity <= 1000:
+            raise InvalidRequest("capacity is thousands of tokens per minute, from 1 to 1000", param="sku.capacity")
+        if policy not in (*POLICIES, None):
+            raise InvalidRequest(f"content filter policy {policy!r} does not exist; use one of "
+                                 f"{', '.join(POLICIES)}", param="properties.raiPolicyName")
+        self.registry.locate(model)  # an unknown model is a 404 now, not a Failed deployment later
+        now = int(time.time())
+        with self.db.write() as conn:
+            if conn.execute("SELECT 1 FROM deployments WHERE name = ?", (name,)).fetchone():
+                raise InvalidRequest(f"a deployment named {name!r} already exists; delete it first or choose another "
+                                     "name", param="name")
+            conn.execute("INSERT INTO deployments (name, model, sku_name, capacity, rai_policy, state, created_at, "
+                         "updated_at) VALUES (?, ?, ?, ?, ?, 'Creating', ?, ?)",
+                         (name, model, sku, capacity, None if policy == "None" else policy, now, now))
+        self.limiters[name] = RateLimiter(capacity)
+        self.provision(name)
+        return self.get(name)
+
+    def provision(self, name: str) -> None:
+        """Load and warm up in the background; the state says when it is done."""
+        threading.Thread(target=self._provision, args=(name,), name=f"tunelab-deploy-{name}", daemon=True).start()
+
+    def _provision(self, name: str) -> None:
+        row = self._row(name)
+        try:
+            target = self.pool.target(row["model"])
+            target.engine.warm_up(target.adapter, target.end_ids)
+            state, error = "Succeeded", None
+        except Exception as exc:
+            state, error = "Failed", f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+        with self.db.write() as conn:
+            conn.execute("UPDATE deployments SET state = ?, error = ?, updated_at = ? WHERE name = ? AND model = ?",
+                         (state, error, int(time.time()), name, row["model"]))
+
+    def resume_all(self) -> None:
+        """After a restart: every deployment is provisioned again."""
+        with self.db.write() as conn:
+            conn.execute("UPDATE deployments SET state = 'Creating', error = NULL")
+        for row in self.db.query("SELECT name, capacity FROM deployments"):
+            self.limiters[row["name"]] = RateLimiter(row["capacity"])
+            self.provision(row["name"])
+
+    def list(self) -> dict:
+        return {"value": [deployment_object(r) for r in self.db.query("SELECT * FROM deployments ORDER BY created_at, name")]}
+
+    def get(self, name: str) -> dict:
+        return deployment_object(self._row(name))
+
+    def delete(self, name: str) -> None:
+        row = self._row(name)
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM deployments WHERE name = ?", (name,))
+        self.limiters.pop(name, None)
+        still_used = self.db.query("SELECT 1 FROM deployments WHERE model = ?", (row["model"],))
+        if not still_used:
+            self.pool.forget(row["model"])  # frees the adapter (a base model stays loaded for other requests)
+
+    def serving(self, name: str):
+        """The deployment `name` as a chat request sees it: (row, limiter), or None if there is none."""
+        rows = self.db.query("SELECT * FROM deployments WHERE name = ?", (name,))
+        if not rows:
+            return None
+        row = rows[0]
+        if row["state"] == "Creating":
+            raise DeploymentNotReady(f"the deployment {name!r} is still being created; try again in a few seconds")
+        if row["state"] == "Failed":
+            raise InvalidRequest(f"the deployment {name!r} failed to provision: {row['error']}", param="model")
+        return row, self.limiters.setdefault(name, RateLimiter(row["capacity"]))
+
+    def _row(self, name: str):
+        rows = self.db.query("SELECT * FROM deployments WHERE name = ?", (name,))
+        if not rows:
+            raise NotFound(f"no deployment named {name!r}", param="deployment")
+        return rows[0]
+
+
+def deployment_object(row) -> dict:
+    capacity = row["capacity"]
+    return {
+        "id": f"/deployments/{row['name']}", "name": row["name"],
+        "type": "Microsoft.CognitiveServices/accounts/deployments",
+        "sku": {"name": row["sku_name"], "capacity": capacity},
+        "properties": {
+            "model": {"format": "OpenAI", "name": row["model"], "version": "1"},
+            "raiPolicyName": row["rai_policy"] or "None",
+            "provisioningState": row["state"], "error": row["error"],
+            "rateLimits": [{"key": "request", "renewalPeriod": 60, "count": capacity * 6},
+                           {"key": "token", "renewalPeriod": 60, "count": capacity * 1000}],
+        },
+        "systemData": {"createdAt": row["created_at"], "lastModifiedAt": row["updated_at"]},
+    }
