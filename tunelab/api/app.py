@@ -27,10 +27,11 @@ from .. import __version__
 from ..config import Settings, get_settings
 from ..deploy.limits import RateLimited
 from ..deploy.service import DeploymentNotReady
+from ..safety.policy import ContentFiltered
 from ..errors import TunelabError
 from ..jobs.worker import Worker
 from .auth import AuthenticationFailed, presented_key
-from .routes import chat, deployments, files, jobs, models
+from .routes import chat, content_filters, deployments, files, jobs, models
 from .service import Service
 
 OPEN_PATHS = {"/health"}
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     # The Guard middleware checks keys on every route; these dependencies only declare it in /openapi.json.
     documented = [Security(HTTPBearer(auto_error=False)), Security(APIKeyHeader(name="api-key", auto_error=False))]
     for prefix, shown in (("/v1", True), ("/openai", False), ("/openai/v1", False)):
-        for module in (files, jobs, models, chat, deployments):
+        for module in (files, jobs, models, chat, deployments, content_filters):
             app.include_router(module.router, prefix=prefix, include_in_schema=shown, dependencies=documented)
 
     @app.get("/health", tags=["service"])
@@ -89,7 +90,12 @@ def _add_error_handlers(app: FastAPI) -> None:
                        "retry-after-ms": str(math.ceil(exc.retry_after * 1000))}
         elif isinstance(exc, DeploymentNotReady):
             headers = {"Retry-After": "2"}
-        return _error(exc.status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
+        response = _error(exc.status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
+        if isinstance(exc, ContentFiltered):  # Azure's shape: the findings per category ride along
+            body = {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code,
+                              "status": 400, "innererror": exc.innererror}}
+            response = JSONResponse(body, status_code=400)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

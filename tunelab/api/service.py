@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..deploy.service import Deployments
 from ..inference.pool import EnginePool
+from ..safety.policy import Policies
 from ..jobs.queue import Queue
 from ..jobs.service import Jobs
 from ..models.registry import Registry
@@ -26,6 +27,7 @@ class Service:
     keys: Keys
     pool: EnginePool
     deployments: Deployments
+    policies: Policies
 
     @classmethod
     def build(cls, settings: Settings) -> "Service":
@@ -36,8 +38,9 @@ class Service:
         registry = Registry(db, settings.owner)
         jobs = Jobs(db, queue, files, registry, state / "jobs", settings.owner)
         pool = EnginePool(registry)
+        policies = Policies(db)
         return cls(settings, db, files, queue, registry, jobs, Keys(settings.home, settings.api_key), pool,
-                   Deployments(db, registry, pool))
+                   Deployments(db, registry, pool, policies), policies)
 
     def open(self) -> None:
         """Check and migrate the database and clear what an earlier crash left half-written."""

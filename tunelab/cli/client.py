@@ -352,8 +352,8 @@ def deploy(
     model: str = typer.Argument(..., help="A model id: base, ft:…, or ft:…:ckpt-step-N."),
     name: str = typer.Option(..., "--name", help="The deployment name clients use as `model`."),
     tpm: int = typer.Option(5, "--tpm", help="Tokens-per-minute limit in thousands (6 requests/min each)."),
-    content_filter: str = typer.Option("Default", "--content-filter", help="Content filter policy: Default or "
-                                       "None."),
+    content_filter: str = typer.Option("Default", "--content-filter", help="Content filter policy: Default, "
+                                       "None or a custom policy."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the deployment has Succeeded."),
     base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False,
 ) -> None:

@@ -19,10 +19,10 @@ from ..errors import InvalidRequest, NotFound, TunelabError
 from ..inference.pool import EnginePool
 from ..models.registry import Registry
 from ..store.db import Database
+from ..safety.policy import Policies
 from .limits import RateLimiter
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,63}$")
-POLICIES = ("Default", "None")  # custom policies and the classifier behind them: see docs/service.md
 
 
 class DeploymentNotReady(TunelabError):
@@ -34,8 +34,9 @@ class DeploymentNotReady(TunelabError):
 
 
 class Deployments:
-    def __init__(self, db: Database, registry: Registry, pool: EnginePool):
+    def __init__(self, db: Database, registry: Registry, pool: EnginePool, policies: Policies):
         self.db = db
+        self.policies = policies
         self.registry = registry
         self.pool = pool
         self.limiters: dict[str, RateLimiter] = {}
@@ -48,9 +49,11 @@ class Deployments:
             raise InvalidRequest(f"sku {sku!r} is not available; use 'Standard'", param="sku.name")
         if not 1 <= capacity <= 1000:
             raise InvalidRequest("capacity is thousands of tokens per minute, from 1 to 1000", param="sku.capacity")
-        if policy not in (*POLICIES, None):
-            raise InvalidRequest(f"content filter policy {policy!r} does not exist; use one of "
-                                 f"{', '.join(POLICIES)}", param="properties.raiPolicyName")
+        try:
+            self.policies.get(policy)
+        except NotFound:
+            raise InvalidRequest(f"content filter policy {policy!r} does not exist; use Default, None or a policy "
+                                 "created with PUT /v1/content_filters/{name}", param="properties.raiPolicyName") from None
         self.registry.locate(model)  # an unknown model is a 404 now, not a Failed deployment later
         now = int(time.time())
         with self.db.write() as conn:

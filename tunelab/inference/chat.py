@@ -8,6 +8,7 @@ asyncio queue, so the event loop never blocks; a stream that is abandoned cancel
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from typing import AsyncIterator
@@ -18,10 +19,12 @@ from ..api.schemas import ChatRequest
 from ..data.render import render_prompt
 from ..errors import InvalidRequest
 from ..deploy.limits import RateLimiter
+from ..safety.policy import ContentFiltered, Policy
 from .engine import SamplingParams, TokenLogprob
 from .pool import EnginePool, Target
 
 FINGERPRINT = "fp_tunelab"
+SENTENCE_END = re.compile(r"[.!?\n]")
 # Without max_tokens, a rate-limited request is admitted on its prompt plus this many tokens (or the room left in
 # the context, if less), then charged what it really produced.
 DEFAULT_COMPLETION_ESTIMATE = 512
@@ -37,32 +40,75 @@ async def complete(state: "_State", request: ChatRequest) -> dict:
             logprobs[index] += payload[1]
         else:
             finish[index] = payload
-    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i], "refusal": None,
-                                       "annotations": []},
-                "logprobs": _logprobs(logprobs[i]) if request.logprobs else None, "finish_reason": finish[i]}
-               for i in range(state.n)]
     state.settle()
-    return {"id": state.id, "object": "chat.completion", "created": state.created, "model": request.model,
-            "system_fingerprint": FINGERPRINT, "choices": choices, "usage": state.usage()}
+    choices = []
+    for i in range(state.n):
+        choice = {"index": i, "message": {"role": "assistant", "content": texts[i], "refusal": None,
+                                          "annotations": []},
+                  "logprobs": _logprobs(logprobs[i]) if request.logprobs else None, "finish_reason": finish[i]}
+        if state.policy is not None:
+            blocked, results = await run_in_threadpool(state.policy.check, texts[i], "completion")
+            choice["content_filter_results"] = results
+            if blocked:  # as Azure: the choice says why, and carries no content
+                choice["message"]["content"], choice["finish_reason"] = None, "content_filter"
+        choices.append(choice)
+    response = {"id": state.id, "object": "chat.completion", "created": state.created, "model": request.model,
+                "system_fingerprint": FINGERPRINT, "choices": choices, "usage": state.usage()}
+    if state.policy is not None:
+        response["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": state.prompt_results}]
+    return response
 
 
 async def stream(state: "_State", request: ChatRequest) -> AsyncIterator[dict]:
+    """Chunks as the text comes. Under a content filter, text is held back until a sentence ends and is vetted
+    (with all that came before it) before it is sent, so nothing past flagged text ever leaves."""
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(index: int, delta: dict, finish=None, logprobs=None) -> dict:
+    def chunk(index: int, delta: dict, finish=None, logprobs=None, filtered=None) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        if filtered is not None:
+            choice["content_filter_results"] = filtered
         return {"id": state.id, "object": "chat.completion.chunk", "created": state.created, "model": request.model,
-                "system_fingerprint": FINGERPRINT,
-                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}], **extra}
+                "system_fingerprint": FINGERPRINT, "choices": [choice], **extra}
 
+    if state.policy is not None:
+        yield {"id": state.id, "object": "chat.completion.chunk", "created": state.created, "model": request.model,
+               "system_fingerprint": FINGERPRINT, "choices": [], **extra,
+               "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": state.prompt_results}]}
     for i in range(state.n):
         yield chunk(i, {"role": "assistant", "content": ""})
+    sent = [""] * state.n
+    held = [""] * state.n
+    held_logprobs: list[list] = [[] for _ in range(state.n)]
+    stopped: set[int] = set()
     try:
         async for index, kind, payload in state.events():
+            if index in stopped:
+                continue
+            if state.policy is None:
+                if kind == "delta":
+                    text, lps = payload
+                    yield chunk(index, {"content": text}, logprobs=_logprobs(lps) if request.logprobs else None)
+                else:
+                    yield chunk(index, {}, finish=payload)
+                continue
             if kind == "delta":
-                text, lps = payload
-                yield chunk(index, {"content": text}, logprobs=_logprobs(lps) if request.logprobs else None)
-            else:
+                held[index] += payload[0]
+                held_logprobs[index] += payload[1]
+                if not SENTENCE_END.search(held[index]):
+                    continue
+            blocked, results = await run_in_threadpool(state.policy.check, sent[index] + held[index], "completion")
+            if blocked:
+                state.generations[index].cancel()
+                stopped.add(index)
+                yield chunk(index, {}, finish="content_filter", filtered=results)
+                continue
+            if held[index]:
+                yield chunk(index, {"content": held[index]}, filtered=results,
+                            logprobs=_logprobs(held_logprobs[index]) if request.logprobs else None)
+                sent[index], held[index], held_logprobs[index] = sent[index] + held[index], "", []
+            if kind == "done":
                 yield chunk(index, {}, finish=payload)
     finally:
         state.cancel()  # the client went away (or we are done): stop generating
@@ -84,6 +130,7 @@ class _State:
         self.loop = asyncio.get_running_loop()
         self.generations = []
         self.limiter, self.charge, self.headers = None, None, {}
+        self.policy, self.prompt_results = None, None
 
     def listener(self, index: int):
         def on_event(kind, payload):
@@ -91,14 +138,16 @@ class _State:
         return on_event
 
     async def events(self):
-        done = 0
-        while done < self.n:
+        done = set()
+        while len(done) < self.n:
             index, kind, payload = await self.queue.get()
             if kind == "error":
                 raise RuntimeError(payload)
             if kind == "done":
-                done += 1
+                done.add(index)
             yield index, kind, payload
+            if self.generations[index].cancelled:  # filtered: it will send nothing more
+                done.add(index)
 
     def cancel(self) -> None:
         for generation in self.generations:
@@ -117,11 +166,19 @@ class _State:
 
 
 async def start(pool: EnginePool, request: ChatRequest, *, model_id: str | None = None,
-                limiter: RateLimiter | None = None, deployment: str | None = None) -> _State:
+                limiter: RateLimiter | None = None, deployment: str | None = None,
+                policy: Policy | None = None) -> _State:
     """Check the request against the model (and a deployment's rate limit), render the prompt and submit its
     generations. Errors here are ordinary HTTP errors; once this returns, the answer is being generated."""
     target: Target = await run_in_threadpool(pool.target, model_id or request.model)
-    prompt = render_prompt(target.tokenizer, _messages(request), request.tools)
+    messages = _messages(request)
+    prompt_results = None
+    if policy is not None:  # nothing is generated for a prompt the policy blocks
+        asked = "\n".join(m["content"] for m in messages if m["role"] in ("system", "user") and m.get("content"))
+        blocked, prompt_results = await run_in_threadpool(policy.check, asked, "prompt")
+        if blocked:
+            raise ContentFiltered(prompt_results)
+    prompt = render_prompt(target.tokenizer, messages, request.tools)
     room = target.engine.context - len(prompt)
     if room < 1:
         raise InvalidRequest(f"the messages take {len(prompt)} tokens; the model's context is "
@@ -133,6 +190,7 @@ async def start(pool: EnginePool, request: ChatRequest, *, model_id: str | None 
     stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     n = request.n or 1
     state = _State(n, len(prompt))
+    state.policy, state.prompt_results = policy, prompt_results
     if limiter is not None:  # Azure's admission estimate: the prompt plus what may be generated
         estimate = len(prompt) + n * (limit or min(room, DEFAULT_COMPLETION_ESTIMATE))
         state.charge, state.headers = limiter.admit(estimate, what=f"deployment {deployment}")

