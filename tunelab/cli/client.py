@@ -10,6 +10,7 @@ They find the service through --base-url / TUNELAB_BASE_URL and send --api-key /
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -447,7 +448,8 @@ def chat(
             chunks = api.chat.completions.create(model=deployment, messages=messages, max_tokens=max_tokens,
                                                  temperature=temperature, stream=True,
                                                  stream_options={"include_usage": True})
-            out.print(f"{deployment}> ", end="", highlight=False)
+            # Plain writes, not rich: the terminal wraps the text as it streams, rich would re-wrap each piece.
+            sys.stdout.write(f"{deployment}> ")
             usage = None
             for chunk in chunks:
                 if chunk.usage:
@@ -456,8 +458,12 @@ def chat(
                     if choice.delta.content:
                         first = first or time.monotonic()
                         answer += choice.delta.content
-                        out.print(choice.delta.content, end="", highlight=False, markup=False)
-        out.print()
+                        sys.stdout.write(choice.delta.content)
+                        sys.stdout.flush()
+                    if choice.finish_reason == "content_filter":
+                        sys.stdout.write(" [filtered by the content filter]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
         history.append({"role": "assistant", "content": answer})
         if usage:
             ttft = f", first token {first - started:.2f} s" if first else ""
