@@ -343,3 +343,9 @@ def test_the_upload_cap_stops_reading_and_keeps_nothing(monkeypatch, tiny_model,
     with serve_in_thread():
         pass
     assert sorted(p.name for p in (home / "state" / "files").iterdir()) == stored
+
+
+def test_a_query_parameter_given_twice_is_refused(service):
+    response = httpx.get(f"{service.base_url}/files?purpose=fine-tune&purpose=other",
+                         headers={"Authorization": "Bearer test-key"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "purpose"

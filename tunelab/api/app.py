@@ -170,6 +170,10 @@ class Guard:
             except AuthenticationFailed as exc:
                 response = _error(401, exc.message, type="authentication_error", code=exc.code)
                 return await response(scope, receive, send_with_id)
+        repeated = _repeated_query_parameter(scope)
+        if repeated:  # every query parameter here takes one value; two would be ambiguous
+            response = _error(400, f"the query parameter {repeated!r} is given more than once", param=repeated)
+            return await response(scope, receive, send_with_id)
         if not _is_upload(scope):
             declared = headers.get("content-length")
             too_large = _error(413, f"the request body is larger than {MAX_JSON_BYTES:,} bytes",
@@ -183,6 +187,17 @@ class Guard:
                     return await too_large(scope, receive, send_with_id)
                 receive = _replay(body, receive)
         await self.app(scope, receive, send_with_id)
+
+
+def _repeated_query_parameter(scope) -> str | None:
+    from urllib.parse import parse_qsl
+
+    seen = set()
+    for key, _ in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
 
 
 def _is_upload(scope) -> bool:

@@ -206,11 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv)
     except TunelabError as exc:
-        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)
     except OSError as exc:  # disk full, permissions, a vanished file: say what and where, without a traceback
         where = f": {exc.filename}" if exc.filename else ""
-        err.print(f"[red]error:[/red] {escape(exc.strerror or str(exc))}{escape(where)}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(exc.strerror or str(exc))}{escape(where)}", highlight=False,
+                  soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
