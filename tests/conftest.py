@@ -1,4 +1,5 @@
-"""Shared fixtures: a private TUNELAB_HOME per test and a tiny random llama built from a config (no downloads)."""
+"""Shared fixtures and helpers: a private TUNELAB_HOME per test, a tiny random llama built from a config (no
+downloads), the real service on a loopback port, and waiting on its jobs."""
 
 from __future__ import annotations
 
@@ -137,3 +138,43 @@ def varied_chats(n: int) -> list[dict]:
                          f"{place} has wonderful options for {topic}: start early and wander. Variant {i} "
                          f"of my answer mentions {place} again. What pace do you like?"))
     return rows
+
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def upload(client, tmp_path, rows, name="train.jsonl"):
+    path = write_jsonl(tmp_path / name, rows)
+    with path.open("rb") as f:
+        return client.files.create(file=f, purpose="fine-tune")
+
+
+def wait_for(client, job_id, statuses=FINAL, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+
+
+def wait_for_event(client, job_id, text, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=1000).data):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no event with {text!r} in job {job_id}")
+
+
+@pytest.fixture
+def tuned(service, tmp_path):
+    """The service with a fine-tune of the tiny model."""
+    client = service.client()
+    train = upload(client, tmp_path, varied_chats(16))
+    job = wait_for(client, client.fine_tuning.jobs.create(
+        model="tiny", training_file=train.id, suffix="chat", seed=3,
+        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 5}).id)
+    assert job.status == "succeeded", job.error
+    return service, job.fine_tuned_model

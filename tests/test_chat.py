@@ -10,23 +10,9 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from conftest import varied_chats
-from test_service import upload, wait_for
 
 SYSTEM = {"role": "system", "content": "You are a travel assistant."}
 ASK = [SYSTEM, {"role": "user", "content": "Where should I go in May?"}]
-
-
-@pytest.fixture
-def tuned(service, tmp_path):
-    """The service with a fine-tune of the tiny model."""
-    client = service.client()
-    train = upload(client, tmp_path, varied_chats(16))
-    job = wait_for(client, client.fine_tuning.jobs.create(
-        model="tiny", training_file=train.id, suffix="chat", seed=3,
-        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 5}).id)
-    assert job.status == "succeeded", job.error
-    return service, job.fine_tuned_model
 
 
 def test_base_and_fine_tuned_models_answer_in_the_openai_shape(tuned):

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from conftest import free_port, varied_chats, write_jsonl
+from conftest import free_port, varied_chats, wait_for_event, write_jsonl
 from test_cli import tunelab
-from test_service import wait_for_event
 
 TUNELAB = str(Path(sys.executable).with_name("tunelab"))
 

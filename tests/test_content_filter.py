@@ -4,14 +4,13 @@ Azure shapes of a filtered prompt and a filtered completion (streaming too) thro
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx2 as httpx
 import openai
 import pytest
 
 from conftest import ROOT
-from test_chat import ASK, tuned  # noqa: F401  (fixture)
+from test_chat import ASK
 from test_deployments import deploy, wait_until_provisioned
 from tunelab.safety.classifier import EXEMPLARS, Classifier, load_exemplars, normalise
 from tunelab.safety.policy import Policy
@@ -75,7 +74,7 @@ def test_policies_set_thresholds_for_prompts_and_completions_separately(classifi
     assert Policy("Default").check("Lisbon is lovely in May. Do you like hills?", "completion", classifier)[0] is False
 
 
-def test_a_filtered_prompt_and_a_filtered_completion_in_azures_shapes(tuned):  # noqa: F811
+def test_a_filtered_prompt_and_a_filtered_completion_in_azures_shapes(tuned):
     service, model = tuned
     http = httpx.Client(headers={"Authorization": "Bearer test-key"})
     assert deploy(http, service.base_url, "guarded", model).status_code == 201

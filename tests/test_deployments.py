@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from conftest import serve_in_thread
-from test_chat import ASK, tuned  # noqa: F401  (fixture)
+from test_chat import ASK
 from tunelab.deploy.limits import RateLimited, RateLimiter, duration
 from tunelab.errors import InvalidRequest
 
@@ -63,7 +63,7 @@ def deploy(http, base_url, name, model, capacity=5, policy="Default"):
         "properties": {"model": {"format": "OpenAI", "name": model}, "raiPolicyName": policy}})
 
 
-def test_deploy_base_and_fine_tune_then_chat_through_both_clients(tuned):  # noqa: F811
+def test_deploy_base_and_fine_tune_then_chat_through_both_clients(tuned):
     service, model = tuned
     http = httpx.Client(headers={"Authorization": "Bearer test-key"})
     for name, target in (("base-travel", "tiny"), ("ft-travel", model)):

@@ -15,8 +15,7 @@ import openai
 import pytest
 from safetensors.torch import load_file
 
-from conftest import free_port, varied_chats, write_jsonl
-from test_service import wait_for, wait_for_event
+from conftest import free_port, varied_chats, wait_for, wait_for_event, write_jsonl
 
 TUNELAB = str(Path(sys.executable).with_name("tunelab"))
 

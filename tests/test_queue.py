@@ -111,14 +111,6 @@ def test_unknown_job_is_not_found(queue):
         queue.request("ftjob-nope", "cancel")
 
 
-def test_set_status_moves_only_from_the_expected_status(queue):
-    queue.add("ftjob-f", {})
-    queue.set_status("ftjob-f", "queued", expect=("validating_files",))
-    assert queue.status("ftjob-f") == "queued"
-    with pytest.raises(InvalidRequest, match="is queued, not validating_files"):
-        queue.set_status("ftjob-f", "queued", expect=("validating_files",))
-
-
 def test_a_job_given_back_carries_out_the_cancel_or_pause_asked_for_meanwhile(queue):
     for job_id, action in (("ftjob-c", "cancel"), ("ftjob-p", "pause")):
         queue.add(job_id, {}, status="queued")

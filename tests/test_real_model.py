@@ -85,8 +85,7 @@ def test_import_a_gguf_file_through_the_cli(capsys, home):
 def test_fine_tune_smollm2_through_the_service_with_the_openai_sdk(tmp_path, monkeypatch, home):
     from peft import PeftModel
 
-    from conftest import serve_in_thread
-    from test_service import wait_for
+    from conftest import serve_in_thread, wait_for
     from tunelab.models.catalog import resolve_model
     from tunelab.models.load import load_causal_lm
 

@@ -4,43 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 
 import httpx2 as httpx
 import openai
 import pytest
 
-from conftest import varied_chats, write_jsonl
+from conftest import upload, varied_chats, wait_for, wait_for_event, write_jsonl
 from tunelab.train.metrics import COLUMNS
-
-FINAL = ("succeeded", "failed", "cancelled")
-
-
-def upload(client, tmp_path, rows, name="train.jsonl"):
-    path = write_jsonl(tmp_path / name, rows)
-    with path.open("rb") as f:
-        return client.files.create(file=f, purpose="fine-tune")
-
-
-def wait_for(client, job_id, statuses=FINAL, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in statuses:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
-
-
-def wait_for_event(client, job_id, text, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(text in e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=1000).data):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no event with {text!r} in job {job_id}")
-
 
 def test_a_job_runs_from_upload_to_a_fine_tuned_model(service, tmp_path, home):
     client = service.client()

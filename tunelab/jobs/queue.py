@@ -45,24 +45,22 @@ class Queue:
         self.max_attempts = max_attempts
         self.clock = clock
 
-    def add(self, job_id: str, request: dict, status: str = "validating_files") -> None:
-        with self.db.write() as conn:
-            conn.execute("INSERT INTO jobs (id, status, request, created_at) VALUES (?, ?, ?, ?)",
-                         (job_id, status, json.dumps(request), int(self.clock())))
+    def add(self, job_id: str, request: dict, status: str = "validating_files", conn=None, **columns) -> None:
+        """Enqueue a job (with `conn`, inside the caller's write transaction); `columns` fill other job fields."""
+        values = {"id": job_id, "status": status, "request": json.dumps(request), "created_at": int(self.clock()),
+                  **columns}
+        sql = (f"INSERT INTO jobs ({', '.join(values)}) VALUES ({_marks(tuple(values))})", tuple(values.values()))
+        if conn is not None:
+            conn.execute(*sql)
+        else:
+            with self.db.write() as own:
+                own.execute(*sql)
 
     def status(self, job_id: str) -> str:
         rows = self.db.query("SELECT status FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise NotFound(f"fine-tuning job {job_id!r} does not exist", param="fine_tuning_job_id")
         return rows[0]["status"]
-
-    def set_status(self, job_id: str, status: str, *, expect: tuple[str, ...]) -> None:
-        """Move a job that is in one of `expect` to `status` (e.g. validating_files → queued)."""
-        with self.db.write() as conn:
-            done = conn.execute(f"UPDATE jobs SET status = ? WHERE id = ? AND status IN ({_marks(expect)})",
-                                (status, job_id, *expect)).rowcount
-        if not done:
-            raise InvalidRequest(f"job {job_id} is {self.status(job_id)}, not {' or '.join(expect)}")
 
     def request(self, job_id: str, action: str) -> str:
         """A client's cancel, pause or resume; returns the new status. Invalid transitions change nothing."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import time
 from pathlib import Path
 
 from ..api.schemas import JobCreate
@@ -78,9 +77,7 @@ class Jobs:
                 first = remember(conn, "fine_tuning.jobs", idempotency_key, fingerprint, job_id)
                 if first != job_id:
                     return self.get(first, conn)
-            conn.execute("INSERT INTO jobs (id, status, request, created_at, run_dir, output_model) "
-                         "VALUES (?, 'validating_files', ?, ?, ?, ?)",
-                         (job_id, json.dumps(request), int(time.time()), str(self.runs_root / job_id), output))
+            self.queue.add(job_id, request, conn=conn, run_dir=str(self.runs_root / job_id), output_model=output)
             add_event(conn, job_id, f"Created fine-tuning job: {job_id}")
             files = f"training file: {body.training_file}" + (
                 f" and validation file: {body.validation_file}" if body.validation_file else "")

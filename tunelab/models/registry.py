@@ -48,9 +48,10 @@ class Registry:
         return bases + tuned
 
     def get(self, model_id: str) -> dict:
-        for row in list_models():
-            if row["name"] == model_id:
-                return base_object(row)
+        if not model_id.startswith("ft:"):  # ft: ids are never catalog names; skip reading the catalog for them
+            for row in list_models():
+                if row["name"] == model_id:
+                    return base_object(row)
         rows = self.db.query("SELECT * FROM models WHERE id = ?", (model_id,))
         if rows:
             return _tuned_object(rows[0])
