@@ -1,18 +1,26 @@
 """Decode speed: tunelab's engine vs transformers `generate()` on the same model, prompt and greedy decoding.
 
-    .venv/bin/python bench/decode.py                  # SmolLM2-135M-Instruct, 128 new tokens
-    .venv/bin/python bench/decode.py --tokens 64 --streams 8
+    .venv/bin/python bench/decode.py                  # SmolLM2-135M-Instruct, 128 new tokens, 8 streams
+    .venv/bin/python bench/decode.py --weights fp32   # the engine without int8 decode weights
 
 The prompt is the lab's system message plus its first question. Both sides generate exactly `--tokens` tokens
-(end-of-turn ignored) so they do the same work. Reported: time to first token, single-stream tokens/s, and the
-engine's aggregate tokens/s with `--streams` concurrent answers.
+(end-of-turn ignored) so they do the same work. Reported: time to first token, single-stream tokens/s, the
+engine's aggregate tokens/s with `--streams` concurrent answers (half of them through a LoRA adapter, so one
+batch mixes the base model and a fine-tune), and what the engine's decode weights cost in quality: validation
+loss on examples/travel/valid.jsonl and how often its next-token choice agrees with fp32.
+
+Each side runs in its own process, as each would be used: `generate()` from a script's main thread with
+PyTorch's default threads, the engine set up as `tunelab serve` sets it up (its scheduler thread has the cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,11 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
-from tunelab.data.render import render_prompt  # noqa: E402
-from tunelab.inference.engine import Engine, SamplingParams  # noqa: E402
-from tunelab.models.catalog import resolve_model  # noqa: E402
+from tunelab.models.catalog import resolve_model  # noqa: E402  (no torch import: see engine_side)
+from tunelab.threads import reserve_cores  # noqa: E402
 
 SYSTEM = ("You are an AI travel assistant that helps people plan their trips. Your objective is to offer support for "
           "travel-related inquiries, such as visa requirements, weather forecasts, local attractions, and cultural "
@@ -33,6 +38,8 @@ SYSTEM = ("You are an AI travel assistant that helps people plan their trips. Yo
 
 
 def run_generate(model, prompt: list[int], tokens: int) -> dict:
+    import torch
+
     ids = torch.tensor([prompt])
     with torch.no_grad():
         started = time.perf_counter()
@@ -45,7 +52,10 @@ def run_generate(model, prompt: list[int], tokens: int) -> dict:
     return {"ttft_s": round(first, 3), "tokens_per_s": round(tokens / seconds, 1)}
 
 
-def run_engine(engine: Engine, prompt: list[int], tokens: int, streams: int) -> dict:
+def run_engine(engine: Engine, prompt: list[int], tokens: int, streams: int, adapter: str | None = None) -> dict:
+    """`streams` answers at once; with `adapter`, every other one goes through it."""
+    from tunelab.inference.engine import SamplingParams
+
     finished = threading.Semaphore(0)
     firsts: list[float] = []
     started = time.perf_counter()
@@ -61,8 +71,9 @@ def run_engine(engine: Engine, prompt: list[int], tokens: int, streams: int) -> 
                 finished.release()
         return on_event
 
-    generations = [engine.submit(prompt, SamplingParams(max_tokens=tokens, temperature=0), adapter=None,
-                                 end_ids=set(), on_event=listener()) for _ in range(streams)]
+    generations = [engine.submit(prompt, SamplingParams(max_tokens=tokens, temperature=0),
+                                 adapter=adapter if i % 2 else None, end_ids=set(), on_event=listener())
+                   for i in range(streams)]
     for _ in range(streams):
         finished.acquire()
     seconds = time.perf_counter() - started
@@ -70,27 +81,109 @@ def run_engine(engine: Engine, prompt: list[int], tokens: int, streams: int) -> 
     return {"ttft_s": round(min(firsts), 3), "tokens_per_s": round(produced / seconds, 1)}
 
 
+def make_adapter(model_path: Path, out: Path) -> Path:
+    """A LoRA adapter shaped like tunelab's fine-tunes (rank 16, all linear layers). It is freshly initialised,
+    so it leaves the answers unchanged (lora_B is zero) but costs what a trained one costs."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.models.load import load_causal_lm
+
+    get_peft_model(load_causal_lm(model_path), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
+                   ).save_pretrained(out)
+    return out
+
+
+def quality(engine: Engine, reference, rows: int) -> dict:
+    """Validation loss with the engine's weights vs fp32, and how often both pick the same next token. The
+    engine's side is teacher-forced one token at a time through its KV cache: the path decoding takes."""
+    import torch
+
+    losses, agree, count = [0.0, 0.0], 0, 0
+    with torch.no_grad():
+        for line in (ROOT / "examples/travel/valid.jsonl").read_text().splitlines()[:rows]:
+            text = engine.tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=False)
+            ids = torch.tensor([engine.tokenizer(text, add_special_tokens=False)["input_ids"]])
+            exact = reference(input_ids=ids).logits[0, :-1].float()
+            cache, steps = None, []
+            for i in range(ids.shape[1] - 1):
+                out = engine.model(input_ids=ids[:, i:i + 1], cache=cache, use_cache=True)
+                cache = out.cache
+                steps.append(out.logits[0, -1].float())
+            ours, target = torch.stack(steps), ids[0, 1:]
+            losses[0] += torch.nn.functional.cross_entropy(exact, target, reduction="sum").item()
+            losses[1] += torch.nn.functional.cross_entropy(ours, target, reduction="sum").item()
+            agree += int((exact.argmax(-1) == ours.argmax(-1)).sum())
+            count += len(target)
+    return {"valid_loss_fp32": round(losses[0] / count, 4), "valid_loss_engine": round(losses[1] / count, 4),
+            "next_token_agreement": round(agree / count, 4), "tokens": count}
+
+
+def generate_side(args) -> dict:
+    import torch
+
+    from tunelab.models.load import load_causal_lm, load_tokenizer
+
+    base = resolve_model(args.model)
+    model = load_causal_lm(base.path).eval()
+    run_generate(model, lab_prompt(load_tokenizer(base.path)), 4)  # warm-up
+    return {"transformers_generate": run_generate(model, lab_prompt(load_tokenizer(base.path)), args.tokens),
+            "threads": torch.get_num_threads()}
+
+
+def engine_side(args) -> dict:
+    reserve_cores()  # as `tunelab serve` does
+    from tunelab.inference.engine import Engine
+    from tunelab.models.load import load_causal_lm
+
+    base = resolve_model(args.model)
+    engine = Engine(base, weights=args.weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.attach("adapter", make_adapter(base.path, Path(tmp)))
+    prompt = lab_prompt(engine.tokenizer)
+    run_engine(engine, prompt, 4, 1)  # warm-up
+    report = {"decode_weights": engine.weights, "prompt_tokens": len(prompt),
+              "tunelab_single": run_engine(engine, prompt, args.tokens, 1),
+              f"tunelab_{args.streams}_streams": run_engine(engine, prompt, args.tokens, args.streams),
+              f"tunelab_{args.streams}_streams_half_adapter": run_engine(engine, prompt, args.tokens, args.streams,
+                                                                         adapter="adapter")}
+    if args.quality_rows:
+        report["quality"] = quality(engine, load_causal_lm(base.path).eval(), args.quality_rows)
+    return report
+
+
+def lab_prompt(tokenizer) -> list[int]:
+    from tunelab.data.render import render_prompt
+
+    return render_prompt(tokenizer, [{"role": "system", "content": SYSTEM},
+                                     {"role": "user", "content": "What can you do?"}])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--weights", default="auto", choices=("auto", "fp32", "int8"))
+    parser.add_argument("--quality-rows", type=int, default=5, help="validation conversations for the quality "
+                        "check (0 skips it)")
+    parser.add_argument("--side", choices=("generate", "engine"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    base = resolve_model(args.model)
-    engine = Engine(base)
-    prompt = render_prompt(engine.tokenizer, [{"role": "system", "content": SYSTEM},
-                                              {"role": "user", "content": "What can you do?"}])
-    run_engine(engine, prompt, 4, 1)  # warm-up
-    generate = run_generate(engine.model, prompt, args.tokens)
-    single = run_engine(engine, prompt, args.tokens, 1)
-    many = run_engine(engine, prompt, args.tokens, args.streams)
-    print(json.dumps({
-        "model": args.model, "prompt_tokens": len(prompt), "new_tokens": args.tokens, "threads": torch.get_num_threads(),
-        "transformers_generate": generate, "tunelab_single": single, f"tunelab_{args.streams}_streams": many,
-        "single_vs_generate": round(single["tokens_per_s"] / generate["tokens_per_s"], 2),
-        "aggregate_vs_single": round(many["tokens_per_s"] / single["tokens_per_s"], 2),
-    }, indent=2))
+    if args.side:
+        print(json.dumps(generate_side(args) if args.side == "generate" else engine_side(args)), flush=True)
+        os._exit(0)  # the engine's daemon thread may be inside torch: no interpreter teardown around it
+    report = {"model": args.model, "new_tokens": args.tokens}
+    for side in ("generate", "engine"):
+        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], capture_output=True,
+                              text=True)
+        if done.returncode:
+            sys.exit(f"the {side} side failed:\n{done.stderr[-3000:]}")
+        report.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    single, generate = report["tunelab_single"]["tokens_per_s"], report["transformers_generate"]["tokens_per_s"]
+    report["single_vs_generate"] = round(single / generate, 2)
+    report["aggregate_vs_single"] = round(report[f"tunelab_{args.streams}_streams"]["tokens_per_s"] / single, 2)
+    report["mixed_aggregate_vs_single"] = round(
+        report[f"tunelab_{args.streams}_streams_half_adapter"]["tokens_per_s"] / single, 2)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def test_concurrent_answers_interleave_and_a_dropped_stream_stops_generating(tun
         time.sleep(0.05)
     assert generation.cancelled and len(generation.tokens) < 900  # dropped when the client left, not run to the end
     time.sleep(0.2)
-    assert generation not in engine._active and generation.cache is None
+    assert generation not in engine._batch.rows and generation not in engine._waiting
 
 
 def test_a_deleted_fine_tune_no_longer_answers(tuned):

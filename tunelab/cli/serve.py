@@ -15,9 +15,11 @@ from .. import __version__
 from ..api.auth import Keys, is_loopback
 from ..config import Settings
 from ..errors import InvalidRequest
+from ..threads import reserve_cores
 
 
 def serve(settings: Settings, console: Console) -> None:
+    reserve_cores()  # before torch is imported: the inference engine's thread gets the cores
     import uvicorn
 
     from ..api.app import create_app

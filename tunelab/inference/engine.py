@@ -1,14 +1,19 @@
 """The inference engine: one base model in memory, LoRA adapters attached to it by name, and a scheduler thread
-that advances every active generation one token at a time, in turn.
+that decodes every active answer together, one batched forward pass per token.
 
     engine = Engine(resolve_model("SmolLM2-135M-Instruct"))
     engine.attach("ft:…", adapter_dir)                     # seconds: the base is already loaded
     generation = engine.submit(prompt_ids, SamplingParams(max_tokens=64, seed=1), adapter="ft:…")
 
-Each generation keeps its own KV cache and runs with its own adapter (or none, for the base model), so requests
-for the base and for any number of fine-tunes share one copy of the weights and interleave fairly: a long answer
-never holds up a short one. Generation stops at the model's end-of-turn token, a stop string, `max_tokens` or the
-context length; a cancelled generation (the client went away) is dropped before its next token.
+Decoding one token reads all the weights whatever the batch size, so answering eight requests in one forward pass
+costs little more than answering one. Rows of the batch may use different adapters (PEFT's mixed-adapter
+batches) or none, so the base model and any number of fine-tunes share one copy of the weights and one pass.
+
+A new request's prompt is processed on its own (one pass over the whole prompt), then its KV cache joins the batch,
+left-padded to the longest row; a finished or cancelled row leaves it, and padding no row needs any more is
+trimmed. Between two decode steps at most one prompt is processed, so a burst of new requests slows the running
+answers down but never stops them. Generation stops at the model's end-of-turn token, a stop string, `max_tokens`
+or the context length; a cancelled generation (the client went away) is dropped before its next token.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ import torch
 
 from ..models.catalog import LocalModel
 from ..models.load import load_causal_lm, load_tokenizer
+from ..threads import use_all_cores_here
+from .batch import Batch
+from .weights import prepare as prepare_weights
 
 
 @dataclass
@@ -58,9 +66,8 @@ class Generation:
         self.end_ids = end_ids
         self.context = context
         self.on_event = on_event
-        self.tokens: list[int] = []
+        self.tokens: list[int] = []  # the last one is not in the KV cache yet: the next pass feeds it
         self.text = ""  # decoded so far (final, sent)
-        self.cache = None
         self.finish_reason: str | None = None
         self.cancelled = False
         self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None
@@ -73,18 +80,30 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, base: LocalModel):
+    def __init__(self, base: LocalModel, *, weights: str = "auto", max_batch: int = 16):
         self.base = base
         self.tokenizer = load_tokenizer(base.path)
-        self.model = load_causal_lm(base.path).eval()
-        self.context = base.meta.get("context_length") or self.model.config.max_position_embeddings or 2048
+        self.max_batch = max_batch
         self.peft = None  # the PeftModel wrapping `model`, once an adapter is attached
         self.adapters: dict[str, Path] = {}
-        self._active: deque[Generation] = deque()
-        self._wake = threading.Condition()  # guards the queue only: held for microseconds
+        self._routed: str | None = "mixed"  # what the LoRA layers apply now (see _route)
+        self._waiting: deque[Generation] = deque()  # submitted; prompt not processed yet
+        self._batch = Batch()  # the generations being decoded together (scheduler thread only)
+        self._wake = threading.Condition()  # guards `_waiting` only: held for microseconds
         self._model_lock = threading.Lock()  # a forward pass, or attaching an adapter
-        self._thread = threading.Thread(target=self._run, name=f"tunelab-engine-{base.name}", daemon=True)
+        # The model is loaded on the scheduler thread, the thread with the cores (tunelab/threads.py).
+        loaded, failure = threading.Event(), []
+        self._thread = threading.Thread(target=self._run, args=(weights, loaded, failure),
+                                        name=f"tunelab-engine-{base.name}", daemon=True)
         self._thread.start()
+        loaded.wait()
+        if failure:
+            raise failure[0]
+
+    def _load(self, weights: str) -> None:
+        self.model = load_causal_lm(self.base.path).eval()
+        self.context = self.base.meta.get("context_length") or self.model.config.max_position_embeddings or 2048
+        self.weights = prepare_weights(self.model, weights)  # "int8" or "fp32": what decoding reads
 
     # --- adapters ---
 
@@ -101,12 +120,15 @@ class Engine:
             else:
                 self.peft.load_adapter(path, adapter_name=name)
             self.adapters[name] = Path(path)
+            self._reset_routing()
 
     def detach(self, name: str) -> None:
+        """Unload an adapter; answers still being generated with it end with an error at their next token."""
         with self._model_lock:
             if name in self.adapters and self.peft is not None:
                 self.peft.delete_adapter(name)
                 del self.adapters[name]
+                self._reset_routing()
 
     # --- generation ---
 
@@ -114,7 +136,7 @@ class Engine:
                on_event: Callable) -> Generation:
         generation = Generation(prompt, params, adapter, end_ids, self.context, on_event)
         with self._wake:
-            self._active.append(generation)
+            self._waiting.append(generation)
             self._wake.notify()
         return generation
 
@@ -135,42 +157,107 @@ class Engine:
         if not done.wait(timeout) or failure:
             raise RuntimeError(failure[0] if failure else "the model did not answer its warm-up in time")
 
-    def _run(self) -> None:
+    def _run(self, weights: str, loaded: threading.Event, failure: list) -> None:
+        use_all_cores_here()
+        try:
+            self._load(weights)
+        except Exception as exc:
+            failure.append(exc)
+            return
+        finally:
+            loaded.set()
         while True:
             with self._wake:
-                while not self._active:
+                while not self._waiting and not self._batch.rows:
                     self._wake.wait()
-                generation = self._active.popleft()
-            if generation.cancelled:
-                generation.cache = None
-                continue
-            try:
-                with self._model_lock:
-                    self._step(generation)
-            except Exception as exc:  # a fault in one generation ends it, not the engine
-                generation.finish_reason, generation.cache = "error", None
-                generation.on_event("error", f"{type(exc).__name__}: {exc}")
-                continue
-            if generation.finish_reason is None:
-                with self._wake:
-                    self._active.append(generation)  # round robin: back of the line
+                newcomer = None
+                if self._waiting and len(self._batch.rows) < self.max_batch:
+                    newcomer = self._waiting.popleft()
+            with self._model_lock:
+                self._drop_stale()
+                if newcomer is not None and not newcomer.cancelled:
+                    self._guarded([newcomer], lambda: self._prefill(newcomer))
+                if self._batch.rows:
+                    self._guarded(list(self._batch.rows), self._decode)
+
+    def _guarded(self, generations: list[Generation], step: Callable) -> None:
+        """Run a forward pass; a fault ends the generations it was for, not the engine."""
+        try:
+            step()
+        except Exception as exc:
+            for g in generations:
+                if g.finish_reason is None:
+                    g.finish_reason = "error"
+                    g.on_event("error", f"{type(exc).__name__}: {exc}")
+            self._batch.keep([g for g in self._batch.rows if g.finish_reason is None])
+
+    def _drop_stale(self) -> None:
+        """Leave out cancelled rows and rows whose adapter was detached before the next pass."""
+        for g in self._batch.rows:
+            if g.adapter and g.adapter not in self.adapters and g.finish_reason is None:
+                g.finish_reason = "error"
+                g.on_event("error", f"the model {g.adapter} was unloaded while answering")
+        self._batch.keep([g for g in self._batch.rows if g.finish_reason is None and not g.cancelled])
 
     @torch.no_grad()
-    def _step(self, g: Generation) -> None:
-        """Compute one token of `g` (the whole prompt on its first step) and report what became final."""
-        inputs = {"input_ids": torch.tensor([g.prompt if g.cache is None else g.tokens[-1:]]), "cache": g.cache,
+    def _prefill(self, g: Generation) -> None:
+        """Process `g`'s prompt on its own, take its first token, and let it join the batch."""
+        if g.adapter and g.adapter not in self.adapters:
+            raise RuntimeError(f"the model {g.adapter} was unloaded before answering")
+        out = self._forward(torch.tensor([g.prompt]), None, None, None, [g.adapter])
+        self._accept(g, self._sample(g, out.logits[0, -1].float()))
+        if g.finish_reason is None:
+            if not Batch.joinable(out.cache):
+                self.max_batch = 1  # a cache kind rows cannot share (sliding windows): one answer at a time
+            self._batch.join(g, out.cache)
+
+    @torch.no_grad()
+    def _decode(self) -> None:
+        """One token for every row of the batch, in one forward pass."""
+        rows = self._batch.rows
+        ids = torch.tensor([[g.tokens[-1]] for g in rows])
+        mask, positions = self._batch.extend()
+        out = self._forward(ids, self._batch.cache, mask, positions, [g.adapter for g in rows])
+        self._batch.cache = out.cache
+        logits = out.logits[:, -1].float()
+        for i, g in enumerate(rows):
+            self._accept(g, self._sample(g, logits[i]))
+        self._batch.keep([g for g in rows if g.finish_reason is None])
+
+    def _forward(self, ids, cache, mask, positions, adapters: list[str | None]):
+        inputs = {"input_ids": ids, "cache": cache, "attention_mask": mask, "position_ids": positions,
                   "use_cache": True, "logits_to_keep": 1}
-        if g.adapter:
-            self.peft.set_adapter(g.adapter)
-            out = self.peft(**inputs)
-        elif self.peft is not None:  # the base model's own answer: LoRA layers switched off
-            with self.peft.disable_adapter():
-                out = self.peft(**inputs)
+        if self.peft is None:
+            return self.model(**inputs)
+        wanted = set(adapters)
+        if len(wanted) == 1:  # the common case: one model for the whole batch, no per-row routing
+            self._route(wanted.pop())
+            return self.peft(**inputs)
+        # PEFT's mixed-adapter batch: each row through its own LoRA weights, "__base__" rows through none
+        self._route("mixed")
+        return self.peft(**inputs, adapter_names=[a or "__base__" for a in adapters])
+
+    def _reset_routing(self) -> None:
+        """After loading or deleting an adapter: every LoRA layer on, the next pass routes again."""
+        self.peft.base_model.enable_adapter_layers()
+        self._routed = "mixed"
+
+    def _route(self, adapter: str | None) -> None:
+        """Switch the LoRA layers to `adapter` (None: off; "mixed": on, rows choose) only when it changes:
+        switching walks every layer of the model."""
+        if adapter == self._routed:
+            return
+        if adapter is None:
+            self.peft.base_model.disable_adapter_layers()
         else:
-            out = self.model(**inputs)
-        g.cache = out.cache
-        logits = out.logits[0, -1].float()
-        token = self._sample(g, logits)
+            if self._routed is None:
+                self.peft.base_model.enable_adapter_layers()
+            if adapter != "mixed":
+                self.peft.set_adapter(adapter)
+        self._routed = adapter
+
+    def _accept(self, g: Generation, token: int) -> None:
+        """Record a sampled token and report what became final."""
         if token in g.end_ids:
             return self._finish(g, "stop")
         g.tokens.append(token)
@@ -237,5 +324,4 @@ class Engine:
             text, reason = text[:min(cuts)], "stop"
         self._send(g, text)
         g.finish_reason = reason
-        g.cache = None  # free the memory now
         g.on_event("done", reason)

@@ -28,8 +28,9 @@ class Target:
 
 
 class EnginePool:
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, decode_weights: str = "auto"):
         self.registry = registry
+        self.decode_weights = decode_weights
         self.engines: dict[str, Engine] = {}  # by base name (or full fine-tune id)
         self.tokenizers: dict[str, object] = {}
         self._lock = threading.Lock()
@@ -60,7 +61,7 @@ class EnginePool:
 
     def _engine(self, key: str, model: LocalModel | None) -> Engine:
         if key not in self.engines:
-            self.engines[key] = Engine(model or resolve_model(key))
+            self.engines[key] = Engine(model or resolve_model(key), weights=self.decode_weights)
         return self.engines[key]
 
     def _adapter_tokenizer(self, model_id: str, path: Path, engine: Engine):

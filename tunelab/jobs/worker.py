@@ -25,6 +25,7 @@ from ..data.validate import MIN_EXAMPLES, validate_file
 from ..errors import NotFound
 from ..store.db import Database
 from ..store.files import Files
+from ..threads import child_environment
 from .events import add_event, note_outcome
 from .queue import Lease, LeaseLost, Queue
 
@@ -156,9 +157,10 @@ class Run:
         run_dir = Path(self.db.query("SELECT run_dir FROM jobs WHERE id = ?", (self.lease.job_id,))[0]["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         # The trainer reads the server's settings, whether they came from the environment or from code.
-        env = {**os.environ, "TUNELAB_HOME": str(self.settings.home), "TUNELAB_OWNER": self.settings.owner,
-               "TUNELAB_LEASE_SECONDS": str(self.settings.lease_seconds),
-               "TUNELAB_MAX_ATTEMPTS": str(self.settings.max_attempts)}
+        env = child_environment({**os.environ, "TUNELAB_HOME": str(self.settings.home),
+                                 "TUNELAB_OWNER": self.settings.owner,
+                                 "TUNELAB_LEASE_SECONDS": str(self.settings.lease_seconds),
+                                 "TUNELAB_MAX_ATTEMPTS": str(self.settings.max_attempts)})
         with (run_dir.parent / f"{self.lease.job_id}.log").open("ab") as log:
             # Its output (library warnings, a traceback if it crashes) goes to the job's log, not the console;
             # its own session keeps a Ctrl-C on the server from reaching it except through us.

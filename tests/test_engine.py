@@ -1,0 +1,102 @@
+"""The inference engine on its own: batched decoding gives every row the answer it would get alone, across
+adapters and while rows join and leave; int8 decode weights stay close to fp32 and carry LoRA adapters."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from tunelab.inference.engine import Engine, SamplingParams
+from tunelab.inference.weights import Int8Linear, prepare
+from tunelab.models.catalog import LocalModel
+from tunelab.models.load import load_causal_lm
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, tmp_path_factory):
+    """A LoRA adapter with random (non-zero) weights, so it visibly changes the answers."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    model = get_peft_model(load_causal_lm(tiny_model), LoraConfig(r=4, target_modules="all-linear",
+                                                                   init_lora_weights=False))
+    path = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(path)
+    return path
+
+
+def answer_all(engine: Engine, requests: list[tuple[list[int], str | None, int]]) -> list[tuple[list, list]]:
+    """Submit every request at once and wait for all: (prompt, adapter, max_tokens) -> (tokens, logprobs)."""
+    done = threading.Semaphore(0)
+    logprobs = [[] for _ in requests]
+
+    def listener(i):
+        def on_event(kind, payload):
+            if kind == "delta":
+                logprobs[i].extend(payload[1])
+            if kind in ("done", "error"):
+                done.release()
+        return on_event
+
+    generations = [engine.submit(prompt, SamplingParams(max_tokens=tokens, temperature=0, logprobs=True,
+                                                        top_logprobs=20), adapter=adapter, end_ids=set(),
+                                 on_event=listener(i))
+                   for i, (prompt, adapter, tokens) in enumerate(requests)]
+    for _ in generations:
+        assert done.acquire(timeout=60)
+    assert all(g.finish_reason == "length" for g in generations), [g.finish_reason for g in generations]
+    return [(g.tokens, lp) for g, lp in zip(generations, logprobs)]
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_a_row_decoded_in_a_batch_gets_the_answer_it_gets_alone(tiny_model, adapter, weights):
+    engine = Engine(LocalModel("tiny", tiny_model, {}), weights=weights)
+    assert engine.weights == weights
+    engine.attach("ft", adapter)
+    encode = lambda text: engine.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    requests = [(encode("Where should I go in May?"), None, 24),
+                (encode("Tell me about the local markets around Lisbon and the day trips by train"), "ft", 6),
+                (encode("Oslo"), "ft", 16),
+                (encode("Tell me about festivals in spring"), None, 3)]
+    alone = [answer_all(engine, [request])[0] for request in requests]
+    together = answer_all(engine, requests)  # rows join one by one, leave at 3, 6, 16 and 24 tokens
+    if weights == "fp32":
+        assert [tokens for tokens, _ in together] == [tokens for tokens, _ in alone]
+    else:  # bf16 activations round differently in a batch: compare the first decoded step's distribution
+        for (tokens, batched), (expected, single) in zip(together, alone):
+            assert len(tokens) == len(expected) and tokens[0] == expected[0]
+            ours, theirs = dict(batched[1].top), dict(single[1].top)
+            shared = ours.keys() & theirs.keys()
+            assert len(shared) >= 10 and max(abs(ours[t] - theirs[t]) for t in shared) < 0.1
+    assert alone[0][0] != answer_all(engine, [(requests[0][0], "ft", 24)])[0][0]  # the adapter changes the answer
+
+
+def test_int8_rows_stay_close_to_the_fp32_layer():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 200)
+    quantized = Int8Linear(linear)
+    for x in (torch.randn(3, 1, 96), torch.randn(1, 17, 96)):  # decode steps (int8) and a prompt (bf16)
+        exact, approx = linear(x), quantized(x).float()
+        assert approx.shape == exact.shape
+        assert ((approx - exact).norm() / exact.norm()) < 0.02
+
+
+def test_int8_conversion_replaces_every_linear_layer_and_adapters_attach_on_top(tiny_model, adapter):
+    model = load_causal_lm(tiny_model).eval()
+    assert prepare(model, "int8") == "int8"
+    assert not [m for m in model.modules() if type(m) is torch.nn.Linear]
+    with pytest.raises(ValueError, match="choose one of auto, fp32, int8"):
+        prepare(model, "int4")
+    from peft import PeftModel
+
+    lora = PeftModel.from_pretrained(model, adapter, adapter_name="ft").eval()
+    wrapped = lora.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(wrapped.base_layer, Int8Linear) and "ft" in wrapped.lora_A
+    with torch.no_grad():
+        ids = torch.tensor([[5, 6, 7]])
+        with lora.disable_adapter():
+            base = lora(input_ids=ids).logits
+        tuned = lora(input_ids=ids).logits
+    assert not torch.allclose(base, tuned)

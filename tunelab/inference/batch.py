@@ -1,0 +1,66 @@
+"""The rows decoded together: their generations, one KV cache for all of them and the attention mask.
+
+Rows have different lengths, so every row is left-padded to the longest; the mask hides the padding and each row
+gets its own position ids (its count of real tokens), so a row computes exactly what it would compute alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+from transformers.cache_utils import DynamicLayer
+
+
+class Batch:
+    def __init__(self):
+        self.rows: list = []  # Generations, in row order
+        self.cache = None  # a DynamicCache: per layer keys/values of shape [rows, heads, width, head_dim]
+        self.mask: torch.Tensor | None = None  # [rows, width]: 1 for a real token, 0 for padding
+
+    @staticmethod
+    def joinable(cache) -> bool:
+        """Rows can only be stacked when every layer's cache is a plain growing one (no sliding window)."""
+        return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+    def join(self, generation, cache) -> None:
+        """Add a generation whose prompt has just been processed alone (`cache` has one row)."""
+        length = cache.get_seq_length()
+        mask = torch.ones(1, length, dtype=torch.long)
+        if not self.rows:
+            self.rows, self.cache, self.mask = [generation], cache, mask
+            return
+        width = max(length, self.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([_pad_kv(mine.keys, width), _pad_kv(theirs.keys, width)])
+            mine.values = torch.cat([_pad_kv(mine.values, width), _pad_kv(theirs.values, width)])
+        self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(mask, width)])
+        self.rows.append(generation)
+
+    def extend(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask and position ids for the next token of every row."""
+        self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
+        return self.mask, self.mask.sum(dim=1, keepdim=True) - 1
+
+    def keep(self, generations: list) -> None:
+        """Keep only `generations` (a subset of the rows, in order); trim padding no remaining row needs."""
+        if len(generations) == len(self.rows):
+            return
+        if not generations:
+            self.rows, self.cache, self.mask = [], None, None
+            return
+        index = torch.tensor([self.rows.index(g) for g in generations])
+        self.mask = self.mask[index]
+        trim = int((self.mask.sum(dim=0) == 0).long().cumprod(dim=0).sum())  # leading all-padding columns
+        self.mask = self.mask[:, trim:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, trim:]
+            layer.values = layer.values[index, :, trim:]
+        self.rows = list(generations)
+
+
+def _pad_kv(states: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(states, (0, 0, width - states.shape[-2], 0))
+
+
+def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(mask, (width - mask.shape[1], 0))
