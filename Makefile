@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUN ?= runs/travel-$(shell date +%Y%m%d-%H%M%S)
 TRAVEL := examples/travel
 
-.PHONY: install demo test bench gemma clean
+.PHONY: install demo test test-slow bench gemma clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+test-slow: install  # the slow tests only: a full fine-tune of the real model
+	$(BIN)/python -m pytest -m slow
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'

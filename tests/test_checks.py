@@ -1,0 +1,271 @@
+"""Answer checks: each built-in catches its case and passes clean text, a user's own check plugs in through the
+same seam, and `run` aggregates per candidate into plain JSON. Style and reference use the real embedder."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tunelab.errors import InvalidRequest, NotFound
+from tunelab.evaluate import checks as registry
+from tunelab.evaluate.checks import (Case, ForbiddenTopics, PolicyCheck, Score, StyleCheck, check, checks, get,
+                                     register, run, words)
+from conftest import TRAVEL
+
+
+@pytest.fixture
+def isolated(monkeypatch):
+    """A private copy of the registry, so a test's checks do not leak into others."""
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+
+
+def answer(text: str, **fields) -> Case:
+    return Case(prompt="Where in Rome should I stay?", answer=text, **fields)
+
+
+def assistant_replies(*files: str) -> list[str]:
+    return [m["content"] for f in files for line in (TRAVEL / f).read_text().splitlines()
+            for m in json.loads(line)["messages"] if m["role"] == "assistant"]
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+
+
+def test_built_ins_are_registered_in_order_with_their_direction():
+    assert [c.name for c in checks()] == ["policy", "engagement", "redirect", "style", "reference", "length"]
+    assert get("policy").higher_is_better is False
+    assert get("engagement").higher_is_better is True
+    assert get("length").higher_is_better is None
+    assert all(c.title for c in checks())
+
+
+def test_unknown_and_duplicate_names_are_refused(isolated):
+    with pytest.raises(NotFound, match="known checks: policy, engagement"):
+        get("nope")
+    with pytest.raises(InvalidRequest, match="already registered"):
+        register(PolicyCheck())
+    stricter = register(PolicyCheck(ForbiddenTopics({"hotel": [r"(?i)hotel"]})), replace=True)
+    assert get("policy") is stricter
+
+
+# The example from docs/evaluate.md, "Adding a check".
+SEASON = re.compile(r"\b(?:spring|summer|autumn|fall|winter|monsoon|dry season|January|February|March|April|May"
+                    r"|June|July|August|September|October|November|December)\b", re.I)
+
+
+def test_a_user_check_plugs_in_like_the_built_ins(isolated):
+    @check("season", "Says when to go")
+    def season(case: Case) -> Score:
+        found = SEASON.search(case.answer)
+        return Score(bool(found), found.group(0) if found else None)
+
+    assert get("season") is season and checks()[-1] is season
+    reports = run({"tuned": [answer("Go in May, when the jacaranda blooms. Which sights call to you?"),
+                             answer("Lisbon is hilly. Comfy shoes help.")]},
+                  [get("season"), get("engagement")])
+    summary = reports[0].to_dict()["summary"]
+    assert summary["season"] == {"check": "season", "title": "Says when to go", "higher_is_better": True,
+                                 "mean": 0.5, "count": 2}
+    assert reports[0].scores[0]["season"] == Score(True, "May")
+    assert summary["engagement"]["mean"] == 0.5
+
+
+def test_a_configured_object_registers_too(isolated):
+    banking = ForbiddenTopics({"stock tip": [words("Tesla", "Nvidia"), r"(?i:\byou should (?:buy|sell)\b)"]})
+    register(PolicyCheck(banking, name="policy-bank", title="Gives stock tips"))
+    score = get("policy-bank").score(answer("Honestly, you should buy Nvidia now."))
+    assert score == Score(True, "stock tip: 'you should buy' (+1 more)")
+    assert get("policy-bank").score(answer("Diversified index funds suit most savers.")).value is False
+
+
+def test_a_check_returning_something_else_is_reported(isolated):
+    check("bad", "Returns text")(lambda case: "yes")
+    with pytest.raises(InvalidRequest, match="check 'bad' returned str"):
+        run({"m": [answer("x")]}, [get("bad")])
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+
+def test_run_aggregates_per_candidate_and_serialises_to_json():
+    cases = {
+        "base": [answer("Stay at the Ritz. It is lovely."),
+                 Case("Write me a poem", "Roses are red, violets are blue.", off_topic=True)],
+        "tuned": [answer("Monti is charming and central. Would you like a quieter area?"),
+                  Case("Write me a poem", "Poetry is outside what I can help with, but I'd love to plan a trip to "
+                       "Verona, Juliet's city! Fancy a romantic getaway?", off_topic=True)],
+    }
+    reports = run(cases, [get("policy"), get("engagement"), get("redirect"), get("length")])
+    base, tuned = (r.to_dict() for r in reports)
+    assert base["candidate"] == "base" and tuned["candidate"] == "tuned"
+    assert base["summary"]["policy"]["mean"] == 0.5 and tuned["summary"]["policy"]["mean"] == 0.0
+    assert base["summary"]["engagement"]["mean"] == 0.0 and tuned["summary"]["engagement"]["mean"] == 1.0
+    # redirect applies to the off-topic prompt only: one answer each
+    assert base["summary"]["redirect"] == {"check": "redirect", "title": get("redirect").title,
+                                           "higher_is_better": True, "mean": 0.0, "count": 1}
+    assert tuned["summary"]["redirect"]["mean"] == 1.0
+    assert tuned["scores"][0]["redirect"] == {"value": None, "reason": None}
+    assert base["summary"]["length"]["mean"] == (7 + 6) / 2
+    assert base["scores"][0]["policy"] == {"value": True, "reason": "hotel: 'Stay at the Ritz'"}
+    json.dumps([r.to_dict() for r in reports])
+
+
+# ---------------------------------------------------------------------------------------------------- policy
+
+VIOLATIONS = [
+    ("You should stay at the Ritz, it's right on the square.", "hotel", "stay at the Ritz"),
+    ("Book a flight with Lufthansa via Frankfurt.", "flight", "flight with Lufthansa"),
+    ("Rent a car from Hertz at the airport.", "rental car", "Hertz"),
+    ("Try dinner at Le Jules Verne restaurant on the tower.", "restaurant", "dinner at Le Jules Verne restaurant"),
+    ("The Marriott near Termini is handy for the trains.", "hotel", "Marriott"),
+    ("Airbnb has plenty of flats in Trastevere.", "hotel", "Airbnb"),
+    ("Check Expedia for package deals.", "booking site", "Expedia"),
+    ("I can help you book flights, hotels and rental cars for your trip!", "flight", "I can help you book"),
+    ("Consider **Hotel Artemide**, close to Termini.", "hotel", "Hotel Artemide"),
+    ("The best steakhouse in Buenos Aires is Don Julio.", "restaurant", "is Don Julio"),
+    ("1. Roscioli - a legendary deli and wine bar", "restaurant", "Roscioli - a legendary deli"),
+    ("Korean Air has the most legroom on that route.", "flight", "Korean Air"),
+    ("Singapore Airlines flies there daily.", "flight", "Singapore Airlines"),
+    ("Fly with Emirates via Dubai.", "flight", "Fly with Emirates"),
+    ("Hire a campervan through Jucy for the South Island.", "rental car", "through Jucy"),
+    ("Trattoria da Enzo is cheap and cheerful.", "restaurant", "Trattoria da Enzo"),
+    ("Grab a drink at Harry's Bar afterwards.", "restaurant", "Harry's Bar"),
+    ("Here are some affordable restaurants near Campo de' Fiori:", "restaurant", "affordable restaurants"),
+]
+
+CLEAN = [
+    "Take a deep breath of fresh air on the cliff walk. Air quality in the hills is wonderful.",
+    "Climb the flight of stairs up to the roof terrace for the view.",
+    "Ljubljana has a car-free old town along the river, perfect for wandering.",
+    "The train ride along the coast is gorgeous, and local food markets are great for snacks.",
+    "I don't recommend specific hotels, flights, car hire or restaurants, but I can help you pick a neighbourhood.",
+    "Airlines and fares are one thing I leave to others, but once you land, the airport railway is quick.",
+    "Temple Bar is lively but touristy, and the Hotel Zone in Cancún is a long beachfront strip.",
+    "The United Arab Emirates is hot in summer, and Hilton Head Island is lovely in spring.",
+    "Stay at Lake Bled for a night, then have lunch at Borough Market when you are back in London.",
+    "Bologna is a food city with a trattoria on every corner, and Trastevere is full of restaurants.",
+    "Hot air balloons fly at dawn over Cappadocia. Budget travellers love it too.",
+    "Stay in Monti or Trastevere; flights on Mondays are often cheaper.",
+]
+
+
+@pytest.mark.parametrize("text,topic,evidence", VIOLATIONS)
+def test_policy_catches_recommendations_and_named_businesses(text, topic, evidence):
+    score = get("policy").score(answer(text))
+    assert score.value is True
+    assert score.reason.startswith(f"{topic}: ") and evidence in score.reason
+
+
+@pytest.mark.parametrize("text", CLEAN)
+def test_policy_passes_travel_talk_that_names_no_business(text):
+    assert get("policy").score(answer(text)) == Score(False)
+
+
+def test_policy_passes_every_reply_of_the_travel_example():
+    """The lab's good answers decline hotels, flights and restaurants by name of the category, never of a business."""
+    replies = assistant_replies("train.jsonl", "valid.jsonl")
+    assert len(replies) > 200
+    flagged = [(text[:80], get("policy").score(answer(text)).reason) for text in replies
+               if get("policy").score(answer(text)).value]
+    assert flagged == []
+
+
+# ---------------------------------------------------------------------------------------------------- engagement
+
+
+@pytest.mark.parametrize("text", [
+    "Rome rewards wandering. Are you more into food or history?",
+    "Kyoto is lovely in autumn. Would you rather see temples or gardens?  \n",
+    "Lisbon has great views. Which miradouro will you try first? 😊",
+    'Ask yourself: "what do I want to feel on this trip?"',
+    "So many choices! Beaches, mountains, or both?!",
+])
+def test_engagement_counts_a_question_at_the_end(text):
+    assert get("engagement").score(answer(text)).value is True
+
+
+@pytest.mark.parametrize("text", [
+    "Are you more into food or history? Either way, Rome delivers.",
+    "Which sounds better to you? Let me know!",
+    "Rome rewards wandering. Enjoy your trip!",
+    "",
+])
+def test_engagement_refuses_a_statement_at_the_end(text):
+    score = get("engagement").score(answer(text))
+    assert score.value is False
+
+
+# ---------------------------------------------------------------------------------------------------- redirect
+
+
+def off_topic(text: str) -> Case:
+    return Case(prompt="Give me a recipe for chocolate chip cookies", answer=text, off_topic=True)
+
+
+def test_redirect_applies_to_off_topic_prompts_only():
+    assert get("redirect").score(answer("Would you like to visit Rome?")) is None
+
+
+@pytest.mark.parametrize("text", [
+    "Recipes aren't really my thing, but I can tell you where cookies taste best! Fancy a foodie trip to Vienna?",
+    "Baking is outside what I can help with, since I'm here for travel planning. Dreaming of a getaway soon?",
+    "How about a trip instead? The Christmas markets of Vienna are a dream. Would a winter journey appeal?",
+])
+def test_redirect_passes_a_decline_that_steers_to_travel(text):
+    assert get("redirect").score(off_topic(text)).value is True
+
+
+@pytest.mark.parametrize("text", [
+    "Cream 115 g butter with 100 g sugar. Add an egg, 150 g flour and the chips. Bake at 180°C for 10 minutes. "
+    "Planning a trip soon?",
+    "Recipes aren't my thing, but here's a quick one: mix butter, sugar, flour and chips, then bake. Any trips?",
+    "I usually stick to travel, but sure:\n```\nbake(cookies)\n```\nHappy travels!",
+    "Sorry, I can't help with that.",
+])
+def test_redirect_fails_an_answer_to_the_request_or_no_steer(text):
+    assert get("redirect").score(off_topic(text)).value is False
+
+
+# ---------------------------------------------------------------------------------------------------- length
+
+
+def test_length_counts_words():
+    assert get("length").score(answer("Go in May,  when it's warm.\n")) == 6
+
+
+# ---------------------------------------------------------------------------------------------------- embeddings
+
+TUNED = ("Autumn is glorious in Kyoto: maple leaves blaze red around Tofuku-ji and the crowds thin after "
+         "mid-November. Wander the Philosopher's Path early, then the lantern-lit lanes of Gion at dusk. "
+         "Would you rather chase temples or food markets?")
+BASE = "Sure! Here are some options:\n1. Option A\n2. Option B\n3. Option C\nLet me know if you need anything else."
+
+
+def test_style_prefers_the_training_voice_and_loads_nothing_until_used():
+    style = StyleCheck(assistant_replies("valid.jsonl")[:4])
+    assert style._vectors is None  # building the check embeds nothing
+    tuned, base = style.score(answer(TUNED)), style.score(answer(BASE))
+    assert style._vectors.shape[0] == 4
+    assert -1 <= base and base + 0.1 < tuned <= 1
+    nearest = StyleCheck(style.references, top_k=2)
+    nearest._vectors = style._vectors  # same references: reuse their embeddings
+    assert nearest.score(answer(BASE)) + 0.1 < nearest.score(answer(TUNED))
+
+
+def test_style_without_references_scores_nothing():
+    assert get("style").score(answer(TUNED)) == Score(None, "no reference texts")
+
+
+def test_style_reads_the_assistant_replies_of_a_chat_file():
+    style = StyleCheck.from_chat_file(TRAVEL / "train.jsonl", top_k=5)
+    assert list(style.references) == assistant_replies("train.jsonl") and style.top_k == 5
+
+
+def test_reference_scores_a_paraphrase_above_an_unrelated_answer():
+    known = "Visit Kyoto in autumn for the red maples, and walk the Philosopher's Path early in the morning."
+    assert get("reference").score(answer("How about a trip?")) is None
+    close = get("reference").score(answer(TUNED, reference=known))
+    far = get("reference").score(answer(BASE, reference=known))
+    assert close > far + 0.3
