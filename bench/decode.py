@@ -24,12 +24,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tunelab.models.catalog import resolve_model  # noqa: E402  (no torch import: see engine_side)
 from tunelab.threads import reserve_cores  # noqa: E402
+
+if TYPE_CHECKING:  # imported inside the functions: torch must not load before reserve_cores()
+    from tunelab.inference.engine import Engine
 
 SYSTEM = ("You are an AI travel assistant that helps people plan their trips. Your objective is to offer support for "
           "travel-related inquiries, such as visa requirements, weather forecasts, local attractions, and cultural "

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..deploy.service import Deployments
+from ..evaluate.service import Evaluations
 from ..inference.pool import EnginePool
 from ..safety.policy import Policies
 from ..jobs.queue import Queue
@@ -28,6 +29,7 @@ class Service:
     pool: EnginePool
     deployments: Deployments
     policies: Policies
+    evaluations: Evaluations
 
     @classmethod
     def build(cls, settings: Settings) -> "Service":
@@ -40,7 +42,7 @@ class Service:
         pool = EnginePool(registry, settings.decode_weights)
         policies = Policies(db)
         return cls(settings, db, files, queue, registry, jobs, Keys(settings.home, settings.api_key), pool,
-                   Deployments(db, registry, pool, policies), policies)
+                   Deployments(db, registry, pool, policies), policies, Evaluations(db))
 
     def open(self) -> None:
         """Check and migrate the database and clear what an earlier crash left half-written."""
@@ -48,3 +50,4 @@ class Service:
             self.db.check_integrity()
         self.db.migrate()
         self.files.sweep()
+        self.evaluations.recover()

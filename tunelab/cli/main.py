@@ -23,6 +23,7 @@ from rich.table import Column, Table
 from .. import __version__
 from ..config import get_settings
 from ..errors import ModelNotFound, TunelabError
+from .compare import compare
 from .client import ApiKey, BaseUrl, ServiceUnreachable, chat, delete_service_model, deploy, deployments_app, \
     files_app, jobs_app, list_service_models, parse_auto
 
@@ -38,6 +39,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(deployments_app, name="deployments")
 app.command("deploy")(deploy)
 app.command("chat")(chat)
+app.command("compare")(compare)
 
 out = Console()
 err = Console(stderr=True)

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..api.schemas import ChatRequest
 from ..data.render import render_prompt
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..deploy.limits import RateLimiter
 from ..safety.policy import ContentFiltered, Policy
 from .engine import SamplingParams, TokenLogprob
@@ -163,6 +163,19 @@ class _State:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": self.prompt_tokens + completion, "prompt_tokens_details": {"cached_tokens": 0},
                 "completion_tokens_details": {"reasoning_tokens": 0}}
+
+
+async def begin(svc, request: ChatRequest, name: str, *, explicit: bool = False) -> "_State":
+    """Start answering `request` with `name`: a deployment (its model, under its rate limit and content filter)
+    or, unless `explicit` (Azure's deployment route), a model id. `svc` is the service (api/service.py)."""
+    served = await run_in_threadpool(svc.deployments.serving, name)
+    if served is None and explicit:
+        raise NotFound(f"no deployment named {name!r}", param="deployment", code="DeploymentNotFound")
+    if served is None:
+        return await start(svc.pool, request, model_id=name)
+    row, limiter = served
+    return await start(svc.pool, request, model_id=row["model"], limiter=limiter, deployment=name,
+                       policy=svc.policies.get(row["rai_policy"]))
 
 
 async def start(pool: EnginePool, request: ChatRequest, *, model_id: str | None = None,

@@ -79,6 +79,28 @@ class Generation:
         self.cancelled = True
 
 
+class Task:
+    """A function to run on the scheduler thread, and its outcome for the caller waiting on it."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.done = threading.Event()
+        self.value, self.error = None, None
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn()
+        except Exception as exc:
+            self.error = exc
+        self.done.set()
+
+    def result(self):
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 class Engine:
     def __init__(self, base: LocalModel, *, weights: str = "auto", max_batch: int = 16):
         self.base = base
@@ -88,6 +110,7 @@ class Engine:
         self.adapters: dict[str, Path] = {}
         self._routed: str | None = "mixed"  # what the LoRA layers apply now (see _route)
         self._waiting: deque[Generation] = deque()  # submitted; prompt not processed yet
+        self._tasks: deque[Task] = deque()  # other work for the model (scoring), run between decode steps
         self._batch = Batch()  # the generations being decoded together (scheduler thread only)
         self._wake = threading.Condition()  # guards `_waiting` only: held for microseconds
         self._model_lock = threading.Lock()  # a forward pass, or attaching an adapter
@@ -157,6 +180,33 @@ class Engine:
         if not done.wait(timeout) or failure:
             raise RuntimeError(failure[0] if failure else "the model did not answer its warm-up in time")
 
+    def call(self, fn: Callable):
+        """Run `fn()` on the scheduler thread (the one with the cores) between two decode steps; return its
+        result or raise its error."""
+        task = Task(fn)
+        with self._wake:
+            self._tasks.append(task)
+            self._wake.notify()
+        return task.result()
+
+    def loss(self, conversations: list, adapter: str | None) -> tuple[float, int]:
+        """Summed cross-entropy and token count over the trained tokens of rendered conversations
+        (`RenderedChat`), with `adapter` or the base model: validation loss as training measures it."""
+        @torch.no_grad()  # here: no_grad holds for the thread that runs it
+        def score() -> tuple[float, int]:
+            if adapter and adapter not in self.adapters:
+                raise RuntimeError(f"the model {adapter} is not loaded")
+            total, count = 0.0, 0
+            for chat in conversations:
+                ids, mask = torch.tensor([chat.input_ids]), torch.tensor(chat.loss_mask[1:])
+                if not mask.any():
+                    continue
+                logits = self._forward(ids, None, None, None, [adapter], keep=0).logits[0, :-1].float()
+                losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+                total, count = total + float(losses[mask].sum()), count + int(mask.sum())
+            return total, count
+        return self.call(score)
+
     def _run(self, weights: str, loaded: threading.Event, failure: list) -> None:
         use_all_cores_here()
         try:
@@ -168,12 +218,15 @@ class Engine:
             loaded.set()
         while True:
             with self._wake:
-                while not self._waiting and not self._batch.rows:
+                while not self._waiting and not self._batch.rows and not self._tasks:
                     self._wake.wait()
+                task = self._tasks.popleft() if self._tasks else None
                 newcomer = None
                 if self._waiting and len(self._batch.rows) < self.max_batch:
                     newcomer = self._waiting.popleft()
             with self._model_lock:
+                if task is not None:
+                    task.run()
                 self._drop_stale()
                 if newcomer is not None and not newcomer.cancelled:
                     self._guarded([newcomer], lambda: self._prefill(newcomer))
@@ -224,9 +277,9 @@ class Engine:
             self._accept(g, self._sample(g, logits[i]))
         self._batch.keep([g for g in rows if g.finish_reason is None])
 
-    def _forward(self, ids, cache, mask, positions, adapters: list[str | None]):
+    def _forward(self, ids, cache, mask, positions, adapters: list[str | None], keep: int = 1):
         inputs = {"input_ids": ids, "cache": cache, "attention_mask": mask, "position_ids": positions,
-                  "use_cache": True, "logits_to_keep": 1}
+                  "use_cache": keep == 1, "logits_to_keep": keep}
         if self.peft is None:
             return self.model(**inputs)
         wanted = set(adapters)

@@ -6,10 +6,8 @@ import json
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
-from ...errors import NotFound
-from ...inference.chat import complete, start, stream
+from ...inference.chat import begin, complete, stream
 from ..schemas import ChatCompletion, ChatRequest, ErrorResponse
 from ..service import Service
 from .files import service
@@ -35,15 +33,7 @@ async def deployment_chat_completions(deployment: str, body: ChatRequest, svc: S
 
 
 async def _answer(svc: Service, body: ChatRequest, name: str, *, explicit: bool):
-    served = await run_in_threadpool(svc.deployments.serving, name)
-    if served is None and explicit:
-        raise NotFound(f"no deployment named {name!r}", param="deployment", code="DeploymentNotFound")
-    if served is None:
-        state = await start(svc.pool, body)
-    else:
-        row, limiter = served
-        policy = svc.policies.get(row["rai_policy"])
-        state = await start(svc.pool, body, model_id=row["model"], limiter=limiter, deployment=name, policy=policy)
+    state = await begin(svc, body, name, explicit=explicit)
     if not body.stream:
         return JSONResponse(await complete(state, body), headers=state.headers)
 

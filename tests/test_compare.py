@@ -1,0 +1,122 @@
+"""Comparisons end to end with the tiny model through the API and the CLI: every prompt through every candidate,
+checks, validation loss, latency and tokens, the verdict, reports in three formats; and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import openai
+import pytest
+
+from conftest import upload, varied_chats, write_jsonl
+from test_cli import tunelab
+from tunelab.cli.compare import read_prompts
+from tunelab.errors import InvalidRequest
+
+PROMPTS = [{"id": "may", "messages": [{"role": "user", "content": "Where should I go in May?"}]},
+           {"id": "rome", "kind": "forbidden", "messages": [{"role": "user", "content": "Where in Rome should I stay?"}]},
+           {"id": "code", "kind": "off_topic", "messages": [{"role": "user", "content": "Write me a sorting function."}],
+            "reference": "That is outside what I do, but where would you like to travel?"}]
+
+
+def wait_for_evaluation(client, evaluation_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = client.get(f"/evaluations/{evaluation_id}", cast_to=object)
+        if found["status"] != "running":
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"evaluation {evaluation_id} still running")
+
+
+def test_a_comparison_scores_every_candidate_on_every_prompt(tuned, tmp_path):
+    service, model = tuned
+    client = service.client()
+    valid = upload(client, tmp_path, varied_chats(20)[16:], name="valid.jsonl")
+    created = client.post("/evaluations", cast_to=object, body={
+        "candidates": ["tiny", model], "prompts": PROMPTS, "system": "You are a travel assistant.",
+        "max_tokens": 12, "validation_file": valid.id})
+    assert created["status"] == "running" and created["progress"]["total"] == 3 * 2 + 2
+    found = wait_for_evaluation(client, created["id"])
+    assert found["status"] == "completed", found["error"]
+    assert found["progress"]["done"] == found["progress"]["total"]
+    # the fine-tune's own training file became the style reference
+    assert found["request"]["style_file"] and found["request"]["validation_file"] == valid.id
+    report = found["report"]
+    base, tuned_ = report["candidates"]
+    assert [base["name"], tuned_["name"]] == ["tiny", model]
+    for candidate in (base, tuned_):
+        checks = candidate["checks"]
+        assert set(checks) >= {"policy", "engagement", "redirect", "style", "reference", "length"}
+        assert checks["policy"]["count"] == 3 and checks["redirect"]["count"] == 1 and checks["reference"]["count"] == 1
+        assert -1 <= checks["style"]["mean"] <= 1
+        assert candidate["latency"]["ttft_s_median"] > 0 and candidate["tokens"]["prompt_per_request"] > 0
+        assert candidate["errors"] == 0 and math.isfinite(candidate["validation"]["loss"])
+    # trained on conversations like the validation file's: the fine-tune predicts them better
+    assert tuned_["validation"]["loss"] < base["validation"]["loss"]
+    assert "validation_loss" in report["verdict"]["wins"][model]
+    assert [p["id"] for p in report["prompts"]] == ["may", "rome", "code"]
+    side = report["prompts"][0]["answers"]
+    assert side["tiny"]["text"] != side[model]["text"] and side[model]["completion_tokens"] <= 12
+    assert set(side[model]["scores"]) >= {"policy", "engagement"}
+
+    root = service.base_url
+    markdown = client.get(f"/evaluations/{found['id']}/report?format=markdown", cast_to=object)
+    page = openai.DefaultHttpxClient().get(f"{root}/evaluations/{found['id']}/report", params={"format": "html"},
+                                           headers={"Authorization": f"Bearer {service.key}"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Answers side by side" in page.text and model in page.text
+    assert "Verdict" in str(markdown) or "Verdict" in page.text
+    listed = client.get("/evaluations", cast_to=object)["data"]
+    assert [e["id"] for e in listed] == [found["id"]] and "report" not in listed[0]
+    assert client.delete(f"/evaluations/{found['id']}", cast_to=object)["deleted"]
+    with pytest.raises(openai.NotFoundError):
+        client.get(f"/evaluations/{found['id']}", cast_to=object)
+
+
+def test_bad_comparisons_are_refused_naming_the_field(service):
+    client = service.client(max_retries=0)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.post("/evaluations", cast_to=object, body={"candidates": ["no-such-model"], "prompts": PROMPTS})
+    assert unknown.value.body["code"] == "model_not_found" and unknown.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.post("/evaluations", cast_to=object, body={"candidates": ["tiny"], "prompts": []})
+    assert empty.value.body["param"] == "prompts"
+    with pytest.raises(openai.BadRequestError) as twice:
+        client.post("/evaluations", cast_to=object, body={"candidates": ["tiny", "tiny"], "prompts": PROMPTS})
+    assert twice.value.body["param"] == "candidates"
+    with pytest.raises(openai.NotFoundError) as no_file:
+        client.post("/evaluations", cast_to=object, body={"candidates": ["tiny"], "prompts": PROMPTS,
+                                                          "validation_file": "file-missing"})
+    assert "file-missing" in no_file.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as check:
+        client.post("/evaluations", cast_to=object, body={"candidates": ["tiny"], "prompts": PROMPTS,
+                                                          "checks": ["vibes"]})
+    assert "vibes" in check.value.body["message"]
+    assert client.get("/evaluations", cast_to=object)["data"] == []  # nothing was stored
+
+
+def test_the_compare_command_prints_the_verdict_and_writes_three_reports(capsys, tuned, tmp_path, monkeypatch):
+    service, model = tuned
+    monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Where should I go in May?"}, *PROMPTS[1:]])
+    code, output = tunelab(capsys, "compare", "--prompts", str(prompts), "--system", "You are a travel assistant.",
+                           "--max-tokens", "8", "--out", str(tmp_path / "reports"), "tiny", model)
+    assert code == 0, output
+    assert "Verdict:" in output and "Ends with a question" in output and "Tokens per request" in output
+    folder = next((tmp_path / "reports").iterdir())
+    assert {p.name for p in folder.iterdir()} == {"report.html", "report.md", "report.json"}
+    assert json.loads((folder / "report.json").read_text())["settings"]["prompts"] == 3
+
+
+def test_a_prompt_file_with_a_bad_line_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Hi"}\n{"prompt": \n')
+    with pytest.raises(InvalidRequest, match="line 2: not valid JSON"):
+        read_prompts(path)
+    path.write_text('{"prompt": "Hi"}\n{"question": "Hi"}\n')
+    with pytest.raises(InvalidRequest, match="line 2: expected an object"):
+        read_prompts(path)
+    assert read_prompts(write_jsonl(tmp_path / "ok.jsonl", PROMPTS))[2]["kind"] == "off_topic"
