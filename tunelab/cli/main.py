@@ -23,7 +23,9 @@ from rich.table import Column, Table
 from .. import __version__
 from ..config import get_settings
 from ..errors import ModelNotFound, TunelabError
+from .clean import clean
 from .compare import compare
+from .lab import lab_app
 from .client import ApiKey, BaseUrl, ServiceUnreachable, chat, delete_service_model, deploy, deployments_app, \
     files_app, jobs_app, list_service_models, parse_auto
 
@@ -37,9 +39,11 @@ app.add_typer(data_app, name="data")
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(deployments_app, name="deployments")
+app.add_typer(lab_app, name="lab")
 app.command("deploy")(deploy)
 app.command("chat")(chat)
 app.command("compare")(compare)
+app.command("clean")(clean)
 
 out = Console()
 err = Console(stderr=True)

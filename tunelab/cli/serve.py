@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 from rich.console import Console
 
@@ -45,6 +47,42 @@ def serve(settings: Settings, console: Console) -> None:
                             timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()
     del lock
+
+
+@contextmanager
+def embedded(settings: Settings) -> Iterator[tuple[str, str]]:
+    """The service in this process, on a free loopback port, with a one-off key: `(base_url, api_key)`.
+    For walkthroughs that need a server for a while (`tunelab lab`)."""
+    reserve_cores()
+    import secrets
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from ..api.app import create_app
+
+    key = f"tl-lab-{secrets.token_urlsafe(18)}"
+    lock = _lock(settings)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(settings.model_copy(update={"api_key": key, "host": "127.0.0.1", "port": port}))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, name="tunelab-embedded-server", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise InvalidRequest(f"the embedded tunelab server could not start on port {port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", key
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        del lock
 
 
 def _lock(settings: Settings):

@@ -36,9 +36,12 @@ class Batch:
         self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(mask, width)])
         self.rows.append(generation)
 
-    def extend(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mask and position ids for the next token of every row."""
+    def extend(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The mask and position ids for the next token of every row; (None, None) when no row is padded, so
+        the model takes its plain causal path (what a single answer always gets)."""
         self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
+        if bool(self.mask[:, 0].all()):  # padding is always on the left: column 0 says whether there is any
+            return None, None
         return self.mask, self.mask.sum(dim=1, keepdim=True) - 1
 
     def keep(self, generations: list) -> None:

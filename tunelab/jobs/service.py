@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 from ..api.schemas import JobCreate
@@ -19,7 +20,7 @@ from ..store.db import Database
 from ..store.files import Files
 from ..store.idempotency import remember
 from .events import add_event
-from .queue import Queue
+from .queue import FINAL, Queue
 
 SHOWN = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
@@ -90,6 +91,34 @@ class Jobs:
         if row is None:
             raise NotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
         return job_object(row, self.owner)
+
+    def delete(self, job_id: str) -> dict:
+        """Remove a finished job: its record, events, checkpoints and run directory (tunelab's own route; the
+        cloud keeps jobs forever). Its fine-tuned model goes first (DELETE /v1/models/…), and no checkpoint of it
+        may be deployed; its result file stays a file."""
+        with self.db.write() as conn:
+            job = self.get(job_id, conn)
+            if job["status"] not in FINAL:
+                raise InvalidRequest(f"fine-tuning job {job_id} is {job['status']}; cancel it or wait for it to "
+                                     "finish first", param="fine_tuning_job_id")
+            model = conn.execute("SELECT id FROM models WHERE job_id = ?", (job_id,)).fetchone()
+            if model:
+                raise InvalidRequest(f"the job's fine-tuned model {model['id']} still exists; delete it first",
+                                     param="fine_tuning_job_id")
+            deployed = conn.execute("SELECT d.name, d.model FROM deployments d JOIN checkpoints c ON c.model = "
+                                    "d.model WHERE c.job_id = ?", (job_id,)).fetchone()
+            if deployed:
+                raise InvalidRequest(f"checkpoint {deployed['model']} is deployed as {deployed['name']!r}; delete "
+                                     "the deployment first", param="fine_tuning_job_id")
+            row = conn.execute("SELECT run_dir FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            for table in ("checkpoints", "job_events"):
+                conn.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        if row["run_dir"]:  # after the commit: the write lock is not held while files go
+            run_dir = Path(row["run_dir"])
+            shutil.rmtree(run_dir, ignore_errors=True)
+            (run_dir.parent / f"{job_id}.log").unlink(missing_ok=True)
+        return {"id": job_id, "object": "fine_tuning.job", "deleted": True}
 
     def list(self, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None) -> dict:
         where, params = [], []

@@ -80,3 +80,10 @@ async def _act(svc: Service, job_id: str, action: str) -> dict:
         await anyio.sleep(0.1)
         job = await run_in_threadpool(svc.jobs.get, job_id)
     return job
+
+
+@router.delete("/{job_id}")
+def delete_job(job_id: str, svc: Service = Depends(service)) -> dict:
+    """Remove a finished job with its events, checkpoints and run directory (tunelab's own route). Delete its
+    fine-tuned model first; its result file stays a file."""
+    return svc.jobs.delete(job_id)

@@ -1,0 +1,119 @@
+"""`tunelab lab travel`: the cloud lab's steps, run through tunelab's public API with the `openai` SDK.
+
+    tunelab lab travel                     # an embedded server; what `make demo` runs
+    tunelab lab travel --base-url http://127.0.0.1:8000 --api-key …   # against a running `tunelab serve`
+
+Upload the travel data, fine-tune SmolLM2-135M-Instruct (suffix ft-travel, default parameters), deploy the base
+and the fine-tuned model (5K tokens per minute, Default content filter), ask the lab's questions to both with
+the lab's system message, run the comparison on the prompt set and write its report. Each step says how long it
+took.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..config import get_settings
+from ..errors import InvalidRequest
+from .client import ApiKey, BaseUrl, api_errors, client, deploy, jobs_wait, out
+from .compare import compare, read_prompts
+
+lab_app = typer.Typer(help="Walk through a lab end to end on this machine.", no_args_is_help=True)
+
+SYSTEM = ("You are an AI travel assistant that helps people plan their trips. Your objective is to offer support for "
+          "travel-related inquiries, such as visa requirements, weather forecasts, local attractions, and cultural "
+          "norms. You should not provide any hotel, flight, rental car or restaurant recommendations. Ask engaging "
+          "questions to help someone plan their trip and think about what they want to do on their holiday.")
+BASE = "SmolLM2-135M-Instruct"
+
+
+@contextmanager
+def step(title: str):
+    out.rule(f"[bold]{title}")
+    started = time.monotonic()
+    yield
+    out.print(f"[dim]{title}: {time.monotonic() - started:.0f} s[/dim]", highlight=False)
+
+
+@lab_app.command("travel")
+def travel(
+    data: Path = typer.Option(Path("examples/travel"), "--data", help="Folder with train.jsonl, valid.jsonl and "
+                              "prompts.jsonl."),
+    report_dir: Path = typer.Option(Path("reports"), "--out", help="Where the comparison's reports are written."),
+    model: str = typer.Option(BASE, "--model", help="The base model to fine-tune."),
+    base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """The travel lab end to end: upload, fine-tune, deploy both models, ask the lab's questions side by side,
+    compare on the prompt set and write the report."""
+    for name in ("train.jsonl", "valid.jsonl", "prompts.jsonl"):
+        if not (data / name).is_file():
+            raise InvalidRequest(f"{data / name}: no such file (run from the tunelab folder or pass --data)",
+                                 param="--data")
+    prompts = read_prompts(data / "prompts.jsonl")
+    started = time.monotonic()
+    server = nullcontext((base_url, api_key))
+    if base_url is None:
+        from .serve import embedded
+
+        server = embedded(get_settings())
+    with server as (url, key):
+        if base_url is None:
+            out.print(f"An embedded tunelab server answers at {url}/v1 for the length of the lab.", highlight=False)
+        api = client(url, key)
+        with api_errors(url):
+            with step("1. Upload the training and validation data"):
+                files = {}
+                for name in ("train.jsonl", "valid.jsonl"):
+                    with (data / name).open("rb") as f:
+                        files[name] = api.files.create(file=f, purpose="fine-tune").id
+                    out.print(f"{name} → {files[name]}")
+            with step(f"2. Fine-tune {model} (suffix ft-travel, default parameters)"):
+                job = api.fine_tuning.jobs.create(model=model, training_file=files["train.jsonl"],
+                                                  validation_file=files["valid.jsonl"], suffix="ft-travel", seed=42)
+                out.print(f"Job {job.id}")
+                jobs_wait(job.id, base_url=url, api_key=key)
+                fine_tuned = api.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+            with step("3. Deploy the base and the fine-tuned model (Standard, 5K tokens per minute, Default filter)"):
+                for name, served in (("base-travel", model), ("ft-travel", fine_tuned)):
+                    _replace_deployment(api, name)
+                    deploy(served, name=name, tpm=5, content_filter="Default", wait=True, base_url=url, api_key=key,
+                           as_json=False)
+            with step("4. Ask the lab's questions to both, with the lab's system message"):
+                _side_by_side(api, [p for p in prompts if str(p.get("id", "")).startswith("lab-")])
+            with step(f"5. Compare both on {len(prompts)} prompts ({data / 'prompts.jsonl'})"):
+                compare(["base-travel", "ft-travel"], prompts=data / "prompts.jsonl", system=SYSTEM, seed=42,
+                        temperature=0.7, max_tokens=256, validation=None, style=None, report_dir=report_dir,
+                        base_url=url, api_key=key, as_json=False)
+    out.print(f"[bold]The lab took {(time.monotonic() - started) / 60:.1f} minutes.[/bold] "
+              f"Chat with the models: `tunelab serve`, then `tunelab chat ft-travel --system \"…\"`.",
+              highlight=False)
+
+
+def _replace_deployment(api, name: str) -> None:
+    """A deployment left by an earlier run of the lab is replaced, not reused: it may serve an older model."""
+    try:
+        api.delete(f"/deployments/{name}", cast_to=object)
+        out.print(f"Replaced the earlier deployment {name}")
+    except Exception as exc:  # noqa: BLE001 — only "not found" is expected here
+        if getattr(exc, "status_code", None) != 404:
+            raise
+
+
+def _side_by_side(api, questions: list[dict]) -> None:
+    table = Table("question", "base-travel (base + system message)", "ft-travel (fine-tuned)", show_lines=True)
+    for prompt in questions:
+        messages = [{"role": "system", "content": SYSTEM}, *prompt["messages"]]
+        answers = []
+        for deployment in ("base-travel", "ft-travel"):
+            response = api.with_options(max_retries=5).chat.completions.create(
+                model=deployment, messages=messages, max_tokens=256, temperature=0.7, seed=42)
+            choice = response.choices[0]
+            answers.append(choice.message.content if choice.finish_reason != "content_filter" else "(filtered)")
+        table.add_row(prompt["messages"][-1]["content"], *answers)
+    out.print(table)
+
