@@ -2,6 +2,11 @@
 
     python bench/content_filter.py            # the figures in docs/service.md
     python bench/content_filter.py --tune     # re-derive THRESHOLD and MARGIN from the exemplars alone
+    python bench/content_filter.py --build-corpus examples/travel/train.jsonl   # the safe travel passages
+
+Besides the labelled set, it counts what the Default policy blocks in held-out travel chat: the user turns of
+examples/travel/valid.jsonl and prompts.jsonl behind the lab's system message (as the prompt filter sees them),
+and the replies of valid.jsonl (as the completion filter does).
 
 The labelled set (tests/data/content_filter_eval.jsonl) shares no sentence with the exemplars the classifier
 compares against. "Blocked" means what the Default policy blocks: medium or high.
@@ -18,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tunelab.safety.classifier import (CATEGORIES, EXEMPLARS, SEVERITIES, Classifier, Embedder,  # noqa: E402
-                                       load_exemplars, model_dir)
+from tunelab.safety.classifier import (CATEGORIES, EXEMPLARS, SEVERITIES, TRAVEL_CHAT, TRAVEL_VECTORS,  # noqa: E402
+                                       Classifier, Embedder, _passages, embed_in_batches, load_exemplars,
+                                       model_dir, normalise)
 
 EVAL = ROOT / "tests" / "data" / "content_filter_eval.jsonl"
 
@@ -76,16 +82,59 @@ def tune(embedder: Embedder) -> tuple[float, float]:
     return threshold, margin
 
 
+def travel_chat_blocked(classifier: Classifier) -> dict:
+    """Held-out clean travel chat: how much of it the Default policy would block."""
+    from tunelab.cli.lab import SYSTEM
+
+    travel = ROOT / "examples" / "travel"
+    turns = [m for line in (travel / "valid.jsonl").read_text().splitlines() for m in json.loads(line)["messages"]]
+    prompts = [json.loads(line)["messages"][-1]["content"] for line in (travel / "prompts.jsonl").read_text()
+               .splitlines() if json.loads(line)["kind"] != "off_topic"]
+    sets = {"valid user turns (with the system message)": [SYSTEM + "\n" + m["content"] for m in turns
+                                                            if m["role"] == "user"],
+            "prompts.jsonl travel and forbidden (with the system message)": [SYSTEM + "\n" + p for p in prompts],
+            "valid replies": [m["content"] for m in turns if m["role"] == "assistant"]}
+    report = {}
+    for name, texts in sets.items():
+        hits = [t for t in texts if any(blocked(s) for s in classifier.classify(t).values())]
+        report[name] = {"blocked": len(hits), "items": len(texts),
+                        "examples": [h.split("\n")[-1][:100] for h in hits[:3]]}
+    return report
+
+
+def build_corpus(embedder: Embedder, source: Path) -> None:
+    """Write the safe travel passages (sentences and three-sentence windows of every turn) and their vectors."""
+    from safetensors.torch import save_file
+
+    seen, rows = set(), []
+    for line in source.read_text(encoding="utf-8").splitlines():
+        for message in json.loads(line)["messages"]:
+            if message["role"] in ("user", "assistant"):
+                for passage in _passages(normalise(message["content"])):
+                    if len(passage) > 12 and passage not in seen:
+                        seen.add(passage)
+                        rows.append(passage)
+    TRAVEL_CHAT.write_text("".join(json.dumps({"text": t, "category": "safe", "severity": "safe"}) + "\n"
+                                   for t in rows), encoding="utf-8")
+    save_file({"vectors": embed_in_batches(embedder, rows).half().contiguous()}, TRAVEL_VECTORS,
+              metadata={"model": "all-MiniLM-L6-v2", "source": source.name})
+    print(f"{len(rows)} passages from {source} → {TRAVEL_CHAT.name}, {TRAVEL_VECTORS.name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--build-corpus", type=Path, metavar="CHAT_JSONL")
     args = parser.parse_args()
     embedder = Embedder(model_dir())
-    classifier = Classifier(embedder, load_exemplars(EXEMPLARS))
+    if args.build_corpus:
+        return build_corpus(embedder, args.build_corpus)
+    classifier = Classifier.default()
     if args.tune:
+        classifier = Classifier(embedder, load_exemplars(EXEMPLARS))
         classifier.threshold, classifier.margin = tune(embedder)
     rows = [json.loads(line) for line in EVAL.read_text().splitlines() if line.strip()]
-    print(json.dumps(evaluate(classifier, rows), indent=2))
+    print(json.dumps({**evaluate(classifier, rows), "travel_chat": travel_chat_blocked(classifier)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def wait_for_evaluation(client, evaluation_id, timeout=120):
         if found["status"] != "running":
             return found
         time.sleep(0.2)
-    raise AssertionError(f"evaluation {evaluation_id} still running")
+    raise AssertionError(f"evaluation {evaluation_id} still running: {found['progress']}")
 
 
 def test_a_comparison_scores_every_candidate_on_every_prompt(tuned, tmp_path):
@@ -120,3 +120,24 @@ def test_a_prompt_file_with_a_bad_line_is_refused_naming_the_line(tmp_path):
     with pytest.raises(InvalidRequest, match="line 2: expected an object"):
         read_prompts(path)
     assert read_prompts(write_jsonl(tmp_path / "ok.jsonl", PROMPTS))[2]["kind"] == "off_topic"
+
+
+def test_a_job_with_a_validation_file_gets_a_comparison_with_its_base_when_it_succeeds(service, tmp_path):
+    from conftest import wait_for, wait_for_event
+
+    client = service.client()
+    train = upload(client, tmp_path, varied_chats(16))
+    valid = upload(client, tmp_path, varied_chats(19)[16:], name="valid.jsonl")
+    job = wait_for(client, client.fine_tuning.jobs.create(
+        model="tiny", training_file=train.id, validation_file=valid.id, suffix="auto",
+        hyperparameters={"n_epochs": 1, "batch_size": 4}).id)
+    assert job.status == "succeeded", job.error
+    wait_for_event(client, job.id, "Comparing")
+    attached = client.get("/evaluations", cast_to=object, options={"params": {"job_id": job.id}})["data"]
+    assert len(attached) == 1 and attached[0]["candidates"] == ["tiny", job.fine_tuned_model]
+    found = wait_for_evaluation(client, attached[0]["id"])
+    assert found["status"] == "completed", found["error"]
+    report = found["report"]
+    assert [p["id"] for p in report["prompts"]] == ["line-1", "line-2", "line-3"]
+    assert report["candidates"][1]["checks"]["reference"]["count"] == 3  # the validation replies are references
+    assert report["candidates"][1]["validation"]["loss"] is not None

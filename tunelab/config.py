@@ -33,6 +33,8 @@ class Settings(BaseSettings):
                                                             "decodes with on the CPU: int8 rows (4x fewer bytes "
                                                             "to read per token), fp32, or auto (int8 where it "
                                                             "is faster on this CPU).")
+    auto_compare: bool = Field(default=True, description="When a job with a validation file succeeds, compare "
+                               "the fine-tuned model with the model it started from on that file.")
     owner: str = Field(default="local", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="The owner named in "
                        "fine-tuned model ids (ft:<base>:<owner>:<suffix>:<id>).")
 

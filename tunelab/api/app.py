@@ -9,6 +9,8 @@ envelope `{"error": {"message", "type", "param", "code"}}`, translated here and 
 
 from __future__ import annotations
 
+import asyncio
+
 import math
 import secrets
 import sqlite3
@@ -45,7 +47,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.open()
-        worker = Worker(settings, service.db, service.queue, service.files) if run_worker else None
+        service.evaluations.loop = asyncio.get_running_loop()  # comparisons started from the worker run here
+        worker = Worker(settings, service.db, service.queue, service.files,
+                        on_finished=lambda job_id: service.evaluations.after_job(service, job_id)) \
+            if run_worker else None
         if worker:
             worker.start()
         service.deployments.resume_all()

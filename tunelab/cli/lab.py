@@ -60,7 +60,8 @@ def travel(
     if base_url is None:
         from .serve import embedded
 
-        server = embedded(get_settings())
+        # The lab runs its own comparison; the automatic one on the validation file would double the work.
+        server = embedded(get_settings().model_copy(update={"auto_compare": False}))
     with server as (url, key):
         if base_url is None:
             out.print(f"An embedded tunelab server answers at {url}/v1 for the length of the lab.", highlight=False)

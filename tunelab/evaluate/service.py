@@ -11,7 +11,10 @@ import time
 
 from ..errors import InvalidRequest, NotFound
 from ..store.db import Database
+from ..jobs.events import add_event
 from .compare import Prompt, Spec, compare
+
+MAX_AUTO_PROMPTS = 100  # a comparison attached to a job covers at most this many validation conversations
 
 log = logging.getLogger("tunelab.evaluate")
 
@@ -20,6 +23,41 @@ class Evaluations:
     def __init__(self, db: Database):
         self.db = db
         self._tasks: set[asyncio.Task] = set()  # held so that running comparisons are not garbage-collected
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once it runs
+
+    def after_job(self, svc, job_id: str) -> None:
+        """From the worker, when a job's training process has ended: if it succeeded with a validation file (and
+        `auto_compare` is on), compare the fine-tune with the model it started from on that file — each
+        validation conversation up to its last user turn, the reply it holds as the reference."""
+        rows = self.db.query("SELECT status, request, output_model FROM jobs WHERE id = ?", (job_id,))
+        if not svc.settings.auto_compare or self.loop is None or not rows or rows[0]["status"] != "succeeded":
+            return
+        request = json.loads(rows[0]["request"])
+        if not request.get("validation_file"):
+            return
+        prompts = []
+        for number, line in enumerate(svc.files.path(request["validation_file"]).read_text(encoding="utf-8")
+                                      .splitlines(), 1):
+            messages = json.loads(line)["messages"] if line.strip() else []
+            last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+            if last and messages[last - 1].get("role") == "user":
+                plain = [{k: m[k] for k in ("role", "content", "name") if k in m} for m in messages[:last]]
+                prompts.append({"id": f"line-{number}", "kind": "validation", "messages": plain,
+                                "reference": messages[last].get("content")})
+        if not prompts:
+            return
+        body = {"candidates": [request["model"], rows[0]["output_model"]], "prompts": prompts[:MAX_AUTO_PROMPTS],
+                "system": None, "seed": 42, "temperature": 0.7, "max_tokens": 256, "checks": None,
+                "validation_file": request["validation_file"], "style_file": request["training_file"],
+                "job_id": job_id}
+
+        async def start() -> dict:
+            return self.create(svc, body)
+
+        created = asyncio.run_coroutine_threadsafe(start(), self.loop).result(timeout=60)
+        with self.db.write() as conn:
+            add_event(conn, job_id, f"Comparing {body['candidates'][1]} with {body['candidates'][0]} on the "
+                      f"validation file: evaluation {created['id']} (GET /v1/evaluations/{created['id']})")
 
     def recover(self) -> None:
         with self.db.write() as conn:
@@ -80,8 +118,12 @@ class Evaluations:
             raise NotFound(f"no evaluation {evaluation_id!r}", param="evaluation_id")
         return _object(rows[0], with_report)
 
-    def list(self, limit: int = 20) -> dict:
-        rows = self.db.query("SELECT * FROM evaluations ORDER BY created_at DESC, id LIMIT ?", (limit,))
+    def list(self, limit: int = 20, job_id: str | None = None) -> dict:
+        if job_id:
+            rows = self.db.query("SELECT * FROM evaluations WHERE json_extract(request, '$.job_id') = ? ORDER BY "
+                                 "created_at DESC, id LIMIT ?", (job_id, limit))
+        else:
+            rows = self.db.query("SELECT * FROM evaluations ORDER BY created_at DESC, id LIMIT ?", (limit,))
         return {"object": "list", "data": [_object(r, False) for r in rows], "has_more": False}
 
     def delete(self, evaluation_id: str) -> dict:

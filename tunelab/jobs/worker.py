@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..config import Settings
 from ..data.validate import MIN_EXAMPLES, validate_file
@@ -33,11 +34,13 @@ POLL_SECONDS = 0.3
 
 
 class Worker:
-    def __init__(self, settings: Settings, db: Database, queue: Queue, files: Files):
+    def __init__(self, settings: Settings, db: Database, queue: Queue, files: Files,
+                 on_finished: Callable[[str], None] | None = None):
         self.settings = settings
         self.db = db
         self.queue = queue
         self.files = files
+        self.on_finished = on_finished  # called with the job id when a training process has ended
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.runs: dict[str, Run] = {}
         self._stop = threading.Event()
@@ -80,7 +83,7 @@ class Worker:
             lease = self.queue.claim(self.owner)
             if lease is None:
                 break
-            self.runs[lease.job_id] = Run(lease, self.queue, self.db, self.settings).start()
+            self.runs[lease.job_id] = Run(lease, self.queue, self.db, self.settings, self.on_finished).start()
 
     def validate(self, job_id: str) -> None:
         """Run the data check on the job's files: a bad file fails the job, naming the line; nothing is trained."""
@@ -144,11 +147,13 @@ class Worker:
 class Run:
     """One job's training process and the thread that heartbeats its lease and watches it."""
 
-    def __init__(self, lease: Lease, queue: Queue, db: Database, settings: Settings):
+    def __init__(self, lease: Lease, queue: Queue, db: Database, settings: Settings,
+                 on_finished: Callable[[str], None] | None = None):
         self.lease = lease
         self.queue = queue
         self.db = db
         self.settings = settings
+        self.on_finished = on_finished
         self.proc: subprocess.Popen | None = None
         self.preempted = False
         self._thread = threading.Thread(target=self._watch, name=f"tunelab-run-{lease.job_id}", daemon=True)
@@ -183,6 +188,14 @@ class Run:
         self.preempted = True
 
     def _watch(self) -> None:
+        self._supervise()
+        if self.on_finished is not None and not self.preempted:
+            try:
+                self.on_finished(self.lease.job_id)
+            except Exception as exc:  # what follows a job never takes the worker down
+                print(f"tunelab worker: after {self.lease.job_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def _supervise(self) -> None:
         """Heartbeat the lease and carry out a cancel until the trainer exits. A pause is the trainer's own
         business (it polls for it and checkpoints). Database trouble is retried until the lease would lapse."""
         beat_every = self.settings.lease_seconds / 3

@@ -27,6 +27,11 @@ import torch
 CATEGORIES = ("hate", "sexual", "violence", "self_harm")
 SEVERITIES = ("safe", "low", "medium", "high")
 EXEMPLARS = Path(__file__).with_name("exemplars.jsonl")
+# Ordinary travel chat, passage by passage (examples/travel/train.jsonl), as more safe exemplars: real travel
+# talk ("a cheap beach holiday", "parents who can't walk far") otherwise sits closer to a harm exemplar than to
+# the few hand-written safe ones. Its embeddings ship beside it (`python bench/content_filter.py --build-corpus`).
+TRAVEL_CHAT = Path(__file__).with_name("travel_chat.jsonl")
+TRAVEL_VECTORS = Path(__file__).with_name("travel_chat.safetensors")
 THRESHOLD = 0.42
 MARGIN = 0.0
 RIVAL = 0.05  # a second category is reported only if its best match is this close to the first's
@@ -91,8 +96,16 @@ class Classifier:
         """The shipped classifier, loaded once (about a second) and shared."""
         with cls._lock:
             if cls._default is None:
-                cls._default = cls(Embedder(model_dir()), load_exemplars(EXEMPLARS))
+                classifier = cls(Embedder(model_dir()), load_exemplars(EXEMPLARS))
+                if TRAVEL_CHAT.is_file():
+                    classifier.add(*load_corpus(classifier.embed))
+                cls._default = classifier
             return cls._default
+
+    def add(self, exemplars: list[Exemplar], vectors: torch.Tensor) -> None:
+        """More exemplars whose embeddings are already known."""
+        self.exemplars = self.exemplars + exemplars
+        self.vectors = torch.cat([self.vectors, vectors.to(self.vectors.dtype)])
 
     def classify(self, text: str) -> dict[str, str]:
         """The severity per category of the worst passage of `text`."""
@@ -121,6 +134,23 @@ class Classifier:
         # harm category (one threat should not also read as hate and self-harm).
         return {c: (best[c][1] if c in best and best[c][0] >= self.threshold and best[c][0] >= safe + self.margin
                     and best[c][0] >= top - RIVAL else "safe") for c in CATEGORIES}
+
+
+def load_corpus(embed: Embedder, texts: Path = TRAVEL_CHAT, vectors: Path = TRAVEL_VECTORS):
+    """The safe travel passages and their embeddings: the shipped ones when they match the texts, else computed
+    (about a minute on 2 cores)."""
+    from safetensors.torch import load_file
+
+    exemplars = load_exemplars(texts)
+    if vectors.is_file():
+        known = load_file(vectors)["vectors"]
+        if known.shape[0] == len(exemplars):
+            return exemplars, known.float()
+    return exemplars, embed_in_batches(embed, [e.text for e in exemplars])
+
+
+def embed_in_batches(embed: Embedder, texts: list[str], size: int = 64) -> torch.Tensor:
+    return torch.cat([embed(texts[i:i + size]) for i in range(0, len(texts), size)])
 
 
 def load_exemplars(path: Path) -> list[Exemplar]:

@@ -50,8 +50,12 @@ async def create_evaluation(body: EvaluationCreate, svc: Service = Depends(servi
 
 
 @router.get("")
-def list_evaluations(limit: int = Query(default=20, ge=1, le=100), svc: Service = Depends(service)) -> dict:
-    return svc.evaluations.list(limit)
+def list_evaluations(limit: int = Query(default=20, ge=1, le=100),
+                     job_id: str | None = Query(default=None, description="only the comparison attached to this "
+                                                "fine-tuning job"),
+                     svc: Service = Depends(service)) -> dict:
+    """Newest first; with `job_id`, the comparison made automatically when that job succeeded."""
+    return svc.evaluations.list(limit, job_id)
 
 
 @router.get("/{evaluation_id}")
