@@ -35,10 +35,7 @@ from tunelab.threads import reserve_cores  # noqa: E402
 if TYPE_CHECKING:  # imported inside the functions: torch must not load before reserve_cores()
     from tunelab.inference.engine import Engine
 
-SYSTEM = ("You are an AI travel assistant that helps people plan their trips. Your objective is to offer support for "
-          "travel-related inquiries, such as visa requirements, weather forecasts, local attractions, and cultural "
-          "norms. You should not provide any hotel, flight, rental car or restaurant recommendations. Ask engaging "
-          "questions to help someone plan their trip and think about what they want to do on their holiday.")
+from tunelab.cli.lab import SYSTEM  # noqa: E402  (the lab's system message)
 
 
 def run_generate(model, prompt: list[int], tokens: int) -> dict:

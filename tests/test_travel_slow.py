@@ -11,12 +11,8 @@ import pytest
 
 from conftest import TRAVEL, serve_in_thread, wait_for
 from test_real_model import installed
+from tunelab.cli.lab import SYSTEM
 from tunelab.evaluate.checks import Case, get
-
-SYSTEM = ("You are an AI travel assistant that helps people plan their trips. Your objective is to offer support for "
-          "travel-related inquiries, such as visa requirements, weather forecasts, local attractions, and cultural "
-          "norms. You should not provide any hotel, flight, rental car or restaurant recommendations. Ask engaging "
-          "questions to help someone plan their trip and think about what they want to do on their holiday.")
 
 
 @pytest.mark.slow

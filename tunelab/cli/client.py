@@ -385,8 +385,10 @@ def deployments_list(base_url: BaseUrl = None, api_key: ApiKey = None, as_json: 
         found = client(base_url, api_key).get("/deployments", cast_to=object)["value"]
     if as_json:
         return _print_json(found)
-    table = Table(_id_column("name", [d["name"] for d in found]), "state", "TPM", "filter",
-                  _id_column("model", [d["properties"]["model"]["name"] for d in found]))
+    # The short columns never squeeze; on a narrow terminal the model id folds (--json gives it whole).
+    table = Table(_id_column("name", [d["name"] for d in found]), Column("state", no_wrap=True, min_width=9),
+                  Column("TPM", no_wrap=True, min_width=4), Column("filter", no_wrap=True, min_width=7),
+                  Column("model", overflow="fold"))
     for d in found:
         table.add_row(d["name"], d["properties"]["provisioningState"], f"{d['sku']['capacity']}K",
                       d["properties"]["raiPolicyName"], d["properties"]["model"]["name"])
