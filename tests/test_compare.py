@@ -62,13 +62,15 @@ def test_a_comparison_scores_every_candidate_on_every_prompt(tuned, tmp_path):
     assert side["tiny"]["text"] != side[model]["text"] and side[model]["completion_tokens"] <= 12
     assert set(side[model]["scores"]) >= {"policy", "engagement"}
 
-    root = service.base_url
-    markdown = client.get(f"/evaluations/{found['id']}/report?format=markdown", cast_to=object)
-    page = openai.DefaultHttpxClient().get(f"{root}/evaluations/{found['id']}/report", params={"format": "html"},
-                                           headers={"Authorization": f"Bearer {service.key}"})
+    http = openai.DefaultHttpxClient(headers={"Authorization": f"Bearer {service.key}"})
+    report_url = f"{service.base_url}/evaluations/{found['id']}/report"
+    page = http.get(report_url, params={"format": "html"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "Answers side by side" in page.text and model in page.text
-    assert "Verdict" in str(markdown) or "Verdict" in page.text
+    markdown = http.get(report_url, params={"format": "markdown"})
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert markdown.text.startswith(f"# Comparison {found['id']}") and "**Verdict:**" in markdown.text
+    assert http.get(report_url).json()["verdict"] == report["verdict"]
     listed = client.get("/evaluations", cast_to=object)["data"]
     assert [e["id"] for e in listed] == [found["id"]] and "report" not in listed[0]
     assert client.delete(f"/evaluations/{found['id']}", cast_to=object)["deleted"]

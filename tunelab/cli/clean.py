@@ -15,18 +15,19 @@ import sys
 import typer
 from rich.table import Table
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, TunelabError
 from .client import ApiKey, BaseUrl, api_errors, client, err, out
 
 KINDS = ("deployments", "models", "jobs", "files", "evaluations")
 
 
 def size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KB", "MB", "GB"):
         n /= 1024
-    return f"{n} B"
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}"
 
 
 def plan(storage: dict, kinds: set[str]) -> list[tuple[str, str, str, int]]:
@@ -86,7 +87,7 @@ def clean(
             with api_errors(base_url):
                 api.delete(ROUTES[kind].format(ident), cast_to=object)
             out.print(f"Deleted {kind} {ident}", highlight=False)
-        except Exception as exc:  # noqa: BLE001 — reported with the others below
+        except TunelabError as exc:  # the service's refusal (or absence): reported with the others below
             failed.append((kind, ident, str(exc)))
             err.print(f"[red]Not deleted[/red] {kind} {ident}: {exc}", highlight=False)
     freed = sum(b for kind, ident, _, b in steps if (kind, ident) not in {(k, i) for k, i, _ in failed})

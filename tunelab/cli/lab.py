@@ -97,12 +97,13 @@ def travel(
 
 def _replace_deployment(api, name: str) -> None:
     """A deployment left by an earlier run of the lab is replaced, not reused: it may serve an older model."""
+    import openai
+
     try:
         api.delete(f"/deployments/{name}", cast_to=object)
         out.print(f"Replaced the earlier deployment {name}")
-    except Exception as exc:  # noqa: BLE001 — only "not found" is expected here
-        if getattr(exc, "status_code", None) != 404:
-            raise
+    except openai.NotFoundError:
+        pass
 
 
 def _side_by_side(api, questions: list[dict]) -> None:

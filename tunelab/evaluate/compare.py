@@ -96,7 +96,6 @@ async def ask(svc, candidate: str, messages: list[dict], spec: Spec) -> Answer:
     request = ChatRequest(model=candidate, messages=messages, temperature=spec.temperature, seed=spec.seed,
                           max_tokens=spec.max_tokens, stream=True, stream_options={"include_usage": True})
     deadline = time.monotonic() + RATE_LIMIT_PATIENCE
-    started = time.perf_counter()
     while True:
         try:
             started = time.perf_counter()

@@ -66,7 +66,7 @@ class Evaluations:
 
     def create(self, svc, body: dict) -> dict:
         """Check the request, resolve its files, store it and start it (call from the event loop)."""
-        for i, name in enumerate(body["candidates"]):
+        for name in body["candidates"]:
             if svc.deployments.serving(name) is None:
                 svc.registry.get(name)  # raises model_not_found naming the id
         if len(set(body["candidates"])) != len(body["candidates"]):

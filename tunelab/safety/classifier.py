@@ -34,6 +34,7 @@ TRAVEL_CHAT = Path(__file__).with_name("travel_chat.jsonl")
 TRAVEL_VECTORS = Path(__file__).with_name("travel_chat.safetensors")
 THRESHOLD = 0.42
 MARGIN = 0.0
+MEMO_SIZE = 4096  # passages whose judgement is remembered (oldest forgotten first)
 RIVAL = 0.05  # a second category is reported only if its best match is this close to the first's
 HIDDEN = re.compile("[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
 SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
@@ -90,6 +91,9 @@ class Classifier:
         self.vectors = embedder([e.text for e in exemplars])
         self.threshold = threshold
         self.margin = margin
+        # Judgements by passage: a streamed answer is vetted again at every sentence with all that came before,
+        # so without this each check would re-encode the whole answer so far.
+        self._memo: dict[tuple[str, float, float], dict[str, str]] = {}
 
     @classmethod
     def default(cls) -> "Classifier":
@@ -111,12 +115,16 @@ class Classifier:
         """The severity per category of the worst passage of `text`."""
         passages = _passages(normalise(text))
         found = {c: "safe" for c in CATEGORIES}
-        if not passages:
-            return found
-        with self._lock:  # the encoder is not re-entrant across threads
-            similarity = self.embed(passages) @ self.vectors.T
-        for row in similarity:
-            for category, severity in self._judge(row).items():
+        with self._lock:  # the encoder is not re-entrant across threads; the memo is shared
+            new = list(dict.fromkeys(p for p in passages if (p, self.threshold, self.margin) not in self._memo))
+            if new:
+                for passage, row in zip(new, self.embed(new) @ self.vectors.T):
+                    self._memo[(passage, self.threshold, self.margin)] = self._judge(row)
+            judged = [self._memo[(p, self.threshold, self.margin)] for p in passages]
+            while len(self._memo) > MEMO_SIZE:
+                self._memo.pop(next(iter(self._memo)))
+        for judgement in judged:
+            for category, severity in judgement.items():
                 if SEVERITIES.index(severity) > SEVERITIES.index(found[category]):
                     found[category] = severity
         return found

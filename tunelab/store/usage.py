@@ -20,9 +20,9 @@ def disk_bytes(path: Path, skip: set[Path] = frozenset()) -> int:
 
 
 def usage(db, models_dir: Path) -> dict:
-    models = [{"id": r["id"], "job_id": r["job_id"], "bytes": disk_bytes(Path(r["path"]))}
-              for r in db.query("SELECT id, job_id, path FROM models ORDER BY created_at")]
-    model_dirs = {Path(r["path"]) for r in db.query("SELECT path FROM models")}
+    rows = db.query("SELECT id, job_id, path FROM models ORDER BY created_at")
+    models = [{"id": r["id"], "job_id": r["job_id"], "bytes": disk_bytes(Path(r["path"]))} for r in rows]
+    model_dirs = {Path(r["path"]) for r in rows}  # left out of their job's run directory: counted once
     jobs = []
     for r in db.query("SELECT id, status, run_dir, fine_tuned_model FROM jobs ORDER BY created_at"):
         run_dir = Path(r["run_dir"]) if r["run_dir"] else None

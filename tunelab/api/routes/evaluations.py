@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...errors import InvalidRequest
 from ...evaluate.render import html, markdown
 from ..schemas import ErrorResponse
 from ..service import Service
@@ -69,8 +70,6 @@ def evaluation_report(evaluation_id: str, format: Literal["json", "markdown", "h
     """The report of a completed comparison as JSON, Markdown or a self-contained HTML page."""
     found = svc.evaluations.get(evaluation_id)
     if found["report"] is None:
-        from ...errors import InvalidRequest
-
         raise InvalidRequest(f"the evaluation {evaluation_id} is {found['status']}; its report comes when it "
                              "completes", param="evaluation_id")
     if format == "markdown":
