@@ -67,6 +67,11 @@ def test_a_comparison_scores_every_candidate_on_every_prompt(tuned, tmp_path):
     page = http.get(report_url, params={"format": "html"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "Answers side by side" in page.text and model in page.text
+    # Its chart is drawn by Chart.js, inlined: the file needs nothing beside it.
+    assert "Chart.js v4" in page.text and "<script src" not in page.text and "<link" not in page.text
+    config = json.loads(page.text.split("new Chart(document.getElementById('shares'), ", 1)[1].split(");</script>")[0])
+    assert [d["label"] for d in config["data"]["datasets"]] == ["tiny", model]
+    assert config["data"]["datasets"][1]["data"][0] == round(100 * tuned_["checks"]["policy"]["mean"], 1)
     markdown = http.get(report_url, params={"format": "markdown"})
     assert markdown.headers["content-type"].startswith("text/markdown")
     assert markdown.text.startswith(f"# Comparison {found['id']}") and "**Verdict:**" in markdown.text

@@ -1,8 +1,18 @@
-"""A comparison's report as Markdown (for a terminal or a repository) and as one self-contained HTML page."""
+"""A comparison's report as Markdown (for a terminal or a repository) and as one self-contained HTML page.
+
+The HTML page draws its chart with Chart.js, the studio's charting library (`tunelab/web/static/vendor/`),
+inlined into the page so the file opens anywhere, offline, on its own.
+"""
 
 from __future__ import annotations
 
+import json
+from functools import cache
 from html import escape
+from pathlib import Path
+
+CHART_JS = Path(__file__).resolve().parent.parent / "web" / "static" / "vendor" / "chart.umd.min.js"
+COLORS = ("#2f6fde", "#d9622b", "#2a9d6f", "#8e5ad6")
 
 SHARES = ("policy", "engagement", "redirect")
 
@@ -86,7 +96,7 @@ def html(evaluation: dict) -> str:
     summary = "".join(
         f"<tr><th>{escape(label)}<small>{escape(direction)}</small></th>"
         + "".join(f"<td>{escape(v)}</td>" for v in values) + "</tr>" for label, direction, values in rows(evaluation))
-    bars = "".join(_bars(check, report) for check in SHARES if check in report["candidates"][0]["checks"])
+    chart = _chart(report)
     answers = "".join(
         f"<tr><th>{escape(p['id'])}<small>{escape(p['kind'])}</small><p>{escape(p['question'])}</p></th>"
         + "".join(f"<td>{escape(p['answers'][n]['text'] or '(no answer)')}<small>{escape(_flags(p['answers'][n]))}"
@@ -97,19 +107,38 @@ def html(evaluation: dict) -> str:
 body{{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d2330}}
 table{{border-collapse:collapse;width:100%;margin:1rem 0}} th,td{{border:1px solid #d5d9e2;padding:.5rem;
 vertical-align:top;text-align:left}} th small,td small{{display:block;color:#667;font-weight:normal}}
-.bar{{display:flex;align-items:center;gap:.5rem;margin:.2rem 0}} .bar span{{width:12rem}}
-.bar i{{display:block;height:1rem;background:#3b6fd8}} .verdict{{font-size:1.2rem}}
+.chart{{position:relative;height:260px;max-width:760px}} .verdict{{font-size:1.2rem}}
 </style></head><body><h1>Comparison {escape(evaluation['id'])}</h1>
 <p class="verdict"><strong>{escape(report['verdict']['summary'])}</strong></p><ul>{details}</ul>
 <p>{report['settings']['prompts']} prompts · seed {report['settings']['seed']} · temperature
 {report['settings']['temperature']} · system message: {escape(report['settings']['system'] or '(none)')}</p>
-{bars}<table><tr><th></th>{head}</tr>{summary}</table>
+{chart}<table><tr><th></th>{head}</tr>{summary}</table>
 <h2>Answers side by side</h2><table><tr><th>prompt</th>{head}</tr>{answers}</table></body></html>"""
 
 
-def _bars(check: str, report: dict) -> str:
-    title = report["candidates"][0]["checks"][check]["title"]
-    lines = "".join(
-        f"<div class=bar><span>{escape(c['name'])}</span><i style='width:{(c['checks'][check]['mean'] or 0) * 30}rem'>"
-        f"</i>{_value(check, c['checks'][check]['mean'])}</div>" for c in report["candidates"])
-    return f"<h3>{escape(title)}</h3>{lines}"
+def _chart(report: dict) -> str:
+    """A grouped bar chart of the share checks (policy, engagement, redirect), one bar per candidate; the same
+    figures are in the table below it."""
+    candidates = report["candidates"]
+    shown = [check for check in SHARES if check in candidates[0]["checks"]]
+    if not shown:
+        return ""
+    config = {
+        "type": "bar",
+        "data": {"labels": [candidates[0]["checks"][c]["title"] for c in shown],
+                 "datasets": [{"label": c["name"], "backgroundColor": COLORS[i % len(COLORS)],
+                               "data": [None if c["checks"][k]["mean"] is None else round(100 * c["checks"][k]["mean"], 1)
+                                        for k in shown]} for i, c in enumerate(candidates)]},
+        "options": {"responsive": True, "maintainAspectRatio": False, "animation": False,
+                    "plugins": {"title": {"display": True, "text": "Share of answers (%)"}},
+                    "scales": {"y": {"min": 0, "max": 100}}},
+    }
+    data = json.dumps(config).replace("</", "<\\/")  # nothing in the data can close the script element
+    return (f"<div class=chart><canvas id=shares aria-label='share of answers per check'></canvas></div>"
+            f"<script>{_chart_js()}</script>"
+            f"<script>new Chart(document.getElementById('shares'), {data});</script>")
+
+
+@cache
+def _chart_js() -> str:
+    return CHART_JS.read_text(encoding="utf-8")
