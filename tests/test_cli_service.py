@@ -101,6 +101,11 @@ def test_serve_prints_a_new_key_once_stores_it_hashed_and_keeps_one_server_per_h
             banner += line
         key = re.search(r"TUNELAB_API_KEY=(\S+)", banner).group(1)
         assert f"http://127.0.0.1:{port}/v1" in banner
+        while "Studio" not in banner:
+            banner += first.stdout.readline()
+        link = re.search(rf"(http://127\.0\.0\.1:{port}/\?token=(tls-\S+))", banner)
+        assert link, banner
+        studio_token = link.group(2)
         stored = (home / "api_keys").read_text()
         assert key not in stored and "sha256:" in stored
         assert (home / "api_keys").stat().st_mode & 0o077 == 0
@@ -113,6 +118,9 @@ def test_serve_prints_a_new_key_once_stores_it_hashed_and_keeps_one_server_per_h
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         assert response.status_code == 200
+        signed_in = httpx.get(link.group(1), follow_redirects=False)  # the printed link signs the browser in
+        assert signed_in.status_code == 303 and f"tunelab_key_{port}={studio_token}" in signed_in.headers["set-cookie"]
+        assert studio_token not in stored  # kept in memory only, for as long as this server runs
         second = subprocess.run([TUNELAB, "serve", "--port", str(free_port())], capture_output=True, text=True,
                                 timeout=60)
         assert second.returncode == 2 and "another `tunelab serve` is already using" in second.stderr
@@ -127,6 +135,19 @@ def test_serve_prints_a_new_key_once_stores_it_hashed_and_keeps_one_server_per_h
             line = again.stdout.readline()
             assert line
         assert "from " in line and "tl-" not in line  # no new key: the stored one still works
+        while "Studio" not in line:
+            line = again.stdout.readline()
+            assert line
+        assert studio_token not in line  # a new server, a new sign-in link
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                old_link = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {studio_token}"})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert old_link.status_code == 401
     finally:
         again.terminate()
         again.wait(60)

@@ -3,8 +3,9 @@
     tunelab serve                      # builds this app with `create_app()` and runs it with uvicorn
 
 Routes live under `/v1` (what `OpenAI(base_url=".../v1")` calls) and are mirrored under `/openai` and
-`/openai/v1` for `AzureOpenAI`. Every route but `/health` needs an API key. Every error leaves in the OpenAI
-envelope `{"error": {"message", "type", "param", "code"}}`, translated here and nowhere else.
+`/openai/v1` for `AzureOpenAI`. The studio (`tunelab/web/`) is served at `/`. Every route but `/health` and the
+studio's page and assets needs an API key. Every error leaves in the OpenAI envelope
+`{"error": {"message", "type", "param", "code"}}`, translated here and nowhere else.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from ..safety.policy import ContentFiltered
 from ..errors import TunelabError
 from ..jobs.worker import Worker
 from .auth import AuthenticationFailed, presented_key
-from .routes import chat, content_filters, deployments, evaluations, files, jobs, models, storage
+from ..web import routes as studio
+from .routes import chat, content_filters, defaults, deployments, evaluations, files, jobs, models, storage
 from .service import Service
 
 OPEN_PATHS = {"/health"}
@@ -65,7 +67,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     # The Guard middleware checks keys on every route; these dependencies only declare it in /openapi.json.
     documented = [Security(HTTPBearer(auto_error=False)), Security(APIKeyHeader(name="api-key", auto_error=False))]
     for prefix, shown in (("/v1", True), ("/openai", False), ("/openai/v1", False)):
-        for module in (files, jobs, models, chat, deployments, content_filters, evaluations, storage):
+        for module in (files, jobs, defaults, models, chat, deployments, content_filters, evaluations, storage):
             app.include_router(module.router, prefix=prefix, include_in_schema=shown, dependencies=documented)
 
     @app.get("/health", tags=["service"])
@@ -73,6 +75,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         """Liveness, without a key."""
         return {"status": "ok", "version": __version__}
 
+    app.include_router(studio.router)
+    studio.mount_assets(app)
     _add_error_handlers(app)
     app.add_middleware(Guard, service=service)
     return app
@@ -169,7 +173,7 @@ class Guard:
             await send(message)
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if scope["path"] not in OPEN_PATHS:
+        if scope["path"] not in OPEN_PATHS and not studio.is_open(scope["method"], scope["path"]):
             try:
                 self.service.keys.check(presented_key(headers))
             except AuthenticationFailed as exc:

@@ -2,8 +2,9 @@
 
 Keys are kept only as SHA-256 hashes, in `$TUNELAB_HOME/api_keys` (one `sha256:<hex>` per line; a line without
 the prefix is a plain key, for scripts that write their own). `TUNELAB_API_KEY` adds a key from the environment.
-On first start, with no key anywhere, one is generated, stored hashed and shown once. Comparisons run in
-constant time, and keys are never logged.
+On first start, with no key anywhere, one is generated, stored hashed and shown once. `tunelab serve` also makes
+a session key for the studio's sign-in link, held in memory only, valid until the server stops (as Jupyter's
+token is). Comparisons run in constant time, and keys are never logged.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ class Keys:
     def __init__(self, home: Path, env_key: str | None = None):
         self.path = home.expanduser() / KEYS_FILE
         self.env_key = env_key
+        self.session: list[str] = []  # hashes of keys that live as long as this process
 
     def hashes(self) -> list[str]:
+        return self.stored() + self.session
+
+    def stored(self) -> list[str]:
+        """The keys that outlive the process: the environment's and the file's."""
         found = [_hash(self.env_key)] if self.env_key else []
         if self.path.exists():
             for line in self.path.read_text().splitlines():
@@ -44,7 +50,13 @@ class Keys:
         return found
 
     def configured(self) -> bool:
-        return bool(self.hashes())
+        return bool(self.stored())
+
+    def add_session(self) -> str:
+        """A key valid until this process ends, kept only as a hash in memory: the studio's sign-in token."""
+        key = "tls-" + secrets.token_urlsafe(24)
+        self.session.append(_hash(key))
+        return key
 
     def generate(self) -> str:
         """Create a key, store its hash (the file readable by its owner only) and return it, to be shown once."""

@@ -50,6 +50,58 @@ class FileList(BaseModel):
     has_more: bool
 
 
+class Problem(BaseModel):
+    file: str
+    line: int = Field(description="1-based; 0 for the file as a whole")
+    rule: str
+    message: str
+
+
+class HistogramBin(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: int = Field(alias="from")
+    to: int
+    count: int
+
+
+class TokenStats(BaseModel):
+    examples: int
+    total: int
+    min: int
+    median: float
+    p95: int
+    max: int
+    trained_total: int
+    trained_median: float
+    histogram: list[HistogramBin]
+    over_limit: list[int]
+    context_limit: int
+
+
+class FileCheck(BaseModel):
+    id: str
+    filename: str
+    file: str
+    examples: int
+    errors: list[Problem]
+    warnings: list[Problem]
+    tokens: TokenStats | None
+
+
+class FileReport(BaseModel):
+    """`GET /v1/files/{id}/report`: what `tunelab data check` reports, for uploaded files."""
+
+    object: Literal["file.report"] = "file.report"
+    ok: bool
+    model: str | None
+    files: list[FileCheck]
+    n_epochs: int | None
+    batch_size: int | None
+    billed_tokens: int | None
+    estimated_seconds: float | None
+    estimate_basis: str | None
+
+
 class Deleted(BaseModel):
     id: str
     object: str

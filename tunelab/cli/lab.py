@@ -64,7 +64,7 @@ def travel(
         server = embedded(get_settings().model_copy(update={"auto_compare": False}))
     with server as (url, key):
         if base_url is None:
-            out.print(f"An embedded tunelab server answers at {url}/v1 for the length of the lab.", highlight=False)
+            out.print(f"An embedded tunelab server answers at {url}/v1 for the length of the lab; follow it in the studio: {url}/?token={key}", highlight=False)
         api = client(url, key)
         with api_errors(url):
             with step("1. Upload the training and validation data"):

@@ -1,6 +1,7 @@
-"""`tunelab serve`: the API and the job worker in one process, on loopback unless told otherwise.
+"""`tunelab serve`: the API, the job worker and the studio in one process, on loopback unless told otherwise.
 
     tunelab serve                       # http://127.0.0.1:8000/v1, prints a new API key on first start
+                                        # and the studio's sign-in link, http://127.0.0.1:8000/?token=…
     TUNELAB_API_KEY=... tunelab serve --host 0.0.0.0   # other machines may connect: a key is required
 """
 
@@ -42,11 +43,21 @@ def serve(settings: Settings, console: Console) -> None:
             f"  export TUNELAB_API_KEY={new_key} TUNELAB_BASE_URL={url}")
     else:
         say(f"API keys: from {'TUNELAB_API_KEY' if settings.api_key else keys.path}")
+    app = create_app(settings)
+    token = app.state.service.keys.add_session()  # valid while this server runs, like Jupyter's token
+    say(f"Studio (this link signs you in until the server stops): [bold]{studio_link(url, token)}[/bold]")
     say(f"State: {settings.state_dir}  ·  Ctrl-C stops; running jobs checkpoint and resume on the next start")
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()
     del lock
+
+
+def studio_link(url: str, key: str) -> str:
+    """The studio's sign-in link; a wildcard bind address is opened through loopback."""
+    for wildcard in ("//0.0.0.0:", "//[::]:"):
+        url = url.replace(wildcard, "//127.0.0.1:")
+    return f"{url}/?token={key}"
 
 
 @contextmanager

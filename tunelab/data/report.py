@@ -63,16 +63,19 @@ class Report:
         return {"ok": self.ok, **asdict(self)}
 
 
-def preflight(train: Path, validation: Path | None = None, model: str | None = None) -> Report:
-    """Check `train` (and `validation`) for errors, warnings and token statistics under `model`'s template."""
-    checked = [validate_file(train)]
+def preflight(train: Path, validation: Path | None = None, model: str | None = None,
+              names: tuple[str, str | None] | None = None) -> Report:
+    """Check `train` (and `validation`) for errors, warnings and token statistics under `model`'s template.
+    `names` are how the report names the two files (default: their paths; the service names uploads by id)."""
+    names = names or (str(train), str(validation) if validation else None)
+    checked = [validate_file(train, name=names[0])]
     if validation:
-        checked.append(validate_file(validation))
+        checked.append(validate_file(validation, name=names[1]))
     reports = [FileReport(v.file, len(v.examples), errors=[_problem(p) for p in v.errors]) for v in checked]
-    reports[0].warnings = [_problem(p) for p in review(str(train), checked[0].examples,
+    reports[0].warnings = [_problem(p) for p in review(names[0], checked[0].examples,
                                                        (checked[1].file, checked[1].examples) if validation else None)]
     if validation:
-        reports[1].warnings = [_problem(p) for p in review(str(validation), checked[1].examples)]
+        reports[1].warnings = [_problem(p) for p in review(names[1], checked[1].examples)]
         overlap = [w for w in reports[0].warnings if w["rule"] == "train_validation_overlap"]
         reports[0].warnings = [w for w in reports[0].warnings if w not in overlap]
         reports[1].warnings += overlap
@@ -93,13 +96,19 @@ def preflight(train: Path, validation: Path | None = None, model: str | None = N
 
     stats = reports[0].tokens
     if stats and reports[0].examples:
-        report.n_epochs = auto_epochs(stats.examples)
-        report.batch_size = auto_batch_size(stats.examples)
+        auto = auto_hyperparameters(stats.examples)
+        report.n_epochs, report.batch_size = auto["n_epochs"], auto["batch_size"]
         report.billed_tokens = stats.total * report.n_epochs
         valid_tokens = reports[1].tokens.total if validation and reports[1].tokens else 0
         report.estimated_seconds, report.estimate_basis = _estimate_seconds(
             base, stats, report.n_epochs, valid_tokens)
     return report
+
+
+def auto_hyperparameters(n_examples: int) -> dict:
+    """What `"auto"` resolves to for a training file of `n_examples` conversations (train/config.py's rule)."""
+    return {"n_epochs": auto_epochs(n_examples), "batch_size": min(auto_batch_size(n_examples), n_examples),
+            "learning_rate_multiplier": 1.0}
 
 
 def _token_stats(validation: Validation, chats: list[RenderedChat], limit: int) -> TokenStats:

@@ -80,6 +80,14 @@ class Registry:
         method = "lora" if (path / "adapter_config.json").is_file() else "full"
         return Located(model_id, json.loads(row["request"])["base"], method, path)
 
+    def base_of(self, model_id: str) -> str:
+        """The installed catalog base model behind `model_id` (itself, for a base model): never a path."""
+        found = self.get(model_id)  # raises model_not_found
+        base = self.get(found["root"]) if found["kind"] != "base" else found
+        if not base["installed"]:
+            raise InvalidRequest(f"the base model {base['id']!r} is not installed", param="model")
+        return base["id"]
+
     def training_start(self, model_id: str) -> TrainingStart:
         """Check a job's `model` without loading anything: an installed base model or a fine-tuned model."""
         for row in list_models():

@@ -2,7 +2,7 @@
 
 The API streams an upload into `writer()` and hands it to `add()`, which commits the bytes and the row together
 (or neither); a job's `results.csv` goes in through `add_path()`. A file that a job still needs cannot be
-deleted; otherwise deleting removes the bytes.
+deleted; otherwise deleting removes the bytes. `report()` is the pre-flight report of an uploaded file.
 """
 
 from __future__ import annotations
@@ -112,6 +112,30 @@ class Files:
         data = [file_object(r) for r in rows[:limit]]
         return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}
+
+    def report(self, file_id: str, validation_id: str | None, model: str) -> dict:
+        """The pre-flight report (`tunelab data check`) of uploaded files, naming them by id and filename."""
+        from ..data.report import preflight
+
+        found = [self._checkable(file_id, "file_id")]
+        if validation_id:
+            found.append(self._checkable(validation_id, "validation_file"))
+        names = [f"{f['id']} ({f['filename']})" for f in found]
+        report = preflight(self.blobs.path(file_id), self.blobs.path(validation_id) if validation_id else None,
+                           model, names=(names[0], names[1] if validation_id else None)).to_dict()
+        for entry, meta in zip(report["files"], found):
+            entry["id"], entry["filename"] = meta["id"], meta["filename"]
+        return {"object": "file.report", **report}
+
+    def _checkable(self, file_id: str, param: str) -> dict:
+        try:
+            found = self.get(file_id)
+        except NotFound:
+            raise NotFound(f"no file with id {file_id!r}", param=param) from None
+        if found["purpose"] not in UPLOAD_PURPOSES:
+            raise InvalidRequest(f"file {file_id} has purpose {found['purpose']!r}; the pre-flight report checks "
+                                 "training data (purpose 'fine-tune')", param=param)
+        return found
 
     def delete(self, file_id: str) -> dict:
         with self.db.write() as conn:

@@ -1,4 +1,4 @@
-"""`/v1/files`: upload (streamed, capped), list, retrieve, download and delete files."""
+"""`/v1/files`: upload (streamed, capped), list, retrieve, download, check and delete files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 from ...errors import InvalidRequest
 from ...store.blobs import FileTooLarge
 from ...store.files import UPLOAD_PURPOSES
-from ..schemas import Deleted, ErrorResponse, FileList, FileObject
+from ..schemas import Deleted, ErrorResponse, FileList, FileObject, FileReport
 from ..service import Service
 from ..uploads import UploadParser
 
@@ -82,6 +82,17 @@ def file_content(file_id: str, svc: Service = Depends(service)) -> FileResponse:
     """The file's bytes."""
     meta = svc.files.get(file_id)
     return FileResponse(svc.files.path(file_id), media_type="application/octet-stream", filename=meta["filename"])
+
+
+@router.get("/files/{file_id}/report", response_model=FileReport, response_model_by_alias=True)
+def file_report(file_id: str, model: str | None = Query(None, max_length=256, description="the base model whose "
+                                                         "tokenizer counts the tokens (default: TUNELAB_DEFAULT_MODEL)"),
+                validation_file: str | None = Query(None, max_length=64, description="a validation file to check "
+                                                    "with it (and for overlap)"),
+                svc: Service = Depends(service)) -> dict:
+    """The pre-flight report of an uploaded training file, as `tunelab data check` prints it: errors by line,
+    warnings, token statistics with a histogram, what `auto` resolves to and the estimated training time."""
+    return svc.files.report(file_id, validation_file, svc.registry.base_of(model or svc.settings.default_model))
 
 
 @router.delete("/files/{file_id}", response_model=Deleted)

@@ -1,0 +1,96 @@
+// Clean up: what the service holds (GET /v1/storage: deployments, fine-tuned models, jobs with their
+// checkpoints, files, comparisons, and the disk each takes), deleted all or by selection in dependency order —
+// deployments → models → jobs → result files → uploads → comparisons — as `tunelab clean` does. A deletion the
+// service refuses is shown with its reason; nothing is skipped silently.
+
+import { del, get } from "./api.js";
+import { bytes, confirmDialog, errorText, h, progress, replace } from "./ui.js";
+
+const ROUTES = { deployment: (id) => `/deployments/${encodeURIComponent(id)}`, model: (id) => `/models/${encodeURIComponent(id)}`,
+                 job: (id) => `/fine_tuning/jobs/${id}`, file: (id) => `/files/${id}`, evaluation: (id) => `/evaluations/${id}` };
+const GROUPS = [["deployment", "Deployments"], ["model", "Fine-tuned models"], ["job", "Fine-tuning jobs (checkpoints and run directories)"],
+                ["file", "Files"], ["evaluation", "Comparisons"]];
+
+// Everything to delete, in the order it must go: [{kind, id, what, bytes}].
+function plan(storage) {
+  const files = [...storage.files].sort((a, b) => (a.purpose !== "fine-tune-results") - (b.purpose !== "fine-tune-results"));
+  return [
+    ...storage.deployments.map((d) => ({ kind: "deployment", id: d.name, what: d.model, bytes: 0 })),
+    ...storage.models.map((m) => ({ kind: "model", id: m.id, what: "fine-tuned model", bytes: m.bytes })),
+    ...storage.jobs.map((j) => ({ kind: "job", id: j.id, what: `${j.status}, ${j.checkpoints} checkpoints`, bytes: j.bytes })),
+    ...files.map((f) => ({ kind: "file", id: f.id, what: `${f.filename} (${f.purpose})`, bytes: f.bytes })),
+    ...storage.evaluations.map((e) => ({ kind: "evaluation", id: e.id, what: `comparison (${e.status})`, bytes: 0 })),
+  ];
+}
+
+export async function render(main) {
+  const body = h("div", {});
+  const outcome = h("div", { "aria-live": "polite" });
+  replace(main, h("header", { class: "page" }, h("h1", {}, "Clean up"),
+    h("p", {}, "Everything the service holds, with the disk it takes. Delete all of it or a selection; it goes in dependency order (deployments, models, jobs, files, comparisons). Base models are kept.")),
+  outcome, body);
+
+  async function show() {
+    const storage = await get("/storage");
+    const items = plan(storage);
+    const boxes = new Map();
+    const total = h("strong", {});
+    const update = () => {
+      const chosen = items.filter((item) => boxes.get(item).checked);
+      total.textContent = `${chosen.length} selected · ${bytes(chosen.reduce((sum, i) => sum + i.bytes, 0))}`;
+      deleteSelected.disabled = !chosen.length;
+    };
+    const deleteSelected = h("button", { type: "button", class: "danger", onclick: () => run(items.filter((i) => boxes.get(i).checked)) }, "Delete selected");
+    const deleteAll = h("button", { type: "button", class: "danger", disabled: !items.length, onclick: () => run(items) }, "Delete all");
+    const groups = GROUPS.map(([kind, title]) => {
+      const rows = items.filter((i) => i.kind === kind);
+      const all = h("input", { type: "checkbox", "aria-label": `select all ${title.toLowerCase()}`, disabled: !rows.length, onchange: () => {
+        rows.forEach((r) => { boxes.get(r).checked = all.checked; });
+        update();
+      } });
+      return h("section", { class: "card", dataset: { kind } }, h("h2", {}, h("label", { class: "check" }, all, ` ${title}`), h("small", {}, ` ${rows.length}`)),
+        rows.length ? h("table", {}, h("tbody", {}, rows.map((item) => {
+          const box = h("input", { type: "checkbox", name: `${item.kind}:${item.id}`, onchange: update });
+          boxes.set(item, box);
+          return h("tr", { dataset: { item: `${item.kind}:${item.id}` } }, h("td", {}, box), h("td", {}, h("code", {}, item.id)), h("td", {}, item.what), h("td", { class: "num" }, item.bytes ? bytes(item.bytes) : ""));
+        }))) : h("p", { class: "empty" }, "None."));
+    });
+    const kept = storage.base_models.map((m) => `${m.name} (${bytes(m.bytes)})`).join(", ") || "none";
+    replace(body,
+      h("section", { class: "card summary" }, h("p", {}, `Removable: ${bytes(storage.removable_bytes)} · base models kept: ${kept}`),
+        h("div", { class: "actions" }, total, deleteSelected, deleteAll)),
+      groups);
+    update();
+  }
+
+  async function run(chosen) {
+    if (!chosen.length) return;
+    const size = bytes(chosen.reduce((sum, i) => sum + i.bytes, 0));
+    if (!(await confirmDialog("Delete", `Delete these ${chosen.length} items (${size}), in dependency order? This cannot be undone.`))) return;
+    const lines = h("ol", { class: "log" });
+    const bar = h("div", {});
+    replace(outcome, h("section", { class: "card" }, h("h2", {}, "Deleting"), bar, lines));
+    let freed = 0;
+    const refused = [];
+    for (const [i, item] of chosen.entries()) {
+      replace(bar, progress(i, chosen.length, `${i} of ${chosen.length}`));
+      const line = h("li", {}, `${item.kind} ${item.id}: deleting…`);
+      lines.append(line);
+      try {
+        await del(ROUTES[item.kind](item.id));
+        line.textContent = `Deleted ${item.kind} ${item.id}`;
+        line.className = "ok";
+        freed += item.bytes;
+      } catch (error) {
+        refused.push(item);
+        line.textContent = `Not deleted ${item.kind} ${item.id}: ${errorText(error)}`;
+        line.className = "bad";
+      }
+    }
+    replace(bar, progress(chosen.length, chosen.length, `Freed ${bytes(freed)}${refused.length ? ` · ${refused.length} of ${chosen.length} not deleted (see below)` : ""}`));
+    await show();
+  }
+
+  await show();
+  return undefined;
+}
