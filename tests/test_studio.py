@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import httpx2 as httpx
@@ -30,8 +29,9 @@ KEY = "test-key"
 SHOTS = os.environ.get("STUDIO_SCREENSHOTS")
 WAIT = 60_000  # ms: the longest a step may take (a fine-tune of the tiny model takes seconds)
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
-                                reason="the studio tests need Debian's chromium (make install-browser)")
+# Outside CI a machine without the browser skips these; in CI (where `make test` installs it) they must run.
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                                reason="the studio tests need Debian's chromium: make browser")
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +316,8 @@ def test_start_a_comparison_and_read_its_report(page, server):
     page.wait_for_url(re.compile("#/evaluate/eval-"))
     page.locator("h1 .badge[data-status=completed]").wait_for()
     assert page.locator("table.answers tbody tr").count() == 5
-    assert page.evaluate("[...document.querySelectorAll('main canvas')].filter(c => Chart.getChart(c)).length") == 3
+    charts = page.evaluate("[...document.querySelectorAll('main canvas')].filter(c => Chart.getChart(c)).length")
+    assert charts == 2  # policy and engagement; redirect scores off-topic prompts only, and these hold none
     with page.expect_download() as download:
         page.click("text=Download HTML")
     report = Path(download.value.path()).read_text()

@@ -8,6 +8,12 @@ const PORT = location.port || (location.protocol === "https:" ? "443" : "80");
 export const COOKIE = `tunelab_key_${PORT}`;
 const STORED = `tunelab_key_${PORT}`;
 
+// A random id for an Idempotency-Key header (crypto.randomUUID exists only on https or loopback pages).
+export function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 export function currentKey() {
   const found = document.cookie.split("; ").find((c) => c.startsWith(COOKIE + "="));
   if (found) return decodeURIComponent(found.slice(COOKIE.length + 1));
@@ -111,7 +117,6 @@ export function upload(file, onProgress, purpose = "fine-tune") {
     xhr.open("POST", "/v1/files");
     const key = currentKey();
     if (key) xhr.setRequestHeader("Authorization", `Bearer ${key}`);
-    xhr.setRequestHeader("Idempotency-Key", crypto.randomUUID());
     xhr.upload.onprogress = (event) => event.lengthComputable && onProgress && onProgress(event.loaded, event.total);
     xhr.onerror = () => reject(unreachable(null));
     xhr.onload = () => {

@@ -156,7 +156,7 @@ function showReport(into, report, charts) {
   rows.push(["Decode tokens/s, median", "higher is better", report.candidates.map((c) => plain(c.latency.tokens_per_s_median))]);
   rows.push(["Tokens per request", "lower is cheaper", report.candidates.map((c) => plain(c.tokens.total_per_request))]);
   rows.push(["Errors / filtered answers", "", report.candidates.map((c) => `${c.errors} / ${c.filtered}`)]);
-  const canvases = SHARES.filter((check) => check in first.checks).map((check) => [check, h("canvas", { "aria-label": first.checks[check].title })]);
+  const canvases = SHARES.filter((check) => check in first.checks && report.candidates.some((c) => c.checks[check].mean !== null)).map((check) => [check, h("canvas", { "aria-label": first.checks[check].title })]);
   replace(into,
     h("section", { class: "card" }, h("p", { class: "verdict" }, h("strong", {}, report.verdict.summary)),
       h("ul", {}, report.verdict.details.map((d) => h("li", {}, d))),

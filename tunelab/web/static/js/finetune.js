@@ -2,7 +2,7 @@
 // and validation data (upload or pick), task parameters with their defaults (`auto` and what it resolves to),
 // seed, review and Confirm (POST /v1/fine_tuning/jobs).
 
-import { all, get, post } from "./api.js";
+import { all, get, post, randomId } from "./api.js";
 import { uploadFiles } from "./data.js";
 import { badge, dialog, dropZone, duration, errorBox, errorText, field, go, h, poll, redraw, replace, select, table, when } from "./ui.js";
 
@@ -29,7 +29,10 @@ export async function render(main, { query }) {
     ], jobs, { empty: "No fine-tuning jobs yet: select “+ Fine-tune model”.", rowAttrs: (j) => ({ dataset: { job: j.id } }) })));
     return jobs.some((j) => UNFINISHED.includes(j.status));
   }, 3000);
-  if (query.get("new")) wizard({ training_file: query.get("training_file"), model: query.get("model") });
+  if (query.get("new")) {
+    history.replaceState(null, "", "#/fine-tuning"); // a reload shows the list, not the wizard again
+    wizard({ training_file: query.get("training_file"), model: query.get("model") });
+  }
   return stop;
 }
 
@@ -208,7 +211,7 @@ function review(state, steps) {
       confirm.textContent = "Confirm";
     }
   } }, "Confirm");
-  const idempotency = crypto.randomUUID(); // a second click never makes a second job
+  const idempotency = randomId(); // a second click never makes a second job
   return [
     h("dl", { class: "facts" },
       [["Base model", state.model], ["Suffix", state.suffix || "(none)"], ["Training data", name(state.training_file)],

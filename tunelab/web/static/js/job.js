@@ -133,12 +133,13 @@ function details(panel, job, ordered, last) {
     job.error ? errorBox({ message: `${job.error.code}: ${job.error.message}`, param: job.error.param }) : null,
     h("dl", { class: "facts" },
       [["Status", job.status.replace("_", " ")], ["Base model", job.model], ["Fine-tuned model", job.fine_tuned_model || "–"],
-       ["Training file", job.training_file], ["Validation file", job.validation_file || "none"],
+       ["Training file", h("a", { href: `#/data/${job.training_file}` }, job.training_file)],
+       ["Validation file", job.validation_file ? h("a", { href: `#/data/${job.validation_file}` }, job.validation_file) : "none"],
        ["Epochs", hp.n_epochs], ["Batch size", hp.batch_size], ["Learning rate multiplier", hp.learning_rate_multiplier],
        ["Seed", job.seed], ["Trained tokens", job.trained_tokens === null ? "–" : job.trained_tokens.toLocaleString()],
        ["Created", when(job.created_at)], ["Finished", when(job.finished_at) || "–"],
        ["Estimated finish", job.estimated_finish ? `${when(job.estimated_finish)} (about ${duration(eta)} left)` : "–"]]
-        .map(([label, value]) => [h("dt", {}, label), h("dd", {}, String(value))])),
+        .map(([label, value]) => [h("dt", {}, label), h("dd", {}, value instanceof Node ? value : String(value))])),
     hp.n_epochs === "auto" ? h("p", { class: "hint" }, "“auto” hyperparameters are resolved when training starts.") : null);
 }
 

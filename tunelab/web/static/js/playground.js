@@ -4,7 +4,7 @@
 
 import { get, streamChat } from "./api.js";
 import { bubble } from "./data.js";
-import { SYSTEM_MESSAGES } from "./lab.js";
+import { QUESTIONS, SYSTEM_MESSAGES } from "./lab.js";
 import { errorText, field, h, replace, select } from "./ui.js";
 
 export async function render(main, { query }) {
@@ -104,7 +104,10 @@ export async function render(main, { query }) {
         field("Max response tokens", maxTokens),
         field("Top P", h("div", { class: "range" }, topP, topPValue))),
       h("section", { class: "card chat-area" }, chats,
-        h("form", { class: "composer", onsubmit: (event) => { event.preventDefault(); submit(); } }, input, h("div", { class: "actions" }, stopButton, send)))));
+        h("form", { class: "composer", onsubmit: (event) => { event.preventDefault(); submit(); } }, input,
+          h("div", { class: "actions" }, h("span", { class: "hint" }, "The lab's questions:"),
+            QUESTIONS.map((q) => h("button", { type: "button", class: "small chip", title: q, onclick: () => { input.value = q; input.focus(); } }, q.length > 34 ? `${q.slice(0, 32)}…` : q)),
+            h("span", { class: "spacer" }), stopButton, send)))));
   layout();
   input.focus();
   return () => panes.forEach((p) => p.abort());
