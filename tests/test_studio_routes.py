@@ -132,4 +132,4 @@ def test_fine_tuning_defaults_and_what_auto_resolves_to(service, tmp_path):
     assert [sized["hyperparameters"][k]["auto"] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")] \
         == [3, 2, 1.0]
     missing = http.get("/fine_tuning/defaults", params={"training_file": "file-nope"})
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "training_file"

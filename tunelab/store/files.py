@@ -117,9 +117,9 @@ class Files:
         """The pre-flight report (`tunelab data check`) of uploaded files, naming them by id and filename."""
         from ..data.report import preflight
 
-        found = [self._checkable(file_id, "file_id")]
+        found = [self.training_data(file_id, "file_id")]
         if validation_id:
-            found.append(self._checkable(validation_id, "validation_file"))
+            found.append(self.training_data(validation_id, "validation_file"))
         names = [f"{f['id']} ({f['filename']})" for f in found]
         report = preflight(self.blobs.path(file_id), self.blobs.path(validation_id) if validation_id else None,
                            model, names=(names[0], names[1] if validation_id else None)).to_dict()
@@ -127,7 +127,8 @@ class Files:
             entry["id"], entry["filename"] = meta["id"], meta["filename"]
         return {"object": "file.report", **report}
 
-    def _checkable(self, file_id: str, param: str) -> dict:
+    def training_data(self, file_id: str, param: str) -> dict:
+        """The file `file_id`, which must be training data (purpose `fine-tune`); errors name `param`."""
         try:
             found = self.get(file_id)
         except NotFound:

@@ -60,6 +60,7 @@ def fine_tuning_defaults(training_file: str | None = Query(None, max_length=64, 
     with `training_file`, the values `auto` resolves to for its valid examples."""
     size, auto = None, {"learning_rate_multiplier": 1.0}
     if training_file:
+        svc.files.training_data(training_file, "training_file")
         examples = len(validate_file(svc.files.path(training_file), name=training_file).examples)
         size = {"id": training_file, "examples": examples}
         auto = auto_hyperparameters(examples) if examples else auto
