@@ -1,7 +1,8 @@
 """Decode speed: tunelab's engine vs transformers `generate()` on the same model, prompt and greedy decoding.
 
     .venv/bin/python bench/decode.py                  # SmolLM2-135M-Instruct, 128 new tokens, 8 streams
-    .venv/bin/python bench/decode.py --weights fp32   # the engine without int8 decode weights
+    .venv/bin/python bench/decode.py --weights fp32   # the engine without 4-bit/8-bit decode weights
+    .venv/bin/python bench/decode.py --generic        # through transformers' forward, not the Llama decoder
 
 The prompt is the lab's system message plus its first question. Both sides generate exactly `--tokens` tokens
 (end-of-turn ignored) so they do the same work. Reported: time to first token, single-stream tokens/s, the
@@ -53,8 +54,9 @@ def run_generate(model, prompt: list[int], tokens: int) -> dict:
     return {"ttft_s": round(first, 3), "tokens_per_s": round(tokens / seconds, 1)}
 
 
-def run_engine(engine: Engine, prompt: list[int], tokens: int, streams: int, adapter: str | None = None) -> dict:
-    """`streams` answers at once; with `adapter`, every other one goes through it."""
+def run_engine(engine: Engine, prompt: list[int], tokens: int, streams: int, adapter: str | None = None,
+               every: int = 2) -> dict:
+    """`streams` answers at once; with `adapter`, every `every`-th one goes through it (1: all of them)."""
     from tunelab.inference.engine import SamplingParams
 
     finished = threading.Semaphore(0)
@@ -73,7 +75,8 @@ def run_engine(engine: Engine, prompt: list[int], tokens: int, streams: int, ada
         return on_event
 
     generations = [engine.submit(prompt, SamplingParams(max_tokens=tokens, temperature=0),
-                                 adapter=adapter if i % 2 else None, end_ids=set(), on_event=listener())
+                                 adapter=adapter if (i + 1) % every == 0 else None, end_ids=set(),
+                                 on_event=listener())
                    for i in range(streams)]
     for _ in range(streams):
         finished.acquire()
@@ -105,18 +108,30 @@ def quality(engine: Engine, reference, rows: int) -> dict:
             text = engine.tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=False)
             ids = torch.tensor([engine.tokenizer(text, add_special_tokens=False)["input_ids"]])
             exact = reference(input_ids=ids).logits[0, :-1].float()
-            cache, steps = None, []
-            for i in range(ids.shape[1] - 1):
-                out = engine.model(input_ids=ids[:, i:i + 1], cache=cache, use_cache=True)
-                cache = out.cache
-                steps.append(out.logits[0, -1].float())
-            ours, target = torch.stack(steps), ids[0, 1:]
+            ours, target = decode_step_logits(engine, ids[0].tolist()), ids[0, 1:]
             losses[0] += torch.nn.functional.cross_entropy(exact, target, reduction="sum").item()
             losses[1] += torch.nn.functional.cross_entropy(ours, target, reduction="sum").item()
             agree += int((exact.argmax(-1) == ours.argmax(-1)).sum())
             count += len(target)
     return {"valid_loss_fp32": round(losses[0] / count, 4), "valid_loss_engine": round(losses[1] / count, 4),
             "next_token_agreement": round(agree / count, 4), "tokens": count}
+
+
+def decode_step_logits(engine: Engine, ids: list[int]):
+    """The logits after each of `ids` but the last, each from one decode step."""
+    import torch
+
+    if engine.decoder is None:  # the generic path: transformers' forward with its own cache
+        cache, steps = None, []
+        for i in range(len(ids) - 1):
+            out = engine.model(input_ids=torch.tensor([ids[i:i + 1]]), cache=cache, use_cache=True)
+            cache = out.cache
+            steps.append(out.logits[0, -1].float())
+        return torch.stack(steps)
+    cache = engine.decoder.new_cache(engine.context)
+    steps = [engine.decoder.prefill(cache, cache.add_row(), ids[:1], None)]
+    steps += [engine.decoder.step(cache, [token], [None])[0] for token in ids[1:-1]]
+    return torch.stack(steps)
 
 
 def generate_side(args) -> dict:
@@ -137,13 +152,15 @@ def engine_side(args) -> dict:
     from tunelab.models.load import load_causal_lm
 
     base = resolve_model(args.model)
-    engine = Engine(base, weights=args.weights)
+    engine = Engine(base, weights=args.weights, generic=args.generic)
     with tempfile.TemporaryDirectory() as tmp:
         engine.attach("adapter", make_adapter(base.path, Path(tmp)))
     prompt = lab_prompt(engine.tokenizer)
     run_engine(engine, prompt, 4, 1)  # warm-up
-    report = {"decode_weights": engine.weights, "prompt_tokens": len(prompt),
+    report = {"decode_weights": engine.weights, "decoder": "transformers" if engine.decoder is None else "llama",
+              "prompt_tokens": len(prompt),
               "tunelab_single": run_engine(engine, prompt, args.tokens, 1),
+              "tunelab_single_adapter": run_engine(engine, prompt, args.tokens, 1, adapter="adapter", every=1),
               f"tunelab_{args.streams}_streams": run_engine(engine, prompt, args.tokens, args.streams),
               f"tunelab_{args.streams}_streams_half_adapter": run_engine(engine, prompt, args.tokens, args.streams,
                                                                          adapter="adapter")}
@@ -164,7 +181,9 @@ def main() -> None:
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=8)
-    parser.add_argument("--weights", default="auto", choices=("auto", "fp32", "int8"))
+    parser.add_argument("--weights", default="auto", choices=("auto", "int4", "int8", "fp32"))
+    parser.add_argument("--generic", action="store_true", help="decode through transformers' forward instead of "
+                        "tunelab's Llama decoder")
     parser.add_argument("--quality-rows", type=int, default=5, help="validation conversations for the quality "
                         "check (0 skips it)")
     parser.add_argument("--side", choices=("generate", "engine"), help=argparse.SUPPRESS)

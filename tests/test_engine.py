@@ -1,5 +1,6 @@
 """The inference engine on its own: batched decoding gives every row the answer it would get alone, across
-adapters and while rows join and leave; int8 decode weights stay close to fp32 and carry LoRA adapters."""
+adapters and while rows join and leave, through the Llama decoder and through transformers' forward (the
+generic path); int8 decode weights stay close to fp32 and carry LoRA adapters."""
 
 from __future__ import annotations
 
@@ -50,10 +51,11 @@ def answer_all(engine: Engine, requests: list[tuple[list[int], str | None, int]]
     return [(g.tokens, lp) for g, lp in zip(generations, logprobs)]
 
 
+@pytest.mark.parametrize("generic", [False, True], ids=["llama", "generic"])
 @pytest.mark.parametrize("weights", ["fp32", "int8"])
-def test_a_row_decoded_in_a_batch_gets_the_answer_it_gets_alone(tiny_model, adapter, weights):
-    engine = Engine(LocalModel("tiny", tiny_model, {}), weights=weights)
-    assert engine.weights == weights
+def test_a_row_decoded_in_a_batch_gets_the_answer_it_gets_alone(tiny_model, adapter, weights, generic):
+    engine = Engine(LocalModel("tiny", tiny_model, {}), weights=weights, generic=generic)
+    assert engine.weights == weights and (engine.decoder is None) == generic
     engine.attach("ft", adapter)
     encode = lambda text: engine.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     requests = [(encode("Where should I go in May?"), None, 24),
@@ -87,8 +89,8 @@ def test_int8_conversion_replaces_every_linear_layer_and_adapters_attach_on_top(
     model = load_causal_lm(tiny_model).eval()
     assert prepare(model, "int8") == "int8"
     assert not [m for m in model.modules() if type(m) is torch.nn.Linear]
-    with pytest.raises(ValueError, match="choose one of auto, fp32, int8"):
-        prepare(model, "int4")
+    with pytest.raises(ValueError, match="choose one of auto, int4, int8, fp32"):
+        prepare(model, "int5")
     from peft import PeftModel
 
     lora = PeftModel.from_pretrained(model, adapter, adapter_name="ft").eval()

@@ -1,10 +1,14 @@
-"""The rows decoded together: their generations, one KV cache for all of them and the attention mask.
+"""The rows decoded together through transformers' own forward pass: the generic path, for any architecture
+(the Llama decoder in llama.py is the fast path for Llama models).
 
-Rows have different lengths, so every row is left-padded to the longest; the mask hides the padding and each row
-gets its own position ids (its count of real tokens), so a row computes exactly what it would compute alone.
+All rows share one transformers KV cache. Rows have different lengths, so every row is left-padded to the
+longest; the mask hides the padding and each row gets its own position ids (its count of real tokens), so a row
+computes exactly what it would compute alone.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch.nn import functional as F
@@ -12,18 +16,37 @@ from transformers.cache_utils import DynamicLayer
 
 
 class Batch:
-    def __init__(self):
+    def __init__(self, forward: Callable):
+        self.forward = forward  # (ids, cache, mask, positions, adapters) -> model output: Engine.forward
         self.rows: list = []  # Generations, in row order
         self.cache = None  # a DynamicCache: per layer keys/values of shape [rows, heads, width, head_dim]
         self.mask: torch.Tensor | None = None  # [rows, width]: 1 for a real token, 0 for padding
+        self.max_rows: int | None = None  # 1 once a model's cache turns out not to be stackable
+
+    @torch.no_grad()
+    def start(self, generation) -> torch.Tensor:
+        """Process `generation`'s prompt on its own and add it as the last row; the logits after the prompt."""
+        out = self.forward(torch.tensor([generation.prompt]), None, None, None, [generation.adapter])
+        if not self.joinable(out.cache):
+            self.max_rows = 1  # a cache kind rows cannot share (sliding windows): one answer at a time
+        self._join(generation, out.cache)
+        return out.logits[0, -1].float()
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """One token for every row, in one forward pass: the logits [rows, vocab]."""
+        ids = torch.tensor([[g.tokens[-1]] for g in self.rows])
+        mask, positions = self._extend()
+        out = self.forward(ids, self.cache, mask, positions, [g.adapter for g in self.rows])
+        self.cache = out.cache
+        return out.logits[:, -1].float()
 
     @staticmethod
     def joinable(cache) -> bool:
         """Rows can only be stacked when every layer's cache is a plain growing one (no sliding window)."""
         return all(type(layer) is DynamicLayer for layer in cache.layers)
 
-    def join(self, generation, cache) -> None:
-        """Add a generation whose prompt has just been processed alone (`cache` has one row)."""
+    def _join(self, generation, cache) -> None:
         length = cache.get_seq_length()
         mask = torch.ones(1, length, dtype=torch.long)
         if not self.rows:
@@ -36,7 +59,7 @@ class Batch:
         self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(mask, width)])
         self.rows.append(generation)
 
-    def extend(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _extend(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The mask and position ids for the next token of every row; (None, None) when no row is padded, so
         the model takes its plain causal path (what a single answer always gets)."""
         self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)

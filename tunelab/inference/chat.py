@@ -134,7 +134,10 @@ class _State:
 
     def listener(self, index: int):
         def on_event(kind, payload):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, kind, payload))
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, kind, payload))
+            except RuntimeError:  # the event loop is gone (the server is stopping): nobody waits for this answer
+                self.generations[index].cancel()
         return on_event
 
     async def events(self):

@@ -6,14 +6,17 @@ that decodes every active answer together, one batched forward pass per token.
     generation = engine.submit(prompt_ids, SamplingParams(max_tokens=64, seed=1), adapter="ft:…")
 
 Decoding one token reads all the weights whatever the batch size, so answering eight requests in one forward pass
-costs little more than answering one. Rows of the batch may use different adapters (PEFT's mixed-adapter
-batches) or none, so the base model and any number of fine-tunes share one copy of the weights and one pass.
+costs little more than answering one. Rows of the batch may use different adapters or none, so the base model and
+any number of fine-tunes share one copy of the weights and one pass. Llama-architecture models (SmolLM2) decode
+through tunelab's lean Llama decoder (llama.py) with 4-bit weights where the model already is 4-bit; other
+architectures through transformers' forward (batch.py). Scoring (validation loss) always uses transformers' fp32
+model with PEFT.
 
-A new request's prompt is processed on its own (one pass over the whole prompt), then its KV cache joins the batch,
-left-padded to the longest row; a finished or cancelled row leaves it, and padding no row needs any more is
-trimmed. Between two decode steps at most one prompt is processed, so a burst of new requests slows the running
-answers down but never stops them. Generation stops at the model's end-of-turn token, a stop string, `max_tokens`
-or the context length; a cancelled generation (the client went away) is dropped before its next token.
+A new request's prompt is processed on its own (one pass over the whole prompt), then it joins the batch; a
+finished or cancelled row leaves it. Between two decode steps at most one prompt is processed, so a burst of new
+requests slows the running answers down but never stops them. Generation stops at the model's end-of-turn token, a
+stop string, `max_tokens` or the context length; a cancelled generation (the client went away) is dropped before
+its next token.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from typing import Callable
 import torch
 
 from ..models.catalog import LocalModel
+from ..models.llama import unsupported
 from ..models.load import load_causal_lm, load_tokenizer
 from ..threads import use_all_cores_here
+from . import llama
 from .batch import Batch
+from .weights import check_format, integer_kernels_fast
 from .weights import prepare as prepare_weights
 
 
@@ -102,8 +108,9 @@ class Task:
 
 
 class Engine:
-    def __init__(self, base: LocalModel, *, weights: str = "auto", max_batch: int = 16):
+    def __init__(self, base: LocalModel, *, weights: str = "auto", max_batch: int = 16, generic: bool = False):
         self.base = base
+        self.generic = generic  # decode through transformers' forward even where the Llama decoder could
         self.tokenizer = load_tokenizer(base.path)
         self.max_batch = max_batch
         self.peft = None  # the PeftModel wrapping `model`, once an adapter is attached
@@ -111,7 +118,7 @@ class Engine:
         self._routed: str | None = "mixed"  # what the LoRA layers apply now (see _route)
         self._waiting: deque[Generation] = deque()  # submitted; prompt not processed yet
         self._tasks: deque[Task] = deque()  # other work for the model (scoring), run between decode steps
-        self._batch = Batch()  # the generations being decoded together (scheduler thread only)
+        self._batch = None  # the generations being decoded together (scheduler thread only), set by _load
         self._wake = threading.Condition()  # guards `_waiting` only: held for microseconds
         self._model_lock = threading.Lock()  # a forward pass, or attaching an adapter
         # The model is loaded on the scheduler thread, the thread with the cores (tunelab/threads.py).
@@ -124,9 +131,19 @@ class Engine:
             raise failure[0]
 
     def _load(self, weights: str) -> None:
+        check_format(weights)
         self.model = load_causal_lm(self.base.path).eval()
         self.context = self.base.meta.get("context_length") or self.model.config.max_position_embeddings or 2048
-        self.weights = prepare_weights(self.model, weights)  # "int8" or "fp32": what decoding reads
+        self.decoder = None
+        if not self.generic and unsupported(self.model) is None:
+            if weights == "auto":  # the integer kernels, where this CPU vectorises them
+                weights = "int4" if integer_kernels_fast() else "fp32"
+            self.decoder = llama.LlamaDecoder(self.model, weights)
+            self.weights = self.decoder.fmt  # what decoding reads: "int4", "int8" or "fp32"
+            self._batch = llama.LlamaBatch(self.decoder, self.context)
+        else:
+            self.weights = prepare_weights(self.model, weights)  # "int8" or "fp32"
+            self._batch = Batch(self._forward)
 
     # --- adapters ---
 
@@ -142,6 +159,12 @@ class Engine:
                 self.peft.eval()
             else:
                 self.peft.load_adapter(path, adapter_name=name)
+            if self.decoder is not None:
+                try:
+                    self.decoder.add_adapter(name, self.peft)
+                except ValueError:
+                    self.peft.delete_adapter(name)
+                    raise
             self.adapters[name] = Path(path)
             self._reset_routing()
 
@@ -150,6 +173,8 @@ class Engine:
         with self._model_lock:
             if name in self.adapters and self.peft is not None:
                 self.peft.delete_adapter(name)
+                if self.decoder is not None:
+                    self.decoder.remove_adapter(name)
                 del self.adapters[name]
                 self._reset_routing()
 
@@ -222,7 +247,7 @@ class Engine:
                     self._wake.wait()
                 task = self._tasks.popleft() if self._tasks else None
                 newcomer = None
-                if self._waiting and len(self._batch.rows) < self.max_batch:
+                if self._waiting and len(self._batch.rows) < (self._batch.max_rows or self.max_batch):
                     newcomer = self._waiting.popleft()
             with self._model_lock:
                 if task is not None:
@@ -241,7 +266,10 @@ class Engine:
             for g in generations:
                 if g.finish_reason is None:
                     g.finish_reason = "error"
-                    g.on_event("error", f"{type(exc).__name__}: {exc}")
+                    try:
+                        g.on_event("error", f"{type(exc).__name__}: {exc}")
+                    except Exception:  # a listener that fails cannot be told; the engine goes on
+                        pass
             self._batch.keep([g for g in self._batch.rows if g.finish_reason is None])
 
     def _drop_stale(self) -> None:
@@ -252,27 +280,19 @@ class Engine:
                 g.on_event("error", f"the model {g.adapter} was unloaded while answering")
         self._batch.keep([g for g in self._batch.rows if g.finish_reason is None and not g.cancelled])
 
-    @torch.no_grad()
     def _prefill(self, g: Generation) -> None:
         """Process `g`'s prompt on its own, take its first token, and let it join the batch."""
         if g.adapter and g.adapter not in self.adapters:
             raise RuntimeError(f"the model {g.adapter} was unloaded before answering")
-        out = self._forward(torch.tensor([g.prompt]), None, None, None, [g.adapter])
-        self._accept(g, self._sample(g, out.logits[0, -1].float()))
-        if g.finish_reason is None:
-            if not Batch.joinable(out.cache):
-                self.max_batch = 1  # a cache kind rows cannot share (sliding windows): one answer at a time
-            self._batch.join(g, out.cache)
+        logits = self._batch.start(g)
+        self._accept(g, self._sample(g, logits))
+        if g.finish_reason is not None:
+            self._batch.keep([r for r in self._batch.rows if r is not g])
 
-    @torch.no_grad()
     def _decode(self) -> None:
         """One token for every row of the batch, in one forward pass."""
-        rows = self._batch.rows
-        ids = torch.tensor([[g.tokens[-1]] for g in rows])
-        mask, positions = self._batch.extend()
-        out = self._forward(ids, self._batch.cache, mask, positions, [g.adapter for g in rows])
-        self._batch.cache = out.cache
-        logits = out.logits[:, -1].float()
+        rows = list(self._batch.rows)
+        logits = self._batch.step()
         for i, g in enumerate(rows):
             self._accept(g, self._sample(g, logits[i]))
         self._batch.keep([g for g in rows if g.finish_reason is None])

@@ -1,0 +1,142 @@
+"""The Llama decoder computes what transformers computes: in fp32 the same logits, for prompts and batched decode
+steps, with rows of different lengths joining and leaving, across LoRA adapters; int4 weights are used exactly
+where a model's weights already lie on a 4-bit grid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tunelab.inference.llama import LlamaDecoder
+from tunelab.models.llama import unsupported
+from tunelab.inference.weights import Matrix, int4_grid
+
+
+def snap_to_grid(weight: torch.Tensor) -> torch.Tensor:
+    """What a Q4_1 GGUF holds: per group of 32 inputs, 16 evenly spaced levels from the group's minimum."""
+    rows, cols = weight.shape
+    groups = weight.reshape(rows, cols // 32, 32)
+    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    step = (high - low) / 15
+    return (torch.round((groups - low) / step) * step + low).reshape(rows, cols)
+
+
+def build_model() -> LlamaForCausalLM:
+    """A small Llama whose layers have 4-bit-grid weights (the LM head, tied to the embeddings, does not)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, initializer_range=0.2)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for linear in [*layer.self_attn.children(), *layer.mlp.children()]:
+                if isinstance(linear, torch.nn.Linear):
+                    linear.weight.copy_(snap_to_grid(linear.weight))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model()
+
+
+@pytest.fixture(scope="module")
+def peft(model):
+    """Two adapters with random weights: one on every linear layer, one (another rank) on three of them."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+                          adapter_name="wide")
+    peft.add_adapter("narrow", LoraConfig(r=2, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                          init_lora_weights=False))
+    return peft.eval()
+
+
+def reference(peft, ids: list[int], adapter: str | None) -> torch.Tensor:
+    """transformers' + PEFT's logits after `ids`."""
+    with torch.no_grad():
+        if adapter is None:
+            with peft.disable_adapter():
+                return peft(input_ids=torch.tensor([ids])).logits[0, -1]
+        peft.set_adapter(adapter)
+        return peft(input_ids=torch.tensor([ids])).logits[0, -1]
+
+
+def test_fp32_logits_match_transformers_while_rows_join_leave_and_mix_adapters(peft):
+    decoder = LlamaDecoder(peft, "fp32")
+    decoder.add_adapter("wide", peft)
+    decoder.add_adapter("narrow", peft)
+    cache = decoder.new_cache(limit=512, rows=1, width=8)  # small buffers: the answers below make them grow
+    rows = [([5, 6, 7, 8, 9], None), ([10, 11, 12], "wide"), (list(range(20, 40)), "narrow"), ([30], "wide")]
+    for ids, adapter in rows:
+        logits = decoder.prefill(cache, cache.add_row(), ids, adapter)
+        assert torch.allclose(logits, reference(peft, ids, adapter), atol=1e-4)
+    for step in range(12):  # every row one token per step; row 1 leaves after step 3 (the last row moves up)
+        tokens = [(7 * step + i) % 300 for i in range(len(rows))]
+        logits = decoder.step(cache, tokens, [adapter for _, adapter in rows])
+        for i, ((ids, adapter), token) in enumerate(zip(rows, tokens)):
+            ids.append(token)
+            assert torch.allclose(logits[i], reference(peft, ids, adapter), atol=1e-4), (step, i)
+        if step == 3:
+            cache.remove_row(1)
+            rows[1] = rows.pop()
+    assert cache.keys[0].shape[0] == 4 and cache.keys[0].shape[2] >= 32  # it grew
+
+
+def test_a_prompt_continues_a_row_that_already_holds_tokens(peft):
+    decoder = LlamaDecoder(peft, "fp32")
+    cache = decoder.new_cache(limit=512)
+    row = cache.add_row()
+    decoder.prefill(cache, row, [4, 5, 6, 7], None)
+    logits = decoder.prefill(cache, row, [8, 9, 10], None)  # e.g. a shared system message, then the question
+    assert cache.lengths == [7]
+    assert torch.allclose(logits, reference(peft, [4, 5, 6, 7, 8, 9, 10], None), atol=1e-4)
+
+
+def test_int4_only_where_the_weights_are_on_a_grid_and_close_to_fp32(model):
+    decoder = LlamaDecoder(model, "int4")
+    assert decoder.fmt == "int4"
+    assert {m.fmt for layer in decoder.layers for m in layer.matrices.values()} == {"int4"}
+    assert decoder.head.fmt == "int8"  # the tied embeddings are not 4-bit
+    fp32 = LlamaDecoder(model, "fp32")
+    assert decoder.weight_bytes < fp32.weight_bytes / 4
+    ids = list(range(40, 80))
+    logits = [d.prefill(c, c.add_row(), ids, None) for d in (decoder, fp32) for c in [d.new_cache(512)]]
+    assert (logits[0] - logits[1]).norm() / logits[1].norm() < 0.03  # bf16 activations, int8 head
+    assert logits[0].argmax() == logits[1].argmax()
+
+
+def test_the_4bit_grid_is_recovered_exactly_and_off_grid_weights_are_refused():
+    torch.manual_seed(2)
+    weight = snap_to_grid(torch.randn(32, 64))
+    codes, step, low = int4_grid(weight)
+    rebuilt = (codes.reshape(32, 2, 32) * step[..., None] + low[..., None]).reshape(32, 64)
+    assert codes.min() == 0 and codes.max() == 15 and torch.allclose(rebuilt, weight, atol=1e-6)
+    assert int4_grid(torch.randn(32, 64)) is None  # an ordinary (fully fine-tuned) weight: never rounded
+    assert int4_grid(torch.randn(32, 48)) is None  # inputs not a multiple of 32
+    assert Matrix(torch.randn(32, 64), None, "int4").fmt == "int8"
+    matrix = Matrix(weight, torch.randn(32), "int4")
+    x = torch.randn(3, 64)
+    assert matrix.fmt == "int4"
+    exact = torch.nn.functional.linear(x, weight, matrix.bias.float())
+    assert ((matrix(x.bfloat16()).float() - exact).norm() / exact.norm()) < 0.01
+
+
+def test_architectures_it_does_not_know_are_left_to_transformers():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1))
+    assert "qwen2" in unsupported(qwen)
+
+
+def test_adapters_it_cannot_apply_are_refused_by_name():
+    from peft import LoraConfig, get_peft_model
+
+    dora = get_peft_model(build_model(), LoraConfig(r=2, target_modules=["q_proj"], use_dora=True),
+                          adapter_name="dora")
+    with pytest.raises(ValueError, match="DoRA"):
+        LlamaDecoder(dora, "fp32").add_adapter("dora", dora)
