@@ -68,10 +68,16 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_loss_falls_lora_changes_and_base_weights_stay_identical(tiny_model, data):
-    hp = resolve(config(tiny_model, data, None), 12, 0)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_loss_falls_lora_changes_and_base_weights_stay_identical(tiny_model, data, precision):
+    hp = resolve(config(tiny_model, data, None, precision=precision), 12, 0)
+    assert hp.matmul_precision == precision
     torch.manual_seed(hp.seed)
     model = setup_model(resolve_model(str(tiny_model)), hp)
+    products = torch.float32 if precision == "fp32" else torch.bfloat16
+    fused = {weight.dtype for _, _, layer in model.lean_forward.layers for weight, _, _ in layer.values()}
+    assert fused == {products} and model.get_base_model().lm_head.weight.dtype == products
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}  # what trains stays fp32
     base_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
     lora_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" in k}
     samples = load_samples(data[0], load_tokenizer(tiny_model), 1024)
@@ -235,13 +241,17 @@ def test_full_fine_tuning_trains_every_weight_and_resumes_exactly(tiny_model, da
     assert read_csv(whole / "results.csv") == read_csv(parts / "results.csv")
 
 
-def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model, data):
+@pytest.mark.parametrize("forward", ["lean", "transformers"])
+def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model, data, forward):
     from tunelab.train.prefix import compute_prefix, shared_length
     from tunelab.train.recipe import loss_step
 
-    hp = resolve(config(tiny_model, data, None), 12, 0)
+    hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)  # the identity holds up to fp32 rounding
     torch.manual_seed(0)
     model = setup_model(resolve_model(str(tiny_model)), hp)
+    assert model.lean_forward is not None  # a Llama
+    if forward == "transformers":
+        model.lean_forward = None
     for p in model.parameters():  # non-zero LoRA B, so every LoRA weight gets a gradient
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
@@ -250,7 +260,7 @@ def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model
 
     def gradients(share: bool):
         model.zero_grad(set_to_none=True)
-        prefix = compute_prefix(model.get_base_model(), batch) if share else None
+        prefix = compute_prefix(model, batch) if share else None
         losses = []
         for sample in batch:
             loss, _ = loss_step(model, sample, prefix)
@@ -267,3 +277,39 @@ def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model
     for name in plain:
         scale = plain[name].abs().max()
         assert (plain[name] - shared[name]).abs().max() <= 1e-4 * scale, (name, (plain[name] - shared[name]).abs().max(), scale)
+
+
+def test_the_lean_forward_computes_what_transformers_and_peft_compute(tiny_model, data):
+    """Loss and every LoRA gradient, with and without a shared prefix, through train/llama.py and through
+    transformers + PEFT (fp32)."""
+    from tunelab.train.prefix import compute_prefix
+    from tunelab.train.recipe import loss_step
+
+    hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)
+    torch.manual_seed(0)
+    model = setup_model(resolve_model(str(tiny_model)), hp)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    lean = model.lean_forward
+    batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:3]
+
+    def run(forward, share: bool):
+        model.lean_forward = forward
+        model.zero_grad(set_to_none=True)
+        prefix = compute_prefix(model, batch) if share else None
+        losses = []
+        for sample in batch:
+            loss, correct = loss_step(model, sample, prefix)
+            loss.backward()
+            losses.append((loss.item(), correct))
+        if prefix:
+            prefix.backward()
+        return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    for share in (False, True):
+        (ours, our_grads), (theirs, their_grads) = run(lean, share), run(None, share)
+        assert [c for _, c in ours] == [c for _, c in theirs]
+        assert [l for l, _ in ours] == pytest.approx([l for l, _ in theirs], rel=1e-5)
+        for name, grad in their_grads.items():
+            assert (our_grads[name] - grad).abs().max() <= 1e-4 * grad.abs().max(), name

@@ -29,10 +29,13 @@ class Settings(BaseSettings):
                                  "heartbeat before another worker takes it over.")
     max_attempts: int = Field(default=3, ge=1, description="Times a job is started after its worker died before "
                               "it fails.")
-    decode_weights: Literal["auto", "fp32", "int8"] = Field(default="auto", description="Weights the server "
-                                                            "decodes with on the CPU: int8 rows (4x fewer bytes "
-                                                            "to read per token), fp32, or auto (int8 where it "
-                                                            "is faster on this CPU).")
+    decode_weights: Literal["auto", "int4", "int8", "fp32"] = Field(
+        default="auto", description="Weights the server decodes with on the CPU: int4 (exactly the 4-bit weights "
+        "of a model converted from a 4-bit GGUF, int8 for the rest), int8 rows (4x fewer bytes than fp32), fp32, or "
+        "auto (int4 on x86 CPUs with AVX2 or AVX-512, where PyTorch vectorises those kernels, else fp32).")
+    train_precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="Matrix products of the frozen base weights in LoRA training: bf16 (fp32 for "
+        "everything that trains), fp32, or auto (bf16 on CPUs with AMX or AVX512-BF16, else fp32).")
     auto_compare: bool = Field(default=True, description="When a job with a validation file succeeds, compare "
                                "the fine-tuned model with the model it started from on that file.")
     owner: str = Field(default="local", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="The owner named in "

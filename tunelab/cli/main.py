@@ -171,7 +171,7 @@ def train(
         model=model or get_settings().default_model, train_file=train_file, validation_file=validation,
         suffix=suffix, n_epochs=parse_auto(epochs, int), batch_size=parse_auto(batch_size, int),
         learning_rate_multiplier=parse_auto(learning_rate_multiplier, float), seed=seed, method=method,
-        lora_rank=lora_rank, out=out_dir)
+        lora_rank=lora_rank, out=out_dir, precision=get_settings().train_precision)
     result = run(config, ConsoleReporter(err), resume=resume)
     if result.stopped_early:
         err.print(f"[yellow]Stopped at step {result.steps}; checkpoint saved.[/yellow] Continue with: "

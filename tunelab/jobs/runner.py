@@ -103,7 +103,8 @@ def _config(request: dict, run_dir: Path, files: Files, registry: Registry) -> t
     config = TrainConfig(model=model, train_file=train, validation_file=valid, suffix=request["suffix"],
                          n_epochs=hp["n_epochs"], batch_size=hp["batch_size"],
                          learning_rate_multiplier=hp["learning_rate_multiplier"], seed=request["seed"],
-                         method=start.method or "lora", out=run_dir, **extra)
+                         method=start.method or "lora", out=run_dir,
+                         precision=get_settings().train_precision, **extra)
     return config, names
 
 

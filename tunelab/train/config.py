@@ -6,6 +6,9 @@ The `"auto"` rule (recorded with every run and printed before training starts):
 - `batch_size`: the largest power of two not above `n / 32`, between 1 and 8 (160 examples → 4). Small batches
   give small data sets enough optimizer steps; on a CPU a bigger batch buys no speed.
 - `learning_rate_multiplier`: 1.0, scaling the method's base learning rate (LoRA 4e-4, full 2e-5).
+
+The matrix products of a LoRA run's frozen base weights are bf16 on CPUs that compute bf16 natively
+(`precision.py`; `TUNELAB_TRAIN_PRECISION`), recorded as `matmul_precision`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ..errors import InvalidRequest
+from .precision import resolve_precision
 
 BASE_LEARNING_RATE = {"lora": 4e-4, "full": 2e-5}
 WARMUP_SHARE = 0.05  # of all steps, linear warm-up before a linear decay to zero
@@ -66,6 +70,8 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(default=3, ge=1)
     init_adapter: Path | None = Field(default=None, description="start from this LoRA adapter (continued "
                                       "fine-tuning); its rank must equal lora_rank")
+    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="matrix products of the frozen "
+                                                      "base weights (LoRA): bf16 where the CPU has it natively")
 
     @field_validator("n_epochs", "batch_size", "learning_rate_multiplier")
     @classmethod
@@ -88,6 +94,7 @@ class Hyperparameters(BaseModel):
     steps_per_epoch: int
     total_steps: int
     eval_every: int
+    matmul_precision: str = "fp32"  # "bf16": the frozen base weights multiply in bf16 (runs before it: fp32)
 
 
 def parse_config(**values) -> TrainConfig:
@@ -136,4 +143,5 @@ def resolve(config: TrainConfig, n_examples: int, n_valid: int) -> Hyperparamete
         warmup_steps=max(1, round(WARMUP_SHARE * total)), steps_per_epoch=steps_per_epoch, total_steps=total,
         # A validation batch about five times an epoch: enough points for the curve, little extra compute.
         eval_every=config.eval_every or max(1, steps_per_epoch // 5) if n_valid else 0,
+        matmul_precision=resolve_precision(config.precision, config.method),
     )

@@ -53,18 +53,24 @@ def shared_length(batch: list[Sample]) -> int:
     return length if length >= MIN_SHARED else 0
 
 
-def compute_prefix(causal, batch: list[Sample]) -> SharedPrefix | None:
-    """Run the shared prefix of `batch` through the decoder once; None when sharing does not apply."""
+def compute_prefix(model, batch: list[Sample]) -> SharedPrefix | None:
+    """Run the shared prefix of `batch` through the decoder once; None when sharing does not apply. `model` is
+    the model being trained (a PEFT model with a lean forward, or a transformers model)."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     layer_types = getattr(causal.config, "layer_types", None) or []
     if getattr(causal.config, "sliding_window", None) or any(t != "full_attention" for t in layer_types):
         return None  # sliding-window caches drop old keys; keep those models on the plain path
     length = shared_length(batch)
     if not length:
         return None
-    ids = batch[0].input_ids[:length].to(causal.device)[None]
-    cache = causal.get_decoder()(input_ids=ids, use_cache=True).cache
-    computed_k = [layer.keys for layer in cache.layers]
-    computed_v = [layer.values for layer in cache.layers]
+    ids = batch[0].input_ids[:length].to(causal.device)
+    if lean := getattr(model, "lean_forward", None):
+        _, kept = lean(ids, keep_kv=True)
+        computed_k, computed_v = [k for k, _ in kept], [v for _, v in kept]
+    else:
+        cache = causal.get_decoder()(input_ids=ids[None], use_cache=True).cache
+        computed_k = [layer.keys for layer in cache.layers]
+        computed_v = [layer.values for layer in cache.layers]
     grad = torch.is_grad_enabled()
     keys = [k.detach().requires_grad_(grad) for k in computed_k]
     values = [v.detach().requires_grad_(grad) for v in computed_v]

@@ -33,6 +33,9 @@ from ..models.load import load_causal_lm, load_tokenizer
 from . import checkpoints
 from .config import Hyperparameters, TrainConfig, resolve
 from .metrics import Reporter, ResultsCsv, StepMetrics
+from ..models.llama import unsupported
+from .llama import lean_forward
+from .precision import use_bf16_matmuls
 from .prefix import SharedPrefix, compute_prefix
 
 
@@ -132,7 +135,7 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
 
 def setup_model(base: LocalModel, hp: Hyperparameters) -> torch.nn.Module:
     """Load the base model in fp32 (on the GPU when there is one); for LoRA, wrap every linear layer but the
-    LM head with rank-r adapters."""
+    LM head with rank-r adapters (the frozen base weights bf16 where the run multiplies in bf16)."""
     from peft import LoraConfig, get_peft_model
 
     model = load_causal_lm(base.path)
@@ -141,9 +144,14 @@ def setup_model(base: LocalModel, hp: Hyperparameters) -> torch.nn.Module:
     model.config.use_cache = False
     if hp.method == "full":
         return model
+    lean = unsupported(model) is None  # a Llama: the lean forward (train/llama.py) runs it
+    if hp.matmul_precision == "bf16":
+        use_bf16_matmuls(model, head_only=lean)
     lora = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    model.lean_forward = lean_forward(model, hp.matmul_precision) if lean else None
+    return model
 
 
 def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
@@ -161,8 +169,13 @@ def loss_step(model: torch.nn.Module, sample: Sample, prefix: SharedPrefix | Non
     """
     causal = _causal(model)
     device = causal.device
-    start, extra = (prefix.length, {"cache": prefix.cache(), "use_cache": True}) if prefix else (0, {})
-    hidden = causal.get_decoder()(input_ids=sample.input_ids[start:].to(device)[None], **extra).last_hidden_state[0]
+    start = prefix.length if prefix else 0
+    ids = sample.input_ids[start:].to(device)
+    if lean := getattr(model, "lean_forward", None):
+        hidden = lean(ids, list(zip(prefix.keys, prefix.values)) if prefix else None)
+    else:
+        extra = {"cache": prefix.cache(), "use_cache": True} if prefix else {}
+        hidden = causal.get_decoder()(input_ids=ids[None], **extra).last_hidden_state[0]
     logits = causal.get_output_embeddings()(hidden[(sample.positions - start).to(device)]).float()
     targets = sample.targets.to(device)
     if cap := getattr(causal.config, "final_logit_softcapping", None):
@@ -177,7 +190,7 @@ def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float,
     n_trained = sum(s.n_trained for s in batch)
     total, correct = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    prefix = compute_prefix(_causal(model), batch)
+    prefix = compute_prefix(model, batch)
     for sample in batch:  # one conversation at a time: no padding, gradients accumulate
         loss, right = loss_step(model, sample, prefix)
         (loss / n_trained).backward()
@@ -196,7 +209,7 @@ def evaluate(model, samples: list[Sample]) -> tuple[float, float]:
     """Mean token loss and accuracy over `samples`, weighted by trained tokens."""
     model.eval()
     total, correct, n = 0.0, 0, 0
-    prefix = compute_prefix(_causal(model), samples)
+    prefix = compute_prefix(model, samples)
     for sample in samples:
         loss, right = loss_step(model, sample, prefix)
         total += loss.item()
