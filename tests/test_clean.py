@@ -51,9 +51,12 @@ def test_clean_all_deletes_in_dependency_order_and_leaves_only_the_base_models(c
     assert code == 0, output
     order = [line.split()[1] for line in output.splitlines() if line.startswith("Deleted ")]
     assert order == ["deployment", "deployment", "model", "job", "file", "file"]
-    assert "Freed" in output and "Base models kept: tiny" in output
+    assert "Freed" in output and "Base models kept: tiny" in output and "state database is compacted" in output
     storage = client.get("/storage", cast_to=object)
     assert not any(storage[k] for k in ("deployments", "models", "jobs", "files", "evaluations"))
+    database = (home / "state" / "tunelab.db").read_bytes()
+    assert model.encode() not in database and job_id.encode() not in database  # no deleted row lingers in it
+    assert not (home / "state" / "tunelab.db-wal").exists() or not (home / "state" / "tunelab.db-wal").stat().st_size
     state = home / "state"
     left = [f for f in files_under(state) if not f.startswith("tunelab.db") and f != "serve.lock"]
     assert left == [], left

@@ -18,7 +18,7 @@ from ..models.registry import Registry
 from ..store.blobs import new_id
 from ..store.db import Database
 from ..store.files import Files
-from ..store.idempotency import remember
+from ..store.idempotency import forget, remember
 from .events import add_event
 from .queue import FINAL, Queue
 
@@ -114,6 +114,7 @@ class Jobs:
             for table in ("checkpoints", "job_events"):
                 conn.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            forget(conn, job_id)
         if row["run_dir"]:  # after the commit: the write lock is not held while files go
             run_dir = Path(row["run_dir"])
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -82,6 +82,19 @@ class Database:
                 conn.execute(f"PRAGMA user_version = {number}")
         return self.version()
 
+    def compact(self) -> int:
+        """Rewrite the database without its free pages (where deleted rows linger) and empty the write-ahead
+        log; return the bytes the database takes afterwards."""
+        conn = self.connection()
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return self.bytes()
+
+    def bytes(self) -> int:
+        """The database file plus its write-ahead log and shared-memory index."""
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"),
+                                              self.path.with_name(self.path.name + "-shm")) if p.is_file())
+
     def check_integrity(self) -> None:
         """Refuse to serve on a damaged database, naming the file."""
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import InvalidRequest, NotFound
 from .blobs import BlobStore, BlobWriter, new_id
 from .db import Database
-from .idempotency import remember
+from .idempotency import forget, remember
 
 UPLOAD_PURPOSES = ("fine-tune",)
 # Jobs in these statuses will still read their files.
@@ -151,6 +151,7 @@ class Files:
                 raise InvalidRequest(f"file {file_id} is used by fine-tuning job {job['id']} ({job['status']}); "
                                      "cancel the job or wait for it to finish first", param="file_id")
             conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            forget(conn, file_id)
             self.blobs.delete(file_id)  # inside the transaction: if this fails, the row stays
         return {"id": file_id, "object": "file", "deleted": True}
 

@@ -28,3 +28,8 @@ def remember(conn, route: str, key: str, fingerprint: str, object_id: str) -> st
         raise IdempotencyMismatch(f"the Idempotency-Key {key!r} was already used for a different request",
                                   param="Idempotency-Key")
     return row["object_id"]
+
+
+def forget(conn, object_id: str) -> None:
+    """Inside a write transaction: a deleted object's keys go with it (a replay then creates anew)."""
+    conn.execute("DELETE FROM idempotency_keys WHERE object_id = ?", (object_id,))

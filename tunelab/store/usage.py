@@ -41,4 +41,5 @@ def usage(db, models_dir: Path) -> dict:
         if models_dir.is_dir() else []
     removable = sum(x["bytes"] for group in (models, jobs, files) for x in group)
     return {"object": "storage", "deployments": deployments, "models": models, "jobs": jobs, "files": files,
-            "evaluations": evaluations, "base_models": base, "removable_bytes": removable}
+            "evaluations": evaluations, "base_models": base, "removable_bytes": removable,
+            "database_bytes": db.bytes()}

@@ -3,7 +3,7 @@
 // deployments → models → jobs → result files → uploads → comparisons — as `tunelab clean` does. A deletion the
 // service refuses is shown with its reason; nothing is skipped silently.
 
-import { del, get } from "./api.js";
+import { del, get, post } from "./api.js";
 import { bytes, confirmDialog, errorText, h, progress, replace } from "./ui.js";
 
 const ROUTES = { deployment: (id) => `/deployments/${encodeURIComponent(id)}`, model: (id) => `/models/${encodeURIComponent(id)}`,
@@ -87,7 +87,10 @@ export async function render(main) {
         line.className = "bad";
       }
     }
-    replace(bar, progress(chosen.length, chosen.length, `Freed ${bytes(freed)}${refused.length ? ` · ${refused.length} of ${chosen.length} not deleted (see below)` : ""}`));
+    // Deleted rows linger in the state database's free pages until it is rewritten.
+    const compacted = await post("/storage/compact", {});
+    freed += Math.max(0, compacted.database_bytes_before - compacted.database_bytes);
+    replace(bar, progress(chosen.length, chosen.length, `Freed ${bytes(freed)}${refused.length ? ` · ${refused.length} of ${chosen.length} not deleted (see below)` : ""} · state database compacted to ${bytes(compacted.database_bytes)}`));
     await show();
   }
 
