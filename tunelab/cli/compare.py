@@ -57,6 +57,8 @@ def compare(
     seed: int = typer.Option(42, "--seed", help="Sampling seed (the same for every candidate)."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Longest answer, in tokens."),
+    parallel: int = typer.Option(1, "--parallel", help="Prompts answered at once (1–8); above 1 is faster, and "
+                                 "latency is then measured on a shared engine."),
     validation: Optional[str] = typer.Option(None, "--validation", help="Chat .jsonl (or file id) for validation "
                                              "loss; default: the fine-tuned candidate's job's."),
     style: Optional[str] = typer.Option(None, "--style", help="Chat .jsonl (or file id) whose replies define the "
@@ -68,7 +70,7 @@ def compare(
     """Compare candidates on a prompt set: policy, engagement, redirects, style, validation loss, latency and
     tokens per request, with a verdict; writes HTML, Markdown and JSON reports."""
     body = {"candidates": candidates, "prompts": read_prompts(prompts), "system": system, "seed": seed,
-            "temperature": temperature, "max_tokens": max_tokens}
+            "temperature": temperature, "max_tokens": max_tokens, "parallel": parallel}
     api = client(base_url, api_key)
     with api_errors(base_url):
         if validation:

@@ -6,7 +6,8 @@ seeded sampling, scored by the registered checks, plus validation loss, latency 
 
 Answers go through the same path as `POST /v1/chat/completions` (deployments keep their rate limit and content
 filter; a 429 is waited out, as the SDK would), streamed, so time to first token is what a client sees. For each
-prompt the candidates answer at the same time, so they are measured under the same load.
+prompt the candidates answer at the same time, so they are measured under the same load; with `parallel` > 1
+that many prompts are in flight at once (faster, and the latency figures are then those of a shared engine).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Spec:
     validation: Path | None = None  # a chat JSONL file: validation loss per candidate
     style: Path | None = None  # a chat JSONL file whose assistant replies define the style to match
     checks: list[str] | None = None  # registered check names; None: all
+    parallel: int = 1  # prompts in flight at once
 
 
 @dataclass
@@ -68,13 +70,20 @@ async def compare(svc, spec: Spec, progress: Callable[[int, int], None] = lambda
     answers: dict[str, list[Answer]] = {c: [] for c in spec.candidates}
     total = len(spec.prompts) * len(spec.candidates) + (len(spec.candidates) if spec.validation else 0)
     done = 0
-    for prompt in spec.prompts:
+    slots = asyncio.Semaphore(spec.parallel)
+
+    async def answer(prompt: Prompt) -> list[Answer]:
+        nonlocal done
         messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + prompt.messages
-        results = await asyncio.gather(*(ask(svc, c, messages, spec) for c in spec.candidates))
-        for candidate, answer in zip(spec.candidates, results):
-            answers[candidate].append(answer)
+        async with slots:
+            results = await asyncio.gather(*(ask(svc, c, messages, spec) for c in spec.candidates))
         done += len(spec.candidates)
         progress(done, total)
+        return results
+
+    for results in await asyncio.gather(*(answer(p) for p in spec.prompts)):  # in prompt order
+        for candidate, got in zip(spec.candidates, results):
+            answers[candidate].append(got)
     losses = {}
     if spec.validation:
         for candidate in spec.candidates:
@@ -167,7 +176,7 @@ def report(spec: Spec, answers: dict[str, list[Answer]], scored: dict, losses: d
                             for name in spec.candidates}}
                for i, p in enumerate(spec.prompts)]
     return {"settings": {"system": spec.system, "seed": spec.seed, "temperature": spec.temperature,
-                         "max_tokens": spec.max_tokens, "prompts": len(spec.prompts)},
+                         "max_tokens": spec.max_tokens, "prompts": len(spec.prompts), "parallel": spec.parallel},
             "candidates": candidates, "prompts": prompts, "verdict": verdict(candidates)}
 
 

@@ -84,7 +84,8 @@ class Evaluations:
                     temperature=body["temperature"], max_tokens=body["max_tokens"], checks=body.get("checks"),
                     prompts=[Prompt(p.get("id") or f"p{i}", p["messages"], p.get("kind") or "travel",
                                     p.get("reference")) for i, p in enumerate(body["prompts"])],
-                    validation=paths.get("validation_file"), style=paths.get("style_file"))
+                    validation=paths.get("validation_file"), style=paths.get("style_file"),
+                    parallel=body.get("parallel") or 1)
         evaluation_id = f"eval-{secrets.token_hex(8)}"
         total = len(spec.prompts) * len(spec.candidates) + (len(spec.candidates) if spec.validation else 0)
         with self.db.write() as conn:
