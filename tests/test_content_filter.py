@@ -61,7 +61,7 @@ def test_held_out_travel_questions_behind_the_lab_system_message_are_not_blocked
                   (TRAVEL / "prompts.jsonl").read_text().splitlines() if json.loads(line)["kind"] != "off_topic"]
     blocked = [q for q in questions if any(s in ("medium", "high")
                                            for s in classifier.classify(f"{SYSTEM}\n{q}").values())]
-    assert blocked == [] and len(questions) == 70
+    assert blocked == [] and len(questions) == 73
 
 
 def test_hidden_characters_do_not_slip_past(classifier):
