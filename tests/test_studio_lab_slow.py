@@ -51,7 +51,7 @@ def test_the_travel_lab_in_the_browser(server):
         page.get_by_text("Ready to train: 32 examples").wait_for(timeout=180_000)  # converts the model once
         page.goto(server.root + "/#/data")
         page.set_input_files(".drop input[type=file]", str(TRAVEL / "train.jsonl"))
-        page.get_by_text("Ready to train: 176 examples").wait_for()
+        page.get_by_text("Ready to train: 186 examples").wait_for()
         page.locator("#line-1 .bubble.assistant").first.wait_for()
         shot(page, "data")
 
@@ -61,7 +61,7 @@ def test_the_travel_lab_in_the_browser(server):
         assert dialog.locator("select[name=model]").input_value() == BASE
         dialog.locator("input[name=suffix]").fill("ft-travel")
         dialog.get_by_role("button", name="Next").click()
-        dialog.get_by_text("176 examples · 0 errors").wait_for()
+        dialog.get_by_text("186 examples · 0 errors").wait_for()
         valid = next(f["id"] for f in api_key(server).get("/files").json()["data"] if f["filename"] == "valid.jsonl")
         dialog.locator("select[name=validation_file]").select_option(valid)
         dialog.get_by_role("button", name="Next").click()
