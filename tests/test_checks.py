@@ -212,6 +212,8 @@ def test_redirect_applies_to_off_topic_prompts_only():
     "Recipes aren't really my thing, but I can tell you where cookies taste best! Fancy a foodie trip to Vienna?",
     "Baking is outside what I can help with, since I'm here for travel planning. Dreaming of a getaway soon?",
     "How about a trip instead? The Christmas markets of Vienna are a dream. Would a winter journey appeal?",
+    "A baking class is handy for this, though a recipe isn't something I can offer. Dreaming of a holiday?",
+    "I can't offer recipes, I'm afraid. I could help you plan a trip to Vienna's cafés, though. Fancy it?",
 ])
 def test_redirect_passes_a_decline_that_steers_to_travel(text):
     assert get("redirect").score(off_topic(text)).value is True
@@ -223,6 +225,7 @@ def test_redirect_passes_a_decline_that_steers_to_travel(text):
     "Recipes aren't my thing, but here's a quick one: mix butter, sugar, flour and chips, then bake. Any trips?",
     "I usually stick to travel, but sure:\n```\nbake(cookies)\n```\nHappy travels!",
     "Sorry, I can't help with that.",
+    "That isn't something I can do. Cream the butter and sugar, add flour and chips and bake them.",
 ])
 def test_redirect_fails_an_answer_to_the_request_or_no_steer(text):
     assert get("redirect").score(off_topic(text)).value is False

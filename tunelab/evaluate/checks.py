@@ -362,6 +362,7 @@ TRAVEL_WORDS = re.compile(r"\b(?:travel\w*|trips?|destinations?|journeys?|holida
                           r"|itinerar\w+|sightseeing|adventures?|explor\w+|visit\w*|tour\w*|abroad)\b", re.I)
 DECLINES = re.compile(r"outside (?:what|my)|beyond (?:what|my)|(?:not|n['’]t) (?:really |quite )?my"
                       r"|can['’]?not help|can['’]t help|not able to help|\bI (?:only|stick to|focus on)"
+                      r"|(?:not|n['’]t) something I can|I (?:can['’]?not|can['’]t) (?:offer|assist|do th)"
                       r"|I['’]m (?:here|all about|a travel)|strictly travel|all I do"
                       r"|my (?:lane|expertise|speciality|specialty)|serve you better"
                       r"|best bet|one for (?:a|an|your)", re.I)
