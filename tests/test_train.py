@@ -241,10 +241,27 @@ def test_full_fine_tuning_trains_every_weight_and_resumes_exactly(tiny_model, da
     assert read_csv(whole / "results.csv") == read_csv(parts / "results.csv")
 
 
+def losses_and_gradients(model, batch, share: bool) -> tuple[list, dict]:
+    """Each sample's (loss, correct) and the LoRA gradients of the whole batch, with or without sharing the
+    batch's prefix, as `train_step` computes them."""
+    from tunelab.train.prefix import compute_prefix
+    from tunelab.train.recipe import loss_step
+
+    model.zero_grad(set_to_none=True)
+    prefix = compute_prefix(model, batch) if share else None
+    losses = []
+    for sample in batch:
+        loss, correct = loss_step(model, sample, prefix)
+        loss.backward()
+        losses.append((loss.item(), correct))
+    if prefix:
+        prefix.backward()
+    return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 @pytest.mark.parametrize("forward", ["lean", "transformers"])
 def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model, data, forward):
-    from tunelab.train.prefix import compute_prefix, shared_length
-    from tunelab.train.recipe import loss_step
+    from tunelab.train.prefix import shared_length
 
     hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)  # the identity holds up to fp32 rounding
     torch.manual_seed(0)
@@ -258,21 +275,9 @@ def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model
     batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:4]
     assert shared_length(batch) > 50  # the travel system message
 
-    def gradients(share: bool):
-        model.zero_grad(set_to_none=True)
-        prefix = compute_prefix(model, batch) if share else None
-        losses = []
-        for sample in batch:
-            loss, _ = loss_step(model, sample, prefix)
-            loss.backward()
-            losses.append(loss.item())
-        if prefix:
-            prefix.backward()
-        return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    plain_losses, plain = gradients(False)
-    shared_losses, shared = gradients(True)
-    assert shared_losses == pytest.approx(plain_losses, rel=1e-5)
+    plain_losses, plain = losses_and_gradients(model, batch, share=False)
+    shared_losses, shared = losses_and_gradients(model, batch, share=True)
+    assert [loss for loss, _ in shared_losses] == pytest.approx([loss for loss, _ in plain_losses], rel=1e-5)
     assert plain.keys() == shared.keys()
     for name in plain:
         scale = plain[name].abs().max()
@@ -282,9 +287,6 @@ def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model
 def test_the_lean_forward_computes_what_transformers_and_peft_compute(tiny_model, data):
     """Loss and every LoRA gradient, with and without a shared prefix, through train/llama.py and through
     transformers + PEFT (fp32)."""
-    from tunelab.train.prefix import compute_prefix
-    from tunelab.train.recipe import loss_step
-
     hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)
     torch.manual_seed(0)
     model = setup_model(resolve_model(str(tiny_model)), hp)
@@ -296,16 +298,7 @@ def test_the_lean_forward_computes_what_transformers_and_peft_compute(tiny_model
 
     def run(forward, share: bool):
         model.lean_forward = forward
-        model.zero_grad(set_to_none=True)
-        prefix = compute_prefix(model, batch) if share else None
-        losses = []
-        for sample in batch:
-            loss, correct = loss_step(model, sample, prefix)
-            loss.backward()
-            losses.append((loss.item(), correct))
-        if prefix:
-            prefix.backward()
-        return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return losses_and_gradients(model, batch, share)
 
     for share in (False, True):
         (ours, our_grads), (theirs, their_grads) = run(lean, share), run(None, share)

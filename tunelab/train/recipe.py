@@ -181,7 +181,8 @@ def loss_step(model: torch.nn.Module, sample: Sample, prefix: SharedPrefix | Non
     if cap := getattr(causal.config, "final_logit_softcapping", None):
         logits = torch.tanh(logits / cap) * cap
     loss = F.cross_entropy(logits, targets, reduction="sum")
-    correct = int((logits.argmax(-1) == targets).sum())
+    with torch.no_grad():  # right when the target's logit is the highest (amax is ~8x faster than argmax here)
+        correct = int((logits.gather(1, targets[:, None])[:, 0] >= logits.amax(-1)).sum())
     return loss, correct
 
 
