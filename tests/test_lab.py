@@ -35,7 +35,7 @@ def test_the_travel_walkthrough_runs_every_step(capsys, tiny_model, tmp_path, mo
     report = json.loads((next((tmp_path / "reports").iterdir()) / "report.json").read_text())
     names = [c["name"] for c in report["candidates"]]  # the models behind base-travel and ft-travel
     assert names[0] == "tiny" and names[1].startswith("ft:tiny:local:ft-travel:") and names[1] in output
-    assert report["settings"]["parallel"] == 4 and len(report["prompts"]) == 4
+    assert report["settings"]["parallel"] == 8 and len(report["prompts"]) == 4
 
 
 def test_the_walkthrough_says_what_is_missing(capsys, tmp_path):

@@ -88,10 +88,10 @@ def travel(
                 _side_by_side(api, [p for p in prompts if str(p.get("id", "")).startswith("lab-")])
             with step(f"5. Compare both on {len(prompts)} prompts ({data / 'prompts.jsonl'})"):
                 # The models behind base-travel and ft-travel: an evaluation is not the app's traffic, so it is
-                # not paced by the deployments' 5K-tokens-per-minute limit (through them it takes 3 minutes more).
+                # not paced by the deployments' 5K-tokens-per-minute limit (through them it takes minutes more).
                 out.print(f"base-travel serves {model}, ft-travel serves {fine_tuned}", highlight=False)
                 compare([model, fine_tuned], prompts=data / "prompts.jsonl", system=SYSTEM, seed=42,
-                        temperature=0.7, max_tokens=256, parallel=4, validation=None, style=None,
+                        temperature=0.7, max_tokens=256, parallel=8, validation=None, style=None,
                         report_dir=report_dir, base_url=url, api_key=key, as_json=False)
     out.print(f"[bold]The lab took {(time.monotonic() - started) / 60:.1f} minutes.[/bold] "
               f"Chat with the models: `tunelab serve`, then `tunelab chat ft-travel --system \"…\"`.",
@@ -120,10 +120,11 @@ def _side_by_side(api, questions: list[dict]) -> None:
         return choice.message.content if choice.finish_reason != "content_filter" else "(filtered)"
 
     table = Table("question", "base-travel (base + system message)", "ft-travel (fine-tuned)", show_lines=True)
-    with ThreadPoolExecutor(2) as pool:
-        for prompt in questions:
-            messages = [{"role": "system", "content": SYSTEM}, *prompt["messages"]]
-            answers = pool.map(ask, ("base-travel", "ft-travel"), (messages, messages))
-            table.add_row(prompt["messages"][-1]["content"], *answers)
+    asks = [(deployment, [{"role": "system", "content": SYSTEM}, *prompt["messages"]])
+            for prompt in questions for deployment in ("base-travel", "ft-travel")]
+    with ThreadPoolExecutor(6) as pool:  # 3 questions at a time: within each deployment's requests per minute
+        answers = list(pool.map(lambda a: ask(*a), asks))
+    for i, prompt in enumerate(questions):
+        table.add_row(prompt["messages"][-1]["content"], *answers[2 * i:2 * i + 2])
     out.print(table)
 
