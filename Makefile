@@ -36,7 +36,7 @@ demo: install
 test: install browser
 	$(BIN)/python -m pytest
 
-test-slow: install  # the slow tests only: a full fine-tune of the real model
+test-slow: install browser  # the slow tests only: full fine-tunes of the real model (the lab, the studio)
 	$(BIN)/python -m pytest -m slow
 
 bench: install
