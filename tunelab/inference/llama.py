@@ -1,7 +1,7 @@
 """A lean forward pass for Llama-architecture models (SmolLM2 is one), used for their prompts and decode steps.
 
-transformers' forward serves every model and every feature: one decode step of SmolLM2-135M runs about two
-thousand small tensor operations through it, and on a 2-core CPU their overhead costs as much as reading the
+transformers' forward serves every model and every feature: one decode step of SmolLM2-135M runs thousands
+of small tensor operations through it, and on a 2-core CPU their overhead costs as much as reading the
 weights. This pass does only what a Llama layer does, with fewer, larger operations: q, k and v come from one
 fused matrix and gate and up from another (`weights.Matrix`, int4/int8/fp32), rotary embeddings are applied to
 q and k together, keys and values go into preallocated buffers (`kv.KVCache`), and attention is one
@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from ..models.llama import PROJECTIONS, base_linear
 from .kv import KVCache
 from .weights import Matrix
+
 
 @dataclass
 class LoRA:
