@@ -251,7 +251,7 @@ def losses_and_gradients(model, batch, share: bool) -> tuple[list, dict]:
     prefix = compute_prefix(model, batch) if share else None
     losses = []
     for sample in batch:
-        loss, correct = loss_step(model, sample, prefix)
+        loss, correct = loss_step(model, [sample], prefix)
         loss.backward()
         losses.append((loss.item(), correct))
     if prefix:
@@ -306,3 +306,69 @@ def test_the_lean_forward_computes_what_transformers_and_peft_compute(tiny_model
         assert [l for l, _ in ours] == pytest.approx([l for l, _ in theirs], rel=1e-5)
         for name, grad in their_grads.items():
             assert (our_grads[name] - grad).abs().max() <= 1e-4 * grad.abs().max(), name
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_a_packed_batch_computes_what_its_conversations_compute_one_by_one(tiny_model, data, share):
+    """The lean forward packs a batch's conversations into one pass; loss, accuracy and every LoRA gradient
+    are those of the conversations run one at a time (fp32), with and without a shared prefix."""
+    from tunelab.train.prefix import compute_prefix
+    from tunelab.train.recipe import loss_step
+
+    hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)
+    torch.manual_seed(0)
+    model = setup_model(resolve_model(str(tiny_model)), hp)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:4]
+    assert len({s.length for s in batch}) > 1  # conversations of different lengths
+
+    one_by_one, packed_grads = losses_and_gradients(model, batch, share)
+    model.zero_grad(set_to_none=True)
+    prefix = compute_prefix(model, batch) if share else None
+    loss, correct = loss_step(model, batch, prefix)
+    loss.backward()
+    if prefix:
+        prefix.backward()
+    assert loss.item() == pytest.approx(sum(l for l, _ in one_by_one), rel=1e-5)
+    assert correct == sum(c for _, c in one_by_one)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            grad = packed_grads[name]
+            assert (param.grad - grad).abs().max() <= 1e-4 * grad.abs().max(), name
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_the_chunked_head_loss_is_cross_entropy_and_its_gradient(precision, softcap):
+    from torch.nn import functional as F
+
+    from tunelab.train import loss as head
+    from tunelab.train.precision import Bf16Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 1000, bias=False).requires_grad_(False)
+    layer = Bf16Linear(linear) if precision == "bf16" else linear
+    n = 3 * head.CHUNK_ROWS + 5  # several chunks and a short last one
+    hidden = torch.randn(n, 32, requires_grad=True)
+    targets = torch.randint(0, 1000, (n,))
+    with torch.no_grad():  # half the rows predict their target best
+        targets[::2] = layer(hidden[::2]).float().argmax(-1)
+
+    loss, correct = head.head_loss(layer, hidden, targets, softcap)
+    (2 * loss).backward()
+    ours = hidden.grad.clone()
+    hidden.grad = None
+    logits = layer(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected = F.cross_entropy(logits, targets, reduction="sum")
+    (2 * expected).backward()
+
+    assert correct == int((logits.argmax(-1) == targets).sum()) >= n // 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    tolerance = 1e-5 if precision == "fp32" else 2e-2  # bf16 rounds the gradient's product, as the plain path does
+    assert (ours - hidden.grad).abs().max() <= tolerance * hidden.grad.abs().max()
+    with torch.no_grad():  # evaluation: the same loss, no gradient kept
+        assert head.head_loss(layer, hidden, targets, softcap)[0].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -4,7 +4,8 @@ transformers' forward with PEFT's LoRA layers runs each of a layer's seven proje
 plus two LoRA products, and many small tensor operations around them; on a CPU their count, more than their
 arithmetic, sets the pace. This forward computes the same function with fewer, larger operations: q, k and v come
 from one fused base product (gate and up from another), the LoRA A matrices of a fused projection are applied in
-one product and its B matrices, block-diagonal, in another, and rotary embeddings go to q and k together.
+one product and its B matrices, block-diagonal, in another, and rotary embeddings go to q and k together. The
+conversations of a batch can be packed into one call, so every projection runs once per batch, not per sample.
 
 The trainable parameters stay PEFT's own (`lora_A` / `lora_B` of each projection, read on every forward), so
 the optimizer, checkpoints and the saved adapter are exactly what they are with PEFT's forward. The frozen base
@@ -57,34 +58,43 @@ class LeanForward:
         self.rotation_sign = torch.cat([-torch.ones(half), torch.ones(half)])
 
     def __call__(self, ids: torch.Tensor, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 keep_kv: bool = False):
+                 keep_kv: bool = False, lengths: list[int] | None = None):
         """Hidden states (after the final norm) [T, hidden] for `ids` [T], continuing after the `prefix` keys and
         values (one (k, v) per layer, [1, kv_heads, P, head_dim]); with `keep_kv`, also this call's own keys and
-        values per layer (what a shared prefix hands to the conversations after it)."""
+        values per layer (what a shared prefix hands to the conversations after it).
+
+        `lengths` packs several conversations into `ids`, one after the other: each continues after the prefix
+        on its own (its positions start where the prefix ends; it attends to the prefix and to itself only).
+        The projections then run once over all their tokens, which on a CPU is the faster way to do the same
+        arithmetic; attention runs per conversation, so no FLOPs go to pairs that never see each other."""
         start = prefix[0][0].shape[2] if prefix else 0
-        length = ids.shape[0]
+        lengths = lengths or [ids.shape[0]]
+        total = ids.shape[0]
         x = self.embed(ids[None])
-        positions = torch.arange(start, start + length, device=ids.device)[None]
+        positions = torch.cat([torch.arange(start, start + n, device=ids.device) for n in lengths])[None]
         cos, sin = self.rotary(x, positions)
         cos, sin = cos[:, :, None], (sin * self.rotation_sign.to(sin))[:, :, None]
-        mask = None
-        if start:  # each new token sees the prefix and the new tokens up to itself
-            mask = torch.arange(start + length, device=ids.device)[None, :] <= positions[0, :, None]
+        # each new token sees the prefix and its own conversation up to itself
+        masks = [torch.arange(start + n, device=ids.device)[None, :]
+                 <= torch.arange(start, start + n, device=ids.device)[:, None] if start else None for n in lengths]
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
         kept = []
         for i, (norm1, norm2, fused) in enumerate(self.layers):
             qkv = self._project(fused["qkv"], self._norm(x, norm1))
-            qk = qkv[..., :(heads + kv) * dim].view(1, length, heads + kv, dim)
+            qk = qkv[..., :(heads + kv) * dim].view(1, total, heads + kv, dim)
             qk = torch.addcmul(qk * cos, qk.roll(dim // 2, -1), sin)  # rotary: x·cos + rotate_half(x)·sin
             q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
-            v = qkv[..., (heads + kv) * dim:].view(1, length, kv, dim).transpose(1, 2)
+            v = qkv[..., (heads + kv) * dim:].view(1, total, kv, dim).transpose(1, 2)
             if keep_kv:
                 kept.append((k, v))
-            if prefix:
-                k, v = torch.cat([prefix[i][0], k], dim=2), torch.cat([prefix[i][1], v], dim=2)
-            attention = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                       enable_gqa=kv != heads)
-            x = x + self._project(fused["o"], attention.transpose(1, 2).reshape(1, length, heads * dim))
+            parts = []
+            for q_, k_, v_, mask in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2), masks):
+                if prefix:
+                    k_, v_ = torch.cat([prefix[i][0], k_], dim=2), torch.cat([prefix[i][1], v_], dim=2)
+                parts.append(F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, is_causal=mask is None,
+                                                            enable_gqa=kv != heads))
+            attention = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+            x = x + self._project(fused["o"], attention.transpose(1, 2).reshape(1, total, heads * dim))
             gate, up = self._project(fused["gate_up"], self._norm(x, norm2)).chunk(2, dim=-1)
             x = x + self._project(fused["down"], F.silu(gate) * up)
         hidden = self._norm(x, self.norm)[0]

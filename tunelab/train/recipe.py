@@ -4,13 +4,15 @@
 
 Plain PyTorch over transformers + PEFT, so metrics, checkpoints, pause/resume and the fast paths stay in our
 hands. Each conversation is one sample; the loss covers exactly the trained assistant tokens. Speed on a CPU
-comes from spending no FLOPs on padding (conversations run one at a time, the batch is accumulated) and from
-projecting onto the vocabulary only at trained positions, where the loss needs logits.
+comes from spending no FLOPs on padding (a batch's conversations are packed one after the other, or run one at a
+time), computing a shared system message once per batch (prefix.py), and projecting onto the vocabulary only at
+trained positions, where the loss needs logits, in row chunks that never hold the whole logits tensor (loss.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import signal
@@ -22,7 +24,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .. import __version__
 from ..config import get_settings
@@ -35,6 +36,7 @@ from .config import Hyperparameters, TrainConfig, resolve
 from .metrics import Reporter, ResultsCsv, StepMetrics
 from ..models.llama import unsupported
 from .llama import lean_forward
+from .loss import head_loss
 from .precision import use_bf16_matmuls
 from .prefix import SharedPrefix, compute_prefix
 
@@ -161,29 +163,36 @@ def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
     return [order[i:i + hp.batch_size] for i in range(0, n, hp.batch_size)]
 
 
-def loss_step(model: torch.nn.Module, sample: Sample, prefix: SharedPrefix | None = None) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the sample's trained tokens, and how many of them the model predicts right.
+PACK_TOKENS = 4096  # evaluation packs conversations up to this many tokens per pass (bounded activations)
 
-    The decoder runs over the conversation (after `prefix`, when the batch shares one), but the vocabulary
-    projection (a 49k × 576 matmul per token for SmolLM2) runs only at positions whose next token is trained.
+
+def loss_step(model: torch.nn.Module, samples: list[Sample], prefix: SharedPrefix | None = None,
+              ) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the trained tokens of `samples`, and how many of them the model predicts right.
+
+    The decoder runs over each conversation (after `prefix`, when they share one): the lean forward packs them
+    all into one pass, transformers' forward takes them one by one. The vocabulary projection (a 49k × 576
+    matmul per token for SmolLM2) runs only at positions whose next token is trained.
     """
     causal = _causal(model)
     device = causal.device
     start = prefix.length if prefix else 0
-    ids = sample.input_ids[start:].to(device)
+    cached = list(zip(prefix.keys, prefix.values)) if prefix else None
     if lean := getattr(model, "lean_forward", None):
-        hidden = lean(ids, list(zip(prefix.keys, prefix.values)) if prefix else None)
+        lengths = [s.length - start for s in samples]
+        hidden = lean(torch.cat([s.input_ids[start:] for s in samples]).to(device), cached, lengths=lengths)
+        offsets = [0, *itertools.accumulate(lengths)][:-1]
+        rows = torch.cat([s.positions - start + offset for s, offset in zip(samples, offsets)])
+        hidden = hidden[rows.to(device)]
     else:
-        extra = {"cache": prefix.cache(), "use_cache": True} if prefix else {}
-        hidden = causal.get_decoder()(input_ids=ids[None], **extra).last_hidden_state[0]
-    logits = causal.get_output_embeddings()(hidden[(sample.positions - start).to(device)]).float()
-    targets = sample.targets.to(device)
-    if cap := getattr(causal.config, "final_logit_softcapping", None):
-        logits = torch.tanh(logits / cap) * cap
-    loss = F.cross_entropy(logits, targets, reduction="sum")
-    with torch.no_grad():  # right when the target's logit is the highest (amax is ~8x faster than argmax here)
-        correct = int((logits.gather(1, targets[:, None])[:, 0] >= logits.amax(-1)).sum())
-    return loss, correct
+        hidden = []
+        for sample in samples:
+            extra = {"cache": prefix.cache(), "use_cache": True} if prefix else {}
+            out = causal.get_decoder()(input_ids=sample.input_ids[start:].to(device)[None], **extra)
+            hidden.append(out.last_hidden_state[0][(sample.positions - start).to(device)])
+        hidden = torch.cat(hidden)
+    return head_loss(causal.get_output_embeddings(), hidden, torch.cat([s.targets for s in samples]).to(device),
+                     getattr(causal.config, "final_logit_softcapping", None))
 
 
 def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float, float, int]:
@@ -192,8 +201,11 @@ def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float,
     total, correct = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
     prefix = compute_prefix(model, batch)
-    for sample in batch:  # one conversation at a time: no padding, gradients accumulate
-        loss, right = loss_step(model, sample, prefix)
+    # No padding either way: the lean forward packs the batch into one pass; transformers' forward takes one
+    # conversation at a time and the gradients accumulate.
+    parts = [batch] if getattr(model, "lean_forward", None) else [[sample] for sample in batch]
+    for part in parts:
+        loss, right = loss_step(model, part, prefix)
         (loss / n_trained).backward()
         total += loss.item()
         correct += right
@@ -209,14 +221,19 @@ def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float,
 def evaluate(model, samples: list[Sample]) -> tuple[float, float]:
     """Mean token loss and accuracy over `samples`, weighted by trained tokens."""
     model.eval()
-    total, correct, n = 0.0, 0, 0
+    total, correct = 0.0, 0
     prefix = compute_prefix(model, samples)
-    for sample in samples:
-        loss, right = loss_step(model, sample, prefix)
-        total += loss.item()
-        correct += right
-        n += sample.n_trained
+    group, tokens = [], 0
+    for i, sample in enumerate(samples):
+        group.append(sample)
+        tokens += sample.length
+        if tokens >= PACK_TOKENS or i == len(samples) - 1:
+            loss, right = loss_step(model, group, prefix)
+            total += loss.item()
+            correct += right
+            group, tokens = [], 0
     model.train()
+    n = sum(s.n_trained for s in samples)
     return total / n, correct / n
 
 
