@@ -83,6 +83,30 @@ def test_a_comparison_scores_every_candidate_on_every_prompt(tuned, tmp_path):
         client.get(f"/evaluations/{found['id']}", cast_to=object)
 
 
+def test_a_parallel_comparison_answers_every_prompt_in_order_with_the_same_seeded_answers(tuned):
+    """With parallel > 1 answers start as soon as a slot frees (a brief candidate does not wait for a long
+    one); every prompt still gets one answer per candidate, in prompt order."""
+    service, model = tuned
+    client = service.client()
+    prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"Where should I go in month {i}?"}]}
+               for i in range(7)]
+    runs = {}
+    for parallel in (1, 3):
+        created = client.post("/evaluations", cast_to=object, body={
+            "candidates": ["tiny", model], "prompts": prompts, "max_tokens": 8, "parallel": parallel})
+        found = wait_for_evaluation(client, created["id"])
+        assert found["status"] == "completed", found["error"]
+        assert found["progress"]["done"] == found["progress"]["total"] == 14
+        runs[parallel] = found["report"]
+    for report in runs.values():
+        assert [p["id"] for p in report["prompts"]] == [p["id"] for p in prompts]
+        assert all(c["errors"] == 0 for c in report["candidates"])
+        assert all(a["completion_tokens"] > 0 for p in report["prompts"] for a in p["answers"].values())
+    assert runs[3]["settings"]["parallel"] == 3
+    texts = {k: [[a["text"] for a in p["answers"].values()] for p in r["prompts"]] for k, r in runs.items()}
+    assert texts[1] == texts[3], "seeded answers should not depend on how many run at once"
+
+
 def test_bad_comparisons_are_refused_naming_the_field(service):
     client = service.client(max_retries=0)
     with pytest.raises(openai.NotFoundError) as unknown:

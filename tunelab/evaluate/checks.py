@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from ..errors import InvalidRequest, NotFound
-from ..safety.classifier import Embedder, model_dir, normalise
+from ..safety.classifier import Embedder, embed_in_batches, model_dir, normalise
 
 Value = bool | int | float | None
 
@@ -423,7 +423,7 @@ class StyleCheck:
         if not self.references:
             return Score(None, "no reference texts")
         if self._vectors is None:
-            self._vectors = embedder()(list(self.references))
+            self._vectors = embed_in_batches(embedder(), list(self.references))
         similarity = self._vectors @ embedder()([case.answer])[0]
         if self.top_k:
             return float(similarity.topk(min(self.top_k, len(similarity))).values.mean())

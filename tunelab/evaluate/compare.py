@@ -6,8 +6,10 @@ seeded sampling, scored by the registered checks, plus validation loss, latency 
 
 Answers go through the same path as `POST /v1/chat/completions` (deployments keep their rate limit and content
 filter; a 429 is waited out, as the SDK would), streamed, so time to first token is what a client sees. For each
-prompt the candidates answer at the same time, so they are measured under the same load; with `parallel` > 1
-that many prompts are in flight at once (faster, and the latency figures are then those of a shared engine).
+prompt the candidates answer at the same time, so they are measured under the same load. With `parallel` > 1,
+up to `parallel` × candidates answers are in flight at once, each starting as soon as any earlier answer ends
+(a candidate that answers briefly does not wait for one that rambles), prompts taken in order: faster, and the
+latency figures are then those of a shared engine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import math
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -70,16 +73,25 @@ async def compare(svc, spec: Spec, progress: Callable[[int, int], None] = lambda
     answers: dict[str, list[Answer]] = {c: [] for c in spec.candidates}
     total = len(spec.prompts) * len(spec.candidates) + (len(spec.candidates) if spec.validation else 0)
     done = 0
-    slots = asyncio.Semaphore(spec.parallel)
+    # One slot per prompt (its candidates side by side), or with parallel > 1 one per answer: asyncio's
+    # semaphore is first come first served, so answers still start in prompt order.
+    pairs = spec.parallel == 1
+    slots = asyncio.Semaphore(1 if pairs else spec.parallel * len(spec.candidates))
 
     async def answer(prompt: Prompt) -> list[Answer]:
-        nonlocal done
         messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + prompt.messages
-        async with slots:
-            results = await asyncio.gather(*(ask(svc, c, messages, spec) for c in spec.candidates))
-        done += len(spec.candidates)
+        if pairs:
+            async with slots:
+                return await asyncio.gather(*(one(c, messages) for c in spec.candidates))
+        return await asyncio.gather(*(one(c, messages, slots) for c in spec.candidates))
+
+    async def one(candidate: str, messages: list[dict], slot: asyncio.Semaphore | None = None) -> Answer:
+        nonlocal done
+        async with slot or nullcontext():
+            got = await ask(svc, candidate, messages, spec)
+        done += 1
         progress(done, total)
-        return results
+        return got
 
     for results in await asyncio.gather(*(answer(p) for p in spec.prompts)):  # in prompt order
         for candidate, got in zip(spec.candidates, results):

@@ -158,7 +158,12 @@ def load_corpus(embed: Embedder, texts: Path = TRAVEL_CHAT, vectors: Path = TRAV
 
 
 def embed_in_batches(embed: Embedder, texts: list[str], size: int = 64) -> torch.Tensor:
-    return torch.cat([embed(texts[i:i + size]) for i in range(0, len(texts), size)])
+    """Embeddings of `texts`, in their order, computed in batches of similar length (little padding)."""
+    if not texts:
+        return torch.empty(0)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    vectors = torch.cat([embed([texts[i] for i in order[j:j + size]]) for j in range(0, len(order), size)])
+    return vectors[torch.argsort(torch.tensor(order))]
 
 
 def load_exemplars(path: Path) -> list[Exemplar]:
