@@ -372,3 +372,15 @@ def test_the_chunked_head_loss_is_cross_entropy_and_its_gradient(precision, soft
     assert (ours - hidden.grad).abs().max() <= tolerance * hidden.grad.abs().max()
     with torch.no_grad():  # evaluation: the same loss, no gradient kept
         assert head.head_loss(layer, hidden, targets, softcap)[0].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_packs_keep_the_order_and_stay_within_their_token_budget():
+    from types import SimpleNamespace
+
+    from tunelab.train.recipe import _packs
+
+    samples = [SimpleNamespace(length=n) for n in (300, 500, 900, 2500, 100, 100)]
+    packs = _packs(samples, 1000)
+    assert [[s.length for s in p] for p in packs] == [[300, 500], [900], [2500], [100, 100]]
+    assert [s for p in packs for s in p] == samples
+    assert all(len(p) == 1 for p in _packs(samples, 0))  # transformers' forward: one conversation at a time

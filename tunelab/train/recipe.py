@@ -163,7 +163,9 @@ def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
     return [order[i:i + hp.batch_size] for i in range(0, n, hp.batch_size)]
 
 
-PACK_TOKENS = 4096  # evaluation packs conversations up to this many tokens per pass (bounded activations)
+# Conversations packed into one pass of the lean forward, up to this many tokens: larger products are faster,
+# but a training pass holds every layer's activations for its backward (~1.2 MB per token for SmolLM2).
+PACK_TOKENS = 2048
 
 
 def loss_step(model: torch.nn.Module, samples: list[Sample], prefix: SharedPrefix | None = None,
@@ -201,10 +203,9 @@ def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float,
     total, correct = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
     prefix = compute_prefix(model, batch)
-    # No padding either way: the lean forward packs the batch into one pass; transformers' forward takes one
-    # conversation at a time and the gradients accumulate.
-    parts = [batch] if getattr(model, "lean_forward", None) else [[sample] for sample in batch]
-    for part in parts:
+    # No padding either way: the lean forward packs the batch into passes of up to PACK_TOKENS tokens;
+    # transformers' forward takes one conversation at a time. The gradients accumulate.
+    for part in _packs(batch, PACK_TOKENS if getattr(model, "lean_forward", None) else 0):
         loss, right = loss_step(model, part, prefix)
         (loss / n_trained).backward()
         total += loss.item()
@@ -223,18 +224,27 @@ def evaluate(model, samples: list[Sample]) -> tuple[float, float]:
     model.eval()
     total, correct = 0.0, 0
     prefix = compute_prefix(model, samples)
-    group, tokens = [], 0
-    for i, sample in enumerate(samples):
-        group.append(sample)
-        tokens += sample.length
-        if tokens >= PACK_TOKENS or i == len(samples) - 1:
-            loss, right = loss_step(model, group, prefix)
-            total += loss.item()
-            correct += right
-            group, tokens = [], 0
+    for part in _packs(samples, 2 * PACK_TOKENS if getattr(model, "lean_forward", None) else 0):
+        loss, right = loss_step(model, part, prefix)  # without gradients nothing is held for a backward pass
+        total += loss.item()
+        correct += right
     model.train()
     n = sum(s.n_trained for s in samples)
     return total / n, correct / n
+
+
+def _packs(samples: list[Sample], limit: int) -> list[list[Sample]]:
+    """`samples` in order, in groups of up to `limit` tokens (a longer sample alone); `limit` 0: one each."""
+    packs: list[list[Sample]] = []
+    tokens = 0
+    for sample in samples:
+        if packs and tokens + sample.length <= limit:
+            packs[-1].append(sample)
+            tokens += sample.length
+        else:
+            packs.append([sample])
+            tokens = sample.length
+    return packs
 
 
 def _causal(model):
