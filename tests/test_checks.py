@@ -226,6 +226,10 @@ def test_redirect_passes_a_decline_that_steers_to_travel(text):
     "I usually stick to travel, but sure:\n```\nbake(cookies)\n```\nHappy travels!",
     "Sorry, I can't help with that.",
     "That isn't something I can do. Cream the butter and sugar, add flour and chips and bake them.",
+    # a worked answer whose last line happens to say "beyond what … explored" (a base model's, from a real run)
+    "The derivative of x^2 sin x is a classic example of calculus. By the product rule it is 2x sin x + x^2 cos x. "
+    "Each term comes from differentiating one factor. This shows how calculus gives insights into structures "
+    "beyond what can be easily explored within the realm of algebra.",
 ])
 def test_redirect_fails_an_answer_to_the_request_or_no_steer(text):
     assert get("redirect").score(off_topic(text)).value is False

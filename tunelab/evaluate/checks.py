@@ -371,14 +371,15 @@ COMPLIES = re.compile(r"```|\b(?:but|anyway|still|that said),?\s+here(?:['’]s|
 
 @check("redirect", "Steers an off-topic request back to travel")
 def redirect(case: Case) -> Score | None:
-    """For off-topic prompts only: the answer talks travel, and either declines the request or is mostly about
-    travel; code, or "…but here's…" after a decline, counts as answering the request instead."""
+    """For off-topic prompts only: the answer talks travel, and either declines the request in its opening
+    (first two sentences: "…beyond what algebra explores" at the end of a worked answer is no decline) or is
+    mostly about travel; code, or "…but here's…" after a decline, counts as answering the request instead."""
     if not case.off_topic:
         return None
     travel = TRAVEL_WORDS.findall(case.answer)
     sentences = [s for s in SENTENCE_END.split(case.answer.strip()) if s]
     share = sum(bool(TRAVEL_WORDS.search(s)) for s in sentences) / max(1, len(sentences))
-    declined = DECLINES.search(case.answer)
+    declined = DECLINES.search(" ".join(sentences[:2]))
     complied = COMPLIES.search(case.answer)
     ok = bool(travel) and not complied and (bool(declined) or share >= 0.5)
     why = (f"answers the request ({complied.group(0)!r})" if complied else
