@@ -241,6 +241,18 @@ def test_full_fine_tuning_trains_every_weight_and_resumes_exactly(tiny_model, da
     assert read_csv(whole / "results.csv") == read_csv(parts / "results.csv")
 
 
+def random_lora_model(tiny_model, data):
+    """The tiny model with LoRA in fp32 (identities hold up to fp32 rounding) and random non-zero LoRA weights,
+    so every LoRA weight gets a gradient."""
+    hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)
+    torch.manual_seed(0)
+    model = setup_model(resolve_model(str(tiny_model)), hp)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
 def losses_and_gradients(model, batch, share: bool) -> tuple[list, dict]:
     """Each sample's (loss, correct) and the LoRA gradients of the whole batch, with or without sharing the
     batch's prefix, as `train_step` computes them."""
@@ -263,15 +275,10 @@ def losses_and_gradients(model, batch, share: bool) -> tuple[list, dict]:
 def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model, data, forward):
     from tunelab.train.prefix import shared_length
 
-    hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)  # the identity holds up to fp32 rounding
-    torch.manual_seed(0)
-    model = setup_model(resolve_model(str(tiny_model)), hp)
+    model = random_lora_model(tiny_model, data)
     assert model.lean_forward is not None  # a Llama
     if forward == "transformers":
         model.lean_forward = None
-    for p in model.parameters():  # non-zero LoRA B, so every LoRA weight gets a gradient
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05)
     batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:4]
     assert shared_length(batch) > 50  # the travel system message
 
@@ -287,12 +294,7 @@ def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model
 def test_the_lean_forward_computes_what_transformers_and_peft_compute(tiny_model, data):
     """Loss and every LoRA gradient, with and without a shared prefix, through train/llama.py and through
     transformers + PEFT (fp32)."""
-    hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)
-    torch.manual_seed(0)
-    model = setup_model(resolve_model(str(tiny_model)), hp)
-    for p in model.parameters():
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05)
+    model = random_lora_model(tiny_model, data)
     lean = model.lean_forward
     batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:3]
 
@@ -315,12 +317,7 @@ def test_a_packed_batch_computes_what_its_conversations_compute_one_by_one(tiny_
     from tunelab.train.prefix import compute_prefix
     from tunelab.train.recipe import loss_step
 
-    hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)
-    torch.manual_seed(0)
-    model = setup_model(resolve_model(str(tiny_model)), hp)
-    for p in model.parameters():
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05)
+    model = random_lora_model(tiny_model, data)
     batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:4]
     assert len({s.length for s in batch}) > 1  # conversations of different lengths
 
