@@ -30,18 +30,18 @@ def head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
         with torch.no_grad():  # amax is ~8x faster than argmax over 49k logits
             correct = int((logits.gather(1, targets[:, None])[:, 0] >= logits.amax(-1)).sum())
         return loss, correct
-    correct = torch.zeros((), dtype=torch.long)
-    loss = _FrozenHeadLoss.apply(hidden, weight.detach(), targets, softcap, correct)
+    loss, correct = _FrozenHeadLoss.apply(hidden, weight.detach(), targets, softcap)
     return loss, int(correct)
 
 
 class _FrozenHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, correct):
+    def forward(ctx, hidden, weight, targets, softcap):
         keep_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(hidden) if keep_grad else None
-        total = torch.zeros((), dtype=torch.float64)
-        rows = torch.arange(min(CHUNK_ROWS, hidden.shape[0]))
+        total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        rows = torch.arange(min(CHUNK_ROWS, hidden.shape[0]), device=hidden.device)
         for start in range(0, hidden.shape[0], CHUNK_ROWS):
             h, t = hidden[start:start + CHUNK_ROWS], targets[start:start + CHUNK_ROWS]
             r = rows[:h.shape[0]]
@@ -62,9 +62,10 @@ class _FrozenHeadLoss(torch.autograd.Function):
                     z.mul_(1 - squashed * squashed)
                 grad[start:start + CHUNK_ROWS] = (z.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad)
-        return total.to(hidden.dtype)
+        ctx.mark_non_differentiable(correct)
+        return total.to(hidden.dtype), correct
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_correct):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None
+        return grad * grad_output, None, None, None
