@@ -31,11 +31,15 @@ def test_a_job_runs_from_upload_to_a_fine_tuned_model(service, tmp_path, home):
     assert job.hyperparameters.learning_rate_multiplier == 1.0 and job.trained_tokens > 0
     assert job.finished_at >= job.created_at and job.estimated_finish is None and job.error is None
 
+    # A job with a validation file gets a comparison with its base, announced just after it succeeds: wait for it
+    # so the event list is complete whatever the timing.
+    wait_for_event(client, job.id, "Comparing")
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
     messages = [e.message for e in reversed(events)]  # oldest first
     assert messages[0] == f"Created fine-tuning job: {job.id}"
-    assert messages[-2:] == [f"New fine-tuned model created: {job.fine_tuned_model}",
-                             "The job has successfully completed"]
+    assert messages[-3:-1] == [f"New fine-tuned model created: {job.fine_tuned_model}",
+                               "The job has successfully completed"]
+    assert messages[-1].startswith(f"Comparing {job.fine_tuned_model} with tiny on the validation file")
     assert "Files validated, moving job to queued state" in messages
     metrics = [e for e in reversed(events) if e.type == "metrics"]
     assert [e.data["step"] for e in metrics] == list(range(1, 13))  # 24 examples / 4 per step × 2 epochs
