@@ -10,6 +10,10 @@ engine's aggregate tokens/s with `--streams` concurrent answers (half of them th
 batch mixes the base model and a fine-tune), and what the engine's decode weights cost in quality: validation
 loss on examples/travel/valid.jsonl and how often its next-token choice agrees with fp32.
 
+The engine runs with its prompt cache, as the server does: after the first request (whose time to first token
+is reported too), the lab's system message is cached, as an app's is after its first request. A long
+conversation's next turn is timed with and without the cache.
+
 Each side runs in its own process, as each would be used: `generate()` from a script's main thread with
 PyTorch's default threads, the engine set up as `tunelab serve` sets it up (its scheduler thread has the cores).
 """
@@ -99,22 +103,48 @@ def make_adapter(model_path: Path, out: Path) -> Path:
 
 def quality(engine: Engine, reference, rows: int) -> dict:
     """Validation loss with the engine's weights vs fp32, and how often both pick the same next token. The
-    engine's side is teacher-forced one token at a time through its KV cache: the path decoding takes."""
+    engine's side is teacher-forced one token at a time through its KV cache, the path decoding takes: each
+    conversation alone (one row per step), and all of them decoded together (a row each, as concurrent answers
+    are, which takes the kernels for several rows)."""
     import torch
 
-    losses, agree, count = [0.0, 0.0], 0, 0
+    conversations = []
+    for line in (ROOT / "examples/travel/valid.jsonl").read_text().splitlines()[:rows]:
+        text = engine.tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=False)
+        conversations.append(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+    losses, agree, count = [0.0, 0.0, 0.0], [0, 0], 0
     with torch.no_grad():
-        for line in (ROOT / "examples/travel/valid.jsonl").read_text().splitlines()[:rows]:
-            text = engine.tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=False)
-            ids = torch.tensor([engine.tokenizer(text, add_special_tokens=False)["input_ids"]])
-            exact = reference(input_ids=ids).logits[0, :-1].float()
-            ours, target = decode_step_logits(engine, ids[0].tolist()), ids[0, 1:]
-            losses[0] += torch.nn.functional.cross_entropy(exact, target, reduction="sum").item()
-            losses[1] += torch.nn.functional.cross_entropy(ours, target, reduction="sum").item()
-            agree += int((exact.argmax(-1) == ours.argmax(-1)).sum())
+        together = decode_together(engine, conversations)
+        for ids, batched in zip(conversations, together):
+            exact = reference(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+            target = torch.tensor(ids[1:])
+            for i, ours in enumerate((exact, decode_step_logits(engine, ids), batched)):
+                losses[i] += torch.nn.functional.cross_entropy(ours, target, reduction="sum").item()
+                if i:
+                    agree[i - 1] += int((exact.argmax(-1) == ours.argmax(-1)).sum())
             count += len(target)
     return {"valid_loss_fp32": round(losses[0] / count, 4), "valid_loss_engine": round(losses[1] / count, 4),
-            "next_token_agreement": round(agree / count, 4), "tokens": count}
+            "next_token_agreement": round(agree[0] / count, 4),
+            "valid_loss_engine_together": round(losses[2] / count, 4),
+            "next_token_agreement_together": round(agree[1] / count, 4), "tokens": count}
+
+
+def decode_together(engine: Engine, conversations: list[list[int]]):
+    """Each conversation's logits after each of its tokens but the last, from decode steps over all of them at
+    once (a finished conversation's row is fed a placeholder token until the longest ends)."""
+    import torch
+
+    if engine.decoder is None:
+        return [decode_step_logits(engine, ids) for ids in conversations]
+    cache = engine.decoder.new_cache(engine.context)
+    steps = [[engine.decoder.prefill(cache, cache.add_row(), ids[:1], None)] for ids in conversations]
+    for t in range(1, max(map(len, conversations)) - 1):
+        logits = engine.decoder.step(cache, [ids[t] if t < len(ids) else 0 for ids in conversations],
+                                     [None] * len(conversations))
+        for i, ids in enumerate(conversations):
+            if t < len(ids) - 1:
+                steps[i].append(logits[i])
+    return [torch.stack(s) for s in steps]
 
 
 def decode_step_logits(engine: Engine, ids: list[int]):
@@ -156,16 +186,41 @@ def engine_side(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         engine.attach("adapter", make_adapter(base.path, Path(tmp)))
     prompt = lab_prompt(engine.tokenizer)
-    run_engine(engine, prompt, 4, 1)  # warm-up
+    first = run_engine(engine, prompt, 4, 1)  # warm-up; it leaves the prompt's start in the prompt cache
     report = {"decode_weights": engine.weights, "decoder": "transformers" if engine.decoder is None else "llama",
-              "prompt_tokens": len(prompt),
+              "prompt_tokens": len(prompt), "first_request_ttft_s": first["ttft_s"],
               "tunelab_single": run_engine(engine, prompt, args.tokens, 1),
               "tunelab_single_adapter": run_engine(engine, prompt, args.tokens, 1, adapter="adapter", every=1),
               f"tunelab_{args.streams}_streams": run_engine(engine, prompt, args.tokens, args.streams),
               f"tunelab_{args.streams}_streams_half_adapter": run_engine(engine, prompt, args.tokens, args.streams,
                                                                          adapter="adapter")}
+    report["long_chat_ttft"] = long_chat_ttft(engine)
     if args.quality_rows:
         report["quality"] = quality(engine, load_causal_lm(base.path).eval(), args.quality_rows)
+    return report
+
+
+def long_chat_ttft(engine: Engine) -> dict:
+    """Time to first token for a long conversation (travel training chats strung together as one, up to 1,000
+    tokens), then for its next turn: the conversation with its last answer and one more question, whose start
+    the prompt cache holds; and that next turn without the prompt cache."""
+    from tunelab.data.render import render_prompt
+
+    messages = [{"role": "system", "content": SYSTEM}]
+    for line in (ROOT / "examples/travel/train.jsonl").read_text().splitlines():
+        turns = [m for m in json.loads(line)["messages"] if m["role"] != "system"]
+        if len(render_prompt(engine.tokenizer, messages + turns)) > 1000:
+            break
+        messages += turns
+    first = render_prompt(engine.tokenizer, messages[:-1])  # the conversation up to its last answer
+    following = render_prompt(engine.tokenizer, messages + [{"role": "user", "content": "What else is there?"}])
+    report = {"prompt_tokens": len(first), "next_turn_prompt_tokens": len(following)}
+    if engine.decoder is not None and engine.decoder.prompt_cache is not None:
+        cache, engine.decoder.prompt_cache = engine.decoder.prompt_cache, None  # between requests: no race
+        report["next_turn_ttft_s_without_cache"] = run_engine(engine, following, 1, 1)["ttft_s"]
+        engine.decoder.prompt_cache = cache
+    report["ttft_s"] = run_engine(engine, first, 1, 1)["ttft_s"]
+    report["next_turn_ttft_s"] = run_engine(engine, following, 1, 1)["ttft_s"]
     return report
 
 
@@ -184,7 +239,7 @@ def main() -> None:
     parser.add_argument("--weights", default="auto", choices=("auto", "int4", "int8", "fp32"))
     parser.add_argument("--generic", action="store_true", help="decode through transformers' forward instead of "
                         "tunelab's Llama decoder")
-    parser.add_argument("--quality-rows", type=int, default=5, help="validation conversations for the quality "
+    parser.add_argument("--quality-rows", type=int, default=8, help="validation conversations for the quality "
                         "check (0 skips it)")
     parser.add_argument("--side", choices=("generate", "engine"), help=argparse.SUPPRESS)
     args = parser.parse_args()

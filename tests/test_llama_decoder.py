@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tunelab.inference.llama import LlamaDecoder
+from tunelab.inference.prompt_cache import BLOCK, PromptCache
 from tunelab.models.llama import unsupported
 from tunelab.inference.weights import Matrix, int4_grid
 
@@ -94,6 +95,58 @@ def test_a_prompt_continues_a_row_that_already_holds_tokens(peft):
     logits = decoder.prefill(cache, row, [8, 9, 10], None)  # e.g. a shared system message, then the question
     assert cache.lengths == [7]
     assert torch.allclose(logits, reference(peft, [4, 5, 6, 7, 8, 9, 10], None), atol=1e-4)
+
+
+def test_a_long_prompt_goes_through_in_blocks_and_matches_transformers(peft):
+    decoder = LlamaDecoder(peft, "fp32")
+    decoder.add_adapter("wide", peft)
+    cache = decoder.new_cache(limit=512)
+    ids = [(11 * i) % 300 for i in range(BLOCK * 2 + 7)]  # two full blocks and a part
+    for adapter in (None, "wide"):
+        logits = decoder.prefill(cache, cache.add_row(), ids, adapter)
+        assert torch.allclose(logits, reference(peft, ids, adapter), atol=1e-4)
+    assert cache.lengths == [len(ids), len(ids)]
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "int4"])
+def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks(peft, fmt):
+    decoder = LlamaDecoder(peft, fmt, prompt_cache_bytes=2**20)
+    fresh = LlamaDecoder(peft, fmt)  # no cache: every token computed
+    decoder.add_adapter("wide", peft)
+    system = [(7 * i) % 300 for i in range(BLOCK * 2 + 5)]
+    first, second = system + [1, 2, 3], system + [9, 8, 7, 6]
+    cache = decoder.new_cache(limit=512)
+    decoder.prefill(cache, cache.add_row(), first, None)
+    assert (decoder.prompt_cache.hits, decoder.prompt_cache.stored) == (0, 2)
+
+    alone = decoder.new_cache(512)
+    logits = decoder.prefill(alone, alone.add_row(), second, None)
+    assert decoder.prompt_cache.hits == 2 and alone.lengths == [len(second)]  # both full blocks reused
+    fresh_cache = fresh.new_cache(512)
+    expected = fresh.prefill(fresh_cache, fresh_cache.add_row(), second, None)
+    steps = decoder.step(alone, [5], [None])[0], fresh.step(fresh_cache, [5], [None])[0]
+    if fmt == "fp32":
+        assert torch.allclose(logits, reference(peft, second, None), atol=1e-4)
+        assert torch.allclose(*steps, atol=1e-4)
+    else:  # bf16 activations, and the rest of the prompt through another kernel: the same up to rounding
+        for ours, theirs in ((logits, expected), steps):
+            assert (ours - theirs).norm() / theirs.norm() < 0.1 and ours.argmax() == theirs.argmax()
+
+    decoder.prefill(cache, cache.add_row(), second, "wide")  # another adapter: other keys and values
+    assert decoder.prompt_cache.hits == 2 and decoder.prompt_cache.stored == 4
+    decoder.remove_adapter("wide")
+    assert len(decoder.prompt_cache._blocks) == 2
+
+
+def test_the_prompt_cache_keeps_the_most_recent_blocks_within_its_memory():
+    block = [(torch.zeros(2, BLOCK, 4), torch.zeros(2, BLOCK, 4))]  # 2 KiB
+    cache = PromptCache(capacity_bytes=5 * 1024)
+    for n in range(3):
+        cache.add(list(range(n, n + BLOCK)), None, block)
+    assert cache.bytes == 4096 and cache.cached_blocks(list(range(BLOCK + 1)), None) == []  # evicted
+    assert len(cache.cached_blocks(list(range(2, BLOCK + 3)), None)) == 1
+    assert cache.cached_blocks(list(range(2, BLOCK + 3)), "an adapter") == []
+    assert cache.cached_blocks(list(range(2, BLOCK + 2)), None) == []  # never the prompt's last token
 
 
 def test_int4_only_where_the_weights_are_on_a_grid_and_close_to_fp32(model):

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         default="auto", description="Weights the server decodes with on the CPU: int4 (exactly the 4-bit weights "
         "of a model converted from a 4-bit GGUF, int8 for the rest), int8 rows (4x fewer bytes than fp32), fp32, or "
         "auto (int4 on x86 CPUs with AVX2 or AVX-512, where PyTorch vectorises those kernels, else fp32).")
+    prompt_cache_mb: int = Field(default=256, ge=0, description="Memory for the keys and values of recent "
+                                 "prompts, per base model, so that a request starting like an earlier one (the same "
+                                 "system message, the earlier turns of a chat) skips that part of its prompt "
+                                 "processing; 0 turns it off.")
     train_precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="Matrix products of the frozen base weights in LoRA training: bf16 (fp32 for "
         "everything that trains), fp32, or auto (bf16 on CPUs with AMX or AVX512-BF16, else fp32).")

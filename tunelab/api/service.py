@@ -39,7 +39,7 @@ class Service:
         queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
         registry = Registry(db, settings.owner)
         jobs = Jobs(db, queue, files, registry, state / "jobs", settings.owner)
-        pool = EnginePool(registry, settings.decode_weights)
+        pool = EnginePool(registry, settings.decode_weights, settings.prompt_cache_mb)
         policies = Policies(db)
         return cls(settings, db, files, queue, registry, jobs, Keys(settings.home, settings.api_key), pool,
                    Deployments(db, registry, pool, policies), policies, Evaluations(db))

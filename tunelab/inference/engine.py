@@ -12,11 +12,11 @@ through tunelab's lean Llama decoder (llama.py) with 4-bit weights where the mod
 architectures through transformers' forward (batch.py). Scoring (validation loss) always uses transformers' fp32
 model with PEFT.
 
-A new request's prompt is processed on its own (one pass over the whole prompt), then it joins the batch; a
-finished or cancelled row leaves it. Between two decode steps at most one prompt is processed, so a burst of new
-requests slows the running answers down but never stops them. Generation stops at the model's end-of-turn token, a
-stop string, `max_tokens` or the context length; a cancelled generation (the client went away) is dropped before
-its next token.
+A new request's prompt is processed on its own (one pass over what the Llama decoder's prompt cache does not
+already hold), then it joins the batch; a finished or cancelled row leaves it. Between two decode steps at most
+one prompt is processed, so a burst of new requests slows the running answers down but never stops them.
+Generation stops at the model's end-of-turn token, a stop string, `max_tokens` or the context length; a
+cancelled generation (the client went away) is dropped before its next token.
 """
 
 from __future__ import annotations
@@ -108,8 +108,10 @@ class Task:
 
 
 class Engine:
-    def __init__(self, base: LocalModel, *, weights: str = "auto", max_batch: int = 16, generic: bool = False):
+    def __init__(self, base: LocalModel, *, weights: str = "auto", max_batch: int = 16, generic: bool = False,
+                 prompt_cache_mb: int = 256):
         self.base = base
+        self.prompt_cache_mb = prompt_cache_mb  # the Llama decoder's (prompt_cache.py); the generic path has none
         self.generic = generic  # decode through transformers' forward even where the Llama decoder could
         self.tokenizer = load_tokenizer(base.path)
         self.max_batch = max_batch
@@ -138,7 +140,7 @@ class Engine:
         if not self.generic and unsupported(self.model) is None:
             if weights == "auto":  # the integer kernels, where this CPU vectorises them
                 weights = "int4" if integer_kernels_fast() else "fp32"
-            self.decoder = llama.LlamaDecoder(self.model, weights)
+            self.decoder = llama.LlamaDecoder(self.model, weights, self.prompt_cache_mb * 2**20)
             self.weights = self.decoder.fmt  # what decoding reads: "int4", "int8" or "fp32"
             self._batch = llama.LlamaBatch(self.decoder, self.context)
         else:

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from ..models.llama import PROJECTIONS, base_linear
 from .kv import KVCache
+from .prompt_cache import BLOCK, PromptCache
 from .weights import Matrix
 
 
@@ -52,7 +53,7 @@ class Layer:
 
 
 class LlamaDecoder:
-    def __init__(self, model, fmt: str):
+    def __init__(self, model, fmt: str, prompt_cache_bytes: int = 0):
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -68,6 +69,7 @@ class LlamaDecoder:
         self.rotary = inner.rotary_emb
         half = self.head_dim // 2
         self.rotation_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.dtype)
+        self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
 
     def new_cache(self, limit: int, **sizes) -> KVCache:
         return KVCache(len(self.layers), self.kv_heads, self.head_dim, self.dtype, limit=limit, **sizes)
@@ -100,14 +102,38 @@ class LlamaDecoder:
     def remove_adapter(self, name: str) -> None:
         for layer in self.layers:
             layer.adapters.pop(name, None)
+        if self.prompt_cache is not None:
+            self.prompt_cache.forget(name)
 
     # --- forward ---
 
     @torch.no_grad()
     def prefill(self, cache: KVCache, row: int, ids: list[int], adapter: str | None) -> torch.Tensor:
-        """Process `ids` after what `row` already holds; return the logits [vocab] after the last one."""
+        """Process `ids` after what `row` already holds; return the logits [vocab] after the last one.
+
+        Into an empty row, the blocks of the prompt that the prompt cache holds are copied instead of computed,
+        and the full blocks computed are offered to it (prompt_cache.py)."""
         start = cache.lengths[row]
         cache.reserve(start + len(ids))
+        known = start == 0 and self.prompt_cache is not None  # an empty row's tokens are exactly `ids`
+        if known:
+            blocks = self.prompt_cache.cached_blocks(ids, adapter)
+            for i in range(len(self.layers) if blocks else 0):
+                keys = torch.cat([block[i][0] for block in blocks], dim=1)[None]
+                values = torch.cat([block[i][1] for block in blocks], dim=1)[None]
+                cache.write_prompt(i, row, keys, values)
+            cache.advance(row, len(blocks) * BLOCK)
+        done = cache.lengths[row] - start
+        logits = self._prompt_pass(cache, row, ids[done:], adapter)
+        if known:
+            for end in range(done + BLOCK, len(ids) + 1, BLOCK):
+                self.prompt_cache.add(ids[:end], adapter, [
+                    (cache.keys[i][row, :, end - BLOCK:end].clone(), cache.values[i][row, :, end - BLOCK:end].clone())
+                    for i in range(len(self.layers))])
+        return logits
+
+    def _prompt_pass(self, cache: KVCache, row: int, ids: list[int], adapter: str | None) -> torch.Tensor:
+        start = cache.lengths[row]
         x = F.embedding(torch.tensor([ids]), self.embed)
         positions = torch.arange(start, start + len(ids))[None]
         width = start + len(ids)

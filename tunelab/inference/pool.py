@@ -28,9 +28,10 @@ class Target:
 
 
 class EnginePool:
-    def __init__(self, registry: Registry, decode_weights: str = "auto"):
+    def __init__(self, registry: Registry, decode_weights: str = "auto", prompt_cache_mb: int = 256):
         self.registry = registry
         self.decode_weights = decode_weights
+        self.prompt_cache_mb = prompt_cache_mb
         self.engines: dict[str, Engine] = {}  # by base name (or full fine-tune id)
         self.tokenizers: dict[str, object] = {}
         self._lock = threading.Lock()
@@ -61,7 +62,8 @@ class EnginePool:
 
     def _engine(self, key: str, model: LocalModel | None) -> Engine:
         if key not in self.engines:
-            self.engines[key] = Engine(model or resolve_model(key), weights=self.decode_weights)
+            self.engines[key] = Engine(model or resolve_model(key), weights=self.decode_weights,
+                                       prompt_cache_mb=self.prompt_cache_mb)
         return self.engines[key]
 
     def _adapter_tokenizer(self, model_id: str, path: Path, engine: Engine):

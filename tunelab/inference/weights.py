@@ -22,6 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .kernels import MAX_ROWS as MAX_KERNEL_ROWS
+from .kernels import amx_kernels
+
 FORMATS = ("auto", "int4", "int8", "fp32")
 GROUP = 32  # inputs per int4 group, as in GGUF's Q4_0/Q4_1 blocks
 INT8_MAX_ROWS = 4  # generic path: beyond this many rows per step the int8 kernel re-reads its weights
@@ -36,10 +39,14 @@ class Matrix:
     """One projection `x @ weight.T (+ bias)`, stored for decoding in `fmt` ("int4" falls back to int8 for a
     weight that is not exactly on a 4-bit grid). Inputs are bf16 for int4/int8, fp32 for fp32.
 
-    The integer kernels dequantize their weights once per 4 input rows, so past `MAX_ROWS[fmt]` rows (a prompt,
-    a large batch) a bf16 copy of the weight is faster: that work is compute-bound, not bandwidth-bound."""
+    PyTorch's integer kernels dequantize their weights once per 4 input rows, so past `MAX_ROWS[fmt]` rows (a
+    prompt, a large batch) a bf16 copy of the weight is faster: that work is compute-bound, not bandwidth-bound.
+    On CPUs with AMX, tunelab's kernels take `KERNEL_ROWS[fmt]` rows instead: they dequantize once per call."""
 
     MAX_ROWS = {"int4": 12, "int8": 6}  # where bf16 catches up, measured on SmolLM2-135M's layers
+    # Where tunelab's AMX kernels (kernels/) beat PyTorch's and bf16, when they run on this CPU. With one or two
+    # rows PyTorch's int4 kernel is faster: the AMX one costs its dequantization whatever the rows.
+    KERNEL_ROWS = {"int4": (3, MAX_KERNEL_ROWS), "int8": (1, MAX_KERNEL_ROWS)}
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str):
         weight = weight.detach().float()
@@ -52,11 +59,17 @@ class Matrix:
             self.dense = weight.to(torch.bfloat16)
         if self.fmt == "int4":
             codes, step, low = grid
+            self.kernel = amx_kernels()
+            if self.kernel is not None:
+                self.kernel_codes, self.kernel_scales = self.kernel.pack4(codes, step, low)
             self.packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
             # the kernel computes (code - 8) * scale + zero per group: zero is the group's value at code 8
             self.scales_and_zeros = torch.stack([step.t(), (low + 8 * step).t()], dim=-1).to(torch.bfloat16)
         elif self.fmt == "int8":
             self.qweight, self.scales = int8_rows(weight)
+            self.kernel = amx_kernels() if self.out_features % 16 == 0 and self.in_features % 32 == 0 else None
+            if self.kernel is not None:
+                self.kernel_codes, self.kernel_scales = self.kernel.pack8(self.qweight), self.scales.float()
         else:
             self.weight = weight
 
@@ -64,9 +77,13 @@ class Matrix:
         if self.fmt == "fp32":
             return nn.functional.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] > self.MAX_ROWS[self.fmt]:
+        rows = flat.shape[0]
+        if self.kernel is not None and self.KERNEL_ROWS[self.fmt][0] <= rows <= self.KERNEL_ROWS[self.fmt][1]:
+            run = self.kernel.int4 if self.fmt == "int4" else self.kernel.int8
+            out = run(flat, self.kernel_codes, self.kernel_scales, self.out_features).to(self.dtype)
+        elif rows > self.MAX_ROWS[self.fmt]:
             return nn.functional.linear(x, self.dense, self.bias)
-        if self.fmt == "int4":
+        elif self.fmt == "int4":
             out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_and_zeros)
         else:
             out = torch._weight_int8pack_mm(flat, self.qweight, self.scales)

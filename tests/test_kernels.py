@@ -1,0 +1,70 @@
+"""tunelab's AMX kernels compute what the weights say: the 4-bit projection matches the dequantized weights up to
+bf16 rounding, the int8 one exactly, and every row's result is the same whatever rows share its call. They run
+only on CPUs with AMX; elsewhere the decoder uses PyTorch's kernels and these tests do not apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.inference.kernels import MAX_ROWS, amx_kernels
+from tunelab.inference.weights import Matrix, int8_rows
+
+kernels = amx_kernels()
+pytestmark = pytest.mark.skipif(kernels is None, reason="the AMX kernels need an x86 CPU with AMX and a C compiler")
+
+
+def int4_weights(n: int, k: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=generator)
+    codes[:, ::32], codes[:, 1::32] = 0, 15  # each group spans the whole grid, as a Q4_1 block does
+    step = torch.rand(n, k // 32, generator=generator) * 0.01
+    low = -torch.rand(n, k // 32, generator=generator) * 0.08
+    weight = (codes.reshape(n, k // 32, 32) * step[..., None] + low[..., None]).reshape(n, k)
+    return codes, step, low, weight
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, MAX_ROWS])
+def test_the_int4_kernel_multiplies_by_the_dequantized_weights(rows):
+    codes, step, low, weight = int4_weights(96, 160)
+    packed = kernels.pack4(codes, step, low)
+    x = torch.randn(rows, 160).bfloat16()
+    exact = x.float() @ weight.t()
+    out = kernels.int4(x, *packed, 96)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 96)
+    assert (out.float() - exact).norm() / exact.norm() < 0.01  # weights and result rounded to bf16
+
+
+def test_the_int8_kernel_is_exact_up_to_fp32_sums():
+    weight = torch.randn(48, 64)
+    codes, scales = int8_rows(weight)
+    x = torch.randn(5, 64).bfloat16()
+    exact = x.double() @ (codes.double() * scales.double()[:, None]).t()
+    out = kernels.int8(x, kernels.pack8(codes), scales.float(), 48)
+    assert torch.allclose(out.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it():
+    codes, step, low, _ = int4_weights(64, 96, seed=3)
+    packed = kernels.pack4(codes, step, low)
+    x = torch.randn(MAX_ROWS, 96).bfloat16()
+    together = kernels.int4(x, *packed, 64)
+    for rows in (1, 5):
+        assert torch.equal(kernels.int4(x[:rows].clone(), *packed, 64), together[:rows])
+
+
+def test_more_rows_than_a_tile_are_refused():
+    codes, step, low, _ = int4_weights(16, 32)
+    with pytest.raises(ValueError, match="1 to 16 rows"):
+        kernels.int4(torch.zeros(MAX_ROWS + 1, 32).bfloat16(), *kernels.pack4(codes, step, low), 16)
+
+
+def test_a_matrix_uses_the_kernels_for_small_batches_and_agrees_with_its_other_paths():
+    _, _, _, weight = int4_weights(64, 128, seed=5)
+    matrix = Matrix(weight, None, "int4")
+    assert matrix.fmt == "int4" and matrix.kernel is kernels
+    x = torch.randn(20, 128).bfloat16()
+    exact = x.float() @ weight.t()
+    for rows in (1, 2, 3, 8, 16, 20):  # PyTorch's kernel, the AMX kernel, then the bf16 copy
+        out = matrix(x[:rows]).float()
+        assert (out - exact[:rows]).norm() / exact[:rows].norm() < 0.01, rows

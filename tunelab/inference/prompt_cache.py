@@ -1,0 +1,67 @@
+"""Keys and values of recent prompts, kept so that a prompt starting the same way skips that part of its prefill.
+
+Chat requests repeat themselves at the front: every request of an app carries the same system message, and each
+turn of a conversation resends the turns before it. After a prompt is processed, the cache keeps its keys and
+values in blocks of `BLOCK` tokens at fixed positions (0–31, 32–63, …), each keyed by the adapter and every token
+up to the block's end (a block's keys depend on nothing else). A later prompt that starts with the same blocks
+copies them and processes only the rest: a chat's next turn processes the last answer and the new message, not
+the whole conversation.
+
+A hit gives the logits a miss gives up to rounding, not bit for bit: the rest of the prompt is processed as a
+smaller batch of rows attending to cached keys, and bf16 products round a little differently in another grouping
+(as an answer decoded next to others already does).
+
+Blocks are evicted least recently used first, beyond `capacity_bytes`. Only prompts are cached: an answer's keys and
+values are computed once more as part of the next turn's prompt, and cached from there.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+BLOCK = 32  # tokens per cached block: what a hit can reuse is rounded down to a multiple of this
+
+
+class PromptCache:
+    def __init__(self, capacity_bytes: int):
+        self.capacity_bytes = capacity_bytes
+        self.bytes = 0
+        self.hits = self.stored = 0  # blocks taken from the cache, blocks computed and kept
+        # (adapter, tokens up to the block's end) -> per layer (keys, values), each [kv_heads, BLOCK, head_dim]
+        self._blocks: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+
+    def cached_blocks(self, ids: list[int], adapter: str | None) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The cached blocks that start `ids`, in order, up to the first one missing. The last token of `ids` is
+        never covered: its logits are what the prefill is for."""
+        found = []
+        for end in range(BLOCK, len(ids), BLOCK):
+            block = self._blocks.get((adapter, tuple(ids[:end])))
+            if block is None:
+                break
+            self._blocks.move_to_end((adapter, tuple(ids[:end])))
+            found.append(block)
+        self.hits += len(found)
+        return found
+
+    def add(self, ids: list[int], adapter: str | None, block: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep the block that ends `ids` (len(ids) a multiple of BLOCK)."""
+        key = (adapter, tuple(ids))
+        if key in self._blocks or self.capacity_bytes <= 0:
+            return
+        self.stored += 1
+        self._blocks[key] = block
+        self.bytes += _size(block)
+        while self.bytes > self.capacity_bytes and self._blocks:
+            _, evicted = self._blocks.popitem(last=False)
+            self.bytes -= _size(evicted)
+
+    def forget(self, adapter: str) -> None:
+        """Drop an adapter's blocks (it was unloaded; a later one of the same name may differ)."""
+        for key in [k for k in self._blocks if k[0] == adapter]:
+            self.bytes -= _size(self._blocks.pop(key))
+
+
+def _size(block: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(k.nbytes + v.nbytes for k, v in block)
