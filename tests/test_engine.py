@@ -102,3 +102,22 @@ def test_int8_conversion_replaces_every_linear_layer_and_adapters_attach_on_top(
             base = lora(input_ids=ids).logits
         tuned = lora(input_ids=ids).logits
     assert not torch.allclose(base, tuned)
+
+
+def test_a_draw_follows_the_distribution_within_the_nucleus():
+    from collections import Counter
+
+    from tunelab.inference.engine import NUCLEUS_CANDIDATES, draw
+
+    probs = torch.tensor([0.1, 0.5, 0.0, 0.3, 0.1])
+    generator = torch.Generator().manual_seed(0)
+    counts = Counter(draw(probs, 1.0, generator) for _ in range(4000))
+    assert counts[2] == 0 and set(counts) == {0, 1, 3, 4}
+    assert abs(counts[1] / 4000 - 0.5) < 0.03 and abs(counts[3] / 4000 - 0.3) < 0.03
+    counts = Counter(draw(probs, 0.7, generator) for _ in range(4000))  # 0.5 + 0.3 reach 0.7: tokens 1 and 3
+    assert set(counts) == {1, 3} and abs(counts[1] / 4000 - 0.5 / 0.8) < 0.03
+    assert {draw(probs, 0.0, generator) for _ in range(50)} == {1}  # the nucleus is at least the likeliest token
+    flat = torch.full((4 * NUCLEUS_CANDIDATES,), 1 / (4 * NUCLEUS_CANDIDATES))  # a nucleus wider than the shortlist
+    assert len({draw(flat, 0.9, generator) for _ in range(3000)}) > NUCLEUS_CANDIDATES
+    same = [torch.Generator().manual_seed(7) for _ in range(2)]
+    assert [draw(probs, 0.9, same[0]) for _ in range(20)] == [draw(probs, 0.9, same[1]) for _ in range(20)]

@@ -124,6 +124,8 @@ def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks(peft, fmt):
     assert decoder.prompt_cache.hits == 2 and alone.lengths == [len(second)]  # both full blocks reused
     fresh_cache = fresh.new_cache(512)
     expected = fresh.prefill(fresh_cache, fresh_cache.add_row(), second, None)
+    again = decoder.new_cache(512)  # the same prompt once more: every block cached, the same rest computed
+    assert torch.equal(decoder.prefill(again, again.add_row(), second, None), logits)
     steps = decoder.step(alone, [5], [None])[0], fresh.step(fresh_cache, [5], [None])[0]
     if fmt == "fp32":
         assert torch.allclose(logits, reference(peft, second, None), atol=1e-4)
@@ -133,17 +135,18 @@ def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks(peft, fmt):
             assert (ours - theirs).norm() / theirs.norm() < 0.1 and ours.argmax() == theirs.argmax()
 
     decoder.prefill(cache, cache.add_row(), second, "wide")  # another adapter: other keys and values
-    assert decoder.prompt_cache.hits == 2 and decoder.prompt_cache.stored == 4
+    assert decoder.prompt_cache.hits == 4 and decoder.prompt_cache.stored == 4
     decoder.remove_adapter("wide")
     assert len(decoder.prompt_cache._blocks) == 2
 
 
 def test_the_prompt_cache_keeps_the_most_recent_blocks_within_its_memory():
-    block = [(torch.zeros(2, BLOCK, 4), torch.zeros(2, BLOCK, 4))]  # 2 KiB
-    cache = PromptCache(capacity_bytes=5 * 1024)
+    block = [(torch.zeros(2, BLOCK, 4), torch.zeros(2, BLOCK, 4))]
+    size = 2 * block[0][0].nbytes
+    cache = PromptCache(capacity_bytes=int(2.5 * size))
     for n in range(3):
         cache.add(list(range(n, n + BLOCK)), None, block)
-    assert cache.bytes == 4096 and cache.cached_blocks(list(range(BLOCK + 1)), None) == []  # evicted
+    assert cache.bytes == 2 * size and cache.cached_blocks(list(range(BLOCK + 1)), None) == []  # evicted
     assert len(cache.cached_blocks(list(range(2, BLOCK + 3)), None)) == 1
     assert cache.cached_blocks(list(range(2, BLOCK + 3)), "an adapter") == []
     assert cache.cached_blocks(list(range(2, BLOCK + 2)), None) == []  # never the prompt's last token
@@ -159,7 +162,7 @@ def test_int4_only_where_the_weights_are_on_a_grid_and_close_to_fp32(model):
     ids = list(range(40, 80))
     logits = [d.prefill(c, c.add_row(), ids, None) for d in (decoder, fp32) for c in [d.new_cache(512)]]
     assert (logits[0] - logits[1]).norm() / logits[1].norm() < 0.03  # bf16 activations, int8 head
-    assert logits[0].argmax() == logits[1].argmax()
+    assert logits[0][logits[1].argmax()] == logits[0].max()  # the same choice, up to a tie in bf16
 
 
 def test_the_4bit_grid_is_recovered_exactly_and_off_grid_weights_are_refused():

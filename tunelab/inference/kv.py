@@ -19,6 +19,7 @@ class KVCache:
         self.shape = (kv_heads, head_dim)
         self.layers, self.dtype, self.limit = layers, dtype, limit  # limit: the model's context length
         self.lengths: list[int] = []  # real tokens in each row
+        self._row_ids = torch.arange(0)
         self.keys = [self._empty(rows, min(width, limit)) for _ in range(layers)]
         self.values = [self._empty(rows, min(width, limit)) for _ in range(layers)]
 
@@ -66,7 +67,9 @@ class KVCache:
             self.keys[layer][:n, :, columns] = keys[:, :, 0]
             self.values[layer][:n, :, columns] = values[:, :, 0]
         else:
-            rows = torch.arange(n)
+            if len(self._row_ids) != n:  # the same for every layer of a step: made once
+                self._row_ids = torch.arange(n)
+            rows = self._row_ids
             self.keys[layer][rows, :, columns] = keys[:, :, 0]
             self.values[layer][rows, :, columns] = values[:, :, 0]
 

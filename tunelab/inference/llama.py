@@ -112,7 +112,9 @@ class LlamaDecoder:
         """Process `ids` after what `row` already holds; return the logits [vocab] after the last one.
 
         Into an empty row, the blocks of the prompt that the prompt cache holds are copied instead of computed,
-        and the full blocks computed are offered to it (prompt_cache.py)."""
+        and the full blocks computed are offered to it (prompt_cache.py). The blocks are computed in one pass and
+        the rest of the prompt in another, as they are after a hit on every block, so the same prompt gets the
+        same logits, to the bit, whether its blocks were cached or not: a seeded request repeats exactly."""
         start = cache.lengths[row]
         cache.reserve(start + len(ids))
         known = start == 0 and self.prompt_cache is not None  # an empty row's tokens are exactly `ids`
@@ -123,16 +125,22 @@ class LlamaDecoder:
                 values = torch.cat([block[i][1] for block in blocks], dim=1)[None]
                 cache.write_prompt(i, row, keys, values)
             cache.advance(row, len(blocks) * BLOCK)
-        done = cache.lengths[row] - start
+        done = reused = cache.lengths[row] - start
+        if known:  # the full blocks first, then the rest: just what a later hit on all of them computes
+            head_end = (len(ids) - 1) // BLOCK * BLOCK
+            if head_end > done:
+                self._prompt_pass(cache, row, ids[done:head_end], adapter, logits=False)
+                done = head_end
         logits = self._prompt_pass(cache, row, ids[done:], adapter)
         if known:
-            for end in range(done + BLOCK, len(ids) + 1, BLOCK):
+            for end in range(reused + BLOCK, len(ids) + 1, BLOCK):
                 self.prompt_cache.add(ids[:end], adapter, [
                     (cache.keys[i][row, :, end - BLOCK:end].clone(), cache.values[i][row, :, end - BLOCK:end].clone())
                     for i in range(len(self.layers))])
         return logits
 
-    def _prompt_pass(self, cache: KVCache, row: int, ids: list[int], adapter: str | None) -> torch.Tensor:
+    def _prompt_pass(self, cache: KVCache, row: int, ids: list[int], adapter: str | None,
+                     logits: bool = True) -> torch.Tensor | None:
         start = cache.lengths[row]
         x = F.embedding(torch.tensor([ids]), self.embed)
         positions = torch.arange(start, start + len(ids))[None]
@@ -148,9 +156,9 @@ class LlamaDecoder:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None,
                                                   enable_gqa=self.kv_heads != self.heads)
 
-        logits = self._forward(x, positions, attend, {adapter: None} if adapter else {})
+        out = self._forward(x, positions, attend, {adapter: None} if adapter else {}, logits=logits)
         cache.advance(row, len(ids))
-        return logits[0]
+        return out[0] if logits else None
 
     @torch.no_grad()
     def step(self, cache: KVCache, ids: list[int], adapters: list[str | None]) -> torch.Tensor:
@@ -160,7 +168,10 @@ class LlamaDecoder:
         cache.reserve(width)
         same = min(lengths) == width - 1
         columns = width - 1 if same else torch.tensor(lengths)
-        mask = None if same else (torch.arange(width)[None, :] <= columns[:, None])[:, None, None, :]
+        mask = None
+        if not same:  # additive, made once per step: a boolean mask would be converted in every layer
+            hidden = (torch.arange(width)[None, :] > columns[:, None])[:, None, None, :]
+            mask = torch.zeros(hidden.shape, dtype=self.dtype).masked_fill_(hidden, float("-inf"))
         rows = slice(0, len(ids))
 
         def attend(i, q, k, v):
@@ -175,8 +186,10 @@ class LlamaDecoder:
         cache.advance(None, 1)
         return logits
 
-    def _forward(self, x: torch.Tensor, positions: torch.Tensor, attend, groups: dict) -> torch.Tensor:
-        """x [rows, T, hidden] through every layer; logits [rows, vocab] at the last position."""
+    def _forward(self, x: torch.Tensor, positions: torch.Tensor, attend, groups: dict,
+                 logits: bool = True) -> torch.Tensor | None:
+        """x [rows, T, hidden] through every layer; logits [rows, vocab] at the last position (None without
+        `logits`: a pass that only fills the KV cache)."""
         n, length = x.shape[:2]
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
         cos, sin = self.rotary(x, positions)
@@ -194,8 +207,10 @@ class LlamaDecoder:
             h = F.rms_norm(x, (self.hidden,), layer.norms[1], layer.eps)
             gate, up = _project(m["gate_up"], h, layer.adapters, "gate_up", groups).chunk(2, dim=-1)
             x = x + _project(m["down"], F.silu(gate) * up, layer.adapters, "down", groups)
+        if not logits:
+            return None
         last = F.rms_norm(x[:, -1], (self.hidden,), self.norm, self.eps)
-        return self.head(last).float()
+        return self.head(last, torch.float32)
 
 
 def _project(matrix: Matrix, x: torch.Tensor, adapters: dict, key: str, groups: dict) -> torch.Tensor:

@@ -2,14 +2,16 @@
 
 Chat requests repeat themselves at the front: every request of an app carries the same system message, and each
 turn of a conversation resends the turns before it. After a prompt is processed, the cache keeps its keys and
-values in blocks of `BLOCK` tokens at fixed positions (0–31, 32–63, …), each keyed by the adapter and every token
+values in blocks of `BLOCK` tokens at fixed positions (0–15, 16–31, …), each keyed by the adapter and every token
 up to the block's end (a block's keys depend on nothing else). A later prompt that starts with the same blocks
 copies them and processes only the rest: a chat's next turn processes the last answer and the new message, not
 the whole conversation.
 
-A hit gives the logits a miss gives up to rounding, not bit for bit: the rest of the prompt is processed as a
-smaller batch of rows attending to cached keys, and bf16 products round a little differently in another grouping
-(as an answer decoded next to others already does).
+A prompt is processed as its full blocks in one pass, then the rest (1 to BLOCK tokens) in a second one, cache
+or no cache, so a prompt whose blocks were all cached computes exactly what it computed the first time: the
+same request gets the same logits to the bit, and a seeded answer repeats. A prompt that shares only some
+blocks with an earlier one gets the same logits up to rounding (bf16 products round a little differently in
+another grouping of rows, as they do for an answer decoded next to others).
 
 Blocks are evicted least recently used first, beyond `capacity_bytes`. Only prompts are cached: an answer's keys and
 values are computed once more as part of the next turn's prompt, and cached from there.
@@ -21,7 +23,8 @@ from collections import OrderedDict
 
 import torch
 
-BLOCK = 32  # tokens per cached block: what a hit can reuse is rounded down to a multiple of this
+BLOCK = 16  # tokens per cached block: what a hit reuses is rounded down to a multiple of this, so the rest of
+# a prompt that repeats an earlier one up to its last message is short (a batch the decode kernels take)
 
 
 class PromptCache:

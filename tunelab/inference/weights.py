@@ -44,9 +44,10 @@ class Matrix:
     On CPUs with AMX, tunelab's kernels take `KERNEL_ROWS[fmt]` rows instead: they dequantize once per call."""
 
     MAX_ROWS = {"int4": 12, "int8": 6}  # where bf16 catches up, measured on SmolLM2-135M's layers
-    # Where tunelab's AMX kernels (kernels/) beat PyTorch's and bf16, when they run on this CPU. With one or two
-    # rows PyTorch's int4 kernel is faster: the AMX one costs its dequantization whatever the rows.
-    KERNEL_ROWS = {"int4": (3, MAX_KERNEL_ROWS), "int8": (1, MAX_KERNEL_ROWS)}
+    # Where tunelab's AMX kernels (kernels/) beat PyTorch's and bf16, when they run on this CPU: a call takes up
+    # to 16 rows, so 48 rows are three calls, still faster than the bf16 copy. With one or two rows PyTorch's
+    # int4 kernel is faster: the AMX one costs its dequantization whatever the rows.
+    KERNEL_ROWS = {"int4": (3, 3 * MAX_KERNEL_ROWS), "int8": (1, 3 * MAX_KERNEL_ROWS)}
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str):
         weight = weight.detach().float()
@@ -73,21 +74,26 @@ class Matrix:
         else:
             self.weight = weight
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """`x @ weight.T (+ bias)` in `dtype` (default: the activations' dtype). The LM head asks for fp32: the int8
+        kernel's sums are fp32, and rounding logits to bf16 would make near-ties exact ties."""
+        dtype = dtype or self.dtype
         if self.fmt == "fp32":
-            return nn.functional.linear(x, self.weight, self.bias)
+            return nn.functional.linear(x, self.weight, self.bias).to(dtype)
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
         if self.kernel is not None and self.KERNEL_ROWS[self.fmt][0] <= rows <= self.KERNEL_ROWS[self.fmt][1]:
             run = self.kernel.int4 if self.fmt == "int4" else self.kernel.int8
-            out = run(flat, self.kernel_codes, self.kernel_scales, self.out_features).to(self.dtype)
+            parts = [run(part, self.kernel_codes, self.kernel_scales, self.out_features)
+                     for part in flat.split(MAX_KERNEL_ROWS)]
+            out = parts[0] if len(parts) == 1 else torch.cat(parts)
         elif rows > self.MAX_ROWS[self.fmt]:
-            return nn.functional.linear(x, self.dense, self.bias)
+            return nn.functional.linear(x, self.dense, self.bias).to(dtype)
         elif self.fmt == "int4":
             out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_and_zeros)
         else:
             out = torch._weight_int8pack_mm(flat, self.qweight, self.scales)
-        out = out.reshape(*x.shape[:-1], self.out_features)
+        out = out.to(dtype).reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
     @property
