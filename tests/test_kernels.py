@@ -1,8 +1,13 @@
 """tunelab's AMX kernels compute what the weights say: the 4-bit projection matches the dequantized weights up to
 bf16 rounding, the int8 one exactly, and every row's result is the same whatever rows share its call. They run
-only on CPUs with AMX; elsewhere the decoder uses PyTorch's kernels and these tests do not apply."""
+only on CPUs with AMX (elsewhere their tests are skipped); where they do not run, or are turned off, the decoder
+uses PyTorch's kernels, which the last test checks everywhere."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +16,7 @@ from tunelab.inference.kernels import MAX_ROWS, amx_kernels
 from tunelab.inference.weights import Matrix, int8_rows
 
 kernels = amx_kernels()
-pytestmark = pytest.mark.skipif(kernels is None, reason="the AMX kernels need an x86 CPU with AMX and a C compiler")
+needs_amx = pytest.mark.skipif(kernels is None, reason="the AMX kernels need an x86 CPU with AMX and a C compiler")
 
 
 def int4_weights(n: int, k: int, seed: int = 0):
@@ -24,6 +29,7 @@ def int4_weights(n: int, k: int, seed: int = 0):
     return codes, step, low, weight
 
 
+@needs_amx
 @pytest.mark.parametrize("rows", [1, 3, 8, MAX_ROWS])
 def test_the_int4_kernel_multiplies_by_the_dequantized_weights(rows):
     codes, step, low, weight = int4_weights(96, 160)
@@ -35,6 +41,7 @@ def test_the_int4_kernel_multiplies_by_the_dequantized_weights(rows):
     assert (out.float() - exact).norm() / exact.norm() < 0.01  # weights and result rounded to bf16
 
 
+@needs_amx
 def test_the_int8_kernel_is_exact_up_to_fp32_sums():
     weight = torch.randn(48, 64)
     codes, scales = int8_rows(weight)
@@ -44,6 +51,7 @@ def test_the_int8_kernel_is_exact_up_to_fp32_sums():
     assert torch.allclose(out.double(), exact, rtol=1e-5, atol=1e-5)
 
 
+@needs_amx
 def test_a_rows_result_does_not_depend_on_the_rows_beside_it():
     codes, step, low, _ = int4_weights(64, 96, seed=3)
     packed = kernels.pack4(codes, step, low)
@@ -53,18 +61,41 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it():
         assert torch.equal(kernels.int4(x[:rows].clone(), *packed, 64), together[:rows])
 
 
+@needs_amx
 def test_more_rows_than_a_tile_are_refused():
     codes, step, low, _ = int4_weights(16, 32)
     with pytest.raises(ValueError, match="1 to 16 rows"):
         kernels.int4(torch.zeros(MAX_ROWS + 1, 32).bfloat16(), *kernels.pack4(codes, step, low), 16)
 
 
+@needs_amx
 def test_a_matrix_uses_the_kernels_for_small_batches_and_agrees_with_its_other_paths():
     _, _, _, weight = int4_weights(64, 128, seed=5)
     matrix = Matrix(weight, None, "int4")
-    assert matrix.fmt == "int4" and matrix.kernel is kernels
+    assert matrix.fmt == "int4" and matrix.amx is kernels
     x = torch.randn(20, 128).bfloat16()
     exact = x.float() @ weight.t()
     for rows in (1, 2, 3, 8, 16, 20):  # PyTorch's kernel, the AMX kernel, then the bf16 copy
         out = matrix(x[:rows]).float()
         assert (out - exact[:rows]).norm() / exact[:rows].norm() < 0.01, rows
+
+
+def test_with_the_kernels_off_the_decoder_uses_pytorchs_and_computes_the_same():
+    """Where the AMX kernels cannot run (no AMX, no compiler) or are turned off, nothing else changes."""
+    script = (
+        "import torch\n"
+        "from tunelab.inference.kernels import amx_kernels\n"
+        "from tunelab.inference.weights import Matrix\n"
+        "assert amx_kernels() is None\n"
+        "torch.manual_seed(0)\n"
+        "codes = torch.randint(0, 16, (64, 128)); codes[:, ::32], codes[:, 1::32] = 0, 15\n"
+        "weight = (codes.reshape(64, 4, 32) * 0.01 - 0.08).reshape(64, 128).float()\n"
+        "m = Matrix(weight, None, 'int4')\n"
+        "assert m.fmt == 'int4' and m.amx is None\n"
+        "x = torch.randn(8, 128).bfloat16()\n"
+        "exact = x.float() @ weight.t()\n"
+        "assert (m(x).float() - exact).norm() / exact.norm() < 0.01\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "TUNELAB_KERNELS": "off"})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -117,27 +117,28 @@ class LlamaDecoder:
         same logits, to the bit, whether its blocks were cached or not: a seeded request repeats exactly."""
         start = cache.lengths[row]
         cache.reserve(start + len(ids))
-        known = start == 0 and self.prompt_cache is not None  # an empty row's tokens are exactly `ids`
-        if known:
-            blocks = self.prompt_cache.cached_blocks(ids, adapter)
-            for i in range(len(self.layers) if blocks else 0):
-                keys = torch.cat([block[i][0] for block in blocks], dim=1)[None]
-                values = torch.cat([block[i][1] for block in blocks], dim=1)[None]
-                cache.write_prompt(i, row, keys, values)
-            cache.advance(row, len(blocks) * BLOCK)
-        done = reused = cache.lengths[row] - start
-        if known:  # the full blocks first, then the rest: just what a later hit on all of them computes
-            head_end = (len(ids) - 1) // BLOCK * BLOCK
-            if head_end > done:
-                self._prompt_pass(cache, row, ids[done:head_end], adapter, logits=False)
-                done = head_end
-        logits = self._prompt_pass(cache, row, ids[done:], adapter)
-        if known:
-            for end in range(reused + BLOCK, len(ids) + 1, BLOCK):
-                self.prompt_cache.add(ids[:end], adapter, [
-                    (cache.keys[i][row, :, end - BLOCK:end].clone(), cache.values[i][row, :, end - BLOCK:end].clone())
-                    for i in range(len(self.layers))])
+        if start or self.prompt_cache is None:  # a row that holds tokens already: what they are is not known here
+            return self._prompt_pass(cache, row, ids, adapter)
+        reused = self._copy_cached_blocks(cache, row, ids, adapter)
+        blocks_end = (len(ids) - 1) // BLOCK * BLOCK  # the full blocks before the prompt's last token
+        if blocks_end > reused:  # the blocks first, then the rest: just what a later hit on all of them computes
+            self._prompt_pass(cache, row, ids[reused:blocks_end], adapter, logits=False)
+        logits = self._prompt_pass(cache, row, ids[max(reused, blocks_end):], adapter)
+        for end in range(reused + BLOCK, len(ids) + 1, BLOCK):  # the full blocks computed now
+            self.prompt_cache.add(ids[:end], adapter, [(keys[row, :, end - BLOCK:end].clone(),
+                                                        values[row, :, end - BLOCK:end].clone())
+                                                       for keys, values in zip(cache.keys, cache.values)])
         return logits
+
+    def _copy_cached_blocks(self, cache: KVCache, row: int, ids: list[int], adapter: str | None) -> int:
+        """Fill the empty `row` with the cached blocks `ids` starts with; how many tokens they hold."""
+        blocks = self.prompt_cache.cached_blocks(ids, adapter)
+        for i in range(len(self.layers) if blocks else 0):
+            keys = torch.cat([block[i][0] for block in blocks], dim=1)[None]
+            values = torch.cat([block[i][1] for block in blocks], dim=1)[None]
+            cache.write_prompt(i, row, keys, values)
+        cache.advance(row, len(blocks) * BLOCK)
+        return len(blocks) * BLOCK
 
     def _prompt_pass(self, cache: KVCache, row: int, ids: list[int], adapter: str | None,
                      logits: bool = True) -> torch.Tensor | None:

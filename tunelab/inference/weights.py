@@ -60,17 +60,17 @@ class Matrix:
             self.dense = weight.to(torch.bfloat16)
         if self.fmt == "int4":
             codes, step, low = grid
-            self.kernel = amx_kernels()
-            if self.kernel is not None:
-                self.kernel_codes, self.kernel_scales = self.kernel.pack4(codes, step, low)
+            self.amx = amx_kernels()
+            if self.amx is not None:
+                self.amx_codes, self.amx_scales = self.amx.pack4(codes, step, low)
             self.packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
-            # the kernel computes (code - 8) * scale + zero per group: zero is the group's value at code 8
+            # PyTorch's kernel computes (code - 8) * scale + zero per group: zero is the group's value at code 8
             self.scales_and_zeros = torch.stack([step.t(), (low + 8 * step).t()], dim=-1).to(torch.bfloat16)
         elif self.fmt == "int8":
             self.qweight, self.scales = int8_rows(weight)
-            self.kernel = amx_kernels() if self.out_features % 16 == 0 and self.in_features % 32 == 0 else None
-            if self.kernel is not None:
-                self.kernel_codes, self.kernel_scales = self.kernel.pack8(self.qweight), self.scales.float()
+            self.amx = amx_kernels() if self.out_features % 16 == 0 and self.in_features % 32 == 0 else None
+            if self.amx is not None:
+                self.amx_codes, self.amx_scales = self.amx.pack8(self.qweight), self.scales.float()
         else:
             self.weight = weight
 
@@ -82,9 +82,9 @@ class Matrix:
             return nn.functional.linear(x, self.weight, self.bias).to(dtype)
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
-        if self.kernel is not None and self.KERNEL_ROWS[self.fmt][0] <= rows <= self.KERNEL_ROWS[self.fmt][1]:
-            run = self.kernel.int4 if self.fmt == "int4" else self.kernel.int8
-            parts = [run(part, self.kernel_codes, self.kernel_scales, self.out_features)
+        if self.amx is not None and self.KERNEL_ROWS[self.fmt][0] <= rows <= self.KERNEL_ROWS[self.fmt][1]:
+            run = self.amx.int4 if self.fmt == "int4" else self.amx.int8
+            parts = [run(part, self.amx_codes, self.amx_scales, self.out_features)
                      for part in flat.split(MAX_KERNEL_ROWS)]
             out = parts[0] if len(parts) == 1 else torch.cat(parts)
         elif rows > self.MAX_ROWS[self.fmt]:

@@ -1,10 +1,12 @@
 """tunelab's own CPU kernels for decode steps (amx.c): the 4-bit layer projections and the int8 LM head with
 Intel AMX tile products, compiled on first use with the system's C compiler and loaded with ctypes.
 
-It is used where it can run: x86 CPUs with AMX and AVX512-BF16 (Intel Xeon since Sapphire Rapids), Linux
-granting the process AMX state, a C compiler on the PATH, and PyTorch's bundled OpenMP runtime. Anywhere else `amx_kernels()` is None and the decoder keeps PyTorch's kernels, so
-nothing depends on them (`TUNELAB_KERNELS=off` turns them off). The compiled library is cached per source, compiler and flags under
-`$XDG_CACHE_HOME/tunelab/kernels` (default `~/.cache`), written to a temporary name first and renamed.
+They are used where they can run: x86 CPUs with AMX and AVX512-BF16 (Intel Xeon since Sapphire Rapids), Linux
+granting the process AMX state, and a C compiler on the PATH. Anywhere else `amx_kernels()` is None and the
+decoder keeps PyTorch's kernels, so nothing depends on them (`TUNELAB_KERNELS=off` turns them off). The
+library is built with -fopenmp and so shares the OpenMP runtime torch has already loaded (libgomp.so.1, the
+same soname), and with it the calling thread's team. It is cached per source, compiler and flags under
+`$XDG_CACHE_HOME/tunelab/kernels` (default `~/.cache`), written under a temporary name first and renamed.
 """
 
 from __future__ import annotations
@@ -74,8 +76,6 @@ def amx_kernels() -> AmxKernels | None:
     """The kernels, compiled and loaded, or None where they cannot run here."""
     if os.environ.get("TUNELAB_KERNELS", "auto") == "off" or not _cpu_can() or shutil.which("cc") is None:
         return None
-    import torch  # noqa: F401  (torch's OpenMP runtime must be loaded first: the library shares it)
-
     try:
         return AmxKernels(ctypes.CDLL(str(_compiled())))
     except (OSError, subprocess.CalledProcessError):
