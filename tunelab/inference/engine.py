@@ -21,8 +21,10 @@ cancelled generation (the client went away) is dropped before its next token.
 
 from __future__ import annotations
 
+import atexit
 import secrets
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +125,8 @@ class Engine:
         self._batch = None  # the generations being decoded together (scheduler thread only), set by _load
         self._wake = threading.Condition()  # guards `_waiting` only: held for microseconds
         self._model_lock = threading.Lock()  # a forward pass, or attaching an adapter
+        self._closed = False
+        _engines.add(self)
         # The model is loaded on the scheduler thread, the thread with the cores (tunelab/threads.py).
         loaded, failure = threading.Event(), []
         self._thread = threading.Thread(target=self._run, args=(weights, loaded, failure),
@@ -245,8 +249,10 @@ class Engine:
             loaded.set()
         while True:
             with self._wake:
-                while not self._waiting and not self._batch.rows and not self._tasks:
+                while not self._closed and not self._waiting and not self._batch.rows and not self._tasks:
                     self._wake.wait()
+                if self._closed:
+                    break
                 task = self._tasks.popleft() if self._tasks else None
                 newcomer = None
                 if self._waiting and len(self._batch.rows) < (self._batch.max_rows or self.max_batch):
@@ -259,6 +265,30 @@ class Engine:
                     self._guarded([newcomer], lambda: self._prefill(newcomer))
                 if self._batch.rows:
                     self._guarded(list(self._batch.rows), self._decode)
+        self._end_everything("the model was unloaded")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the scheduler thread after its current pass; answers and tasks still pending end with an error."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _end_everything(self, why: str) -> None:
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+            tasks, self._tasks = list(self._tasks), deque()
+        for g in waiting + list(self._batch.rows):
+            if g.finish_reason is None:
+                g.finish_reason = "error"
+                try:
+                    g.on_event("error", why)
+                except Exception:  # a listener that fails cannot be told; the engine is stopping anyway
+                    pass
+        for task in tasks:
+            task.error = RuntimeError(why)
+            task.done.set()
 
     def _guarded(self, generations: list[Generation], step: Callable) -> None:
         """Run a forward pass; a fault ends the generations it was for, not the engine."""
@@ -397,6 +427,18 @@ class Engine:
         self._send(g, text)
         g.finish_reason = reason
         g.on_event("done", reason)
+
+
+# Every engine's scheduler thread is a daemon: at interpreter exit one may still be inside torch while the
+# interpreter tears down what that code uses (the process then aborts: "terminate called without an active
+# exception"). So each engine is stopped, between two passes, before that.
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_engines() -> None:
+    for engine in list(_engines):
+        engine.close(timeout=5.0)
 
 
 NUCLEUS_CANDIDATES = 1024  # top_p looks for its tokens among this many most likely ones first

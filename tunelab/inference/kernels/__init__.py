@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ...config import get_settings
+
 SOURCE = Path(__file__).with_name("amx.c")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-fopenmp",
          "-shared", "-fPIC"]
@@ -74,7 +76,7 @@ class AmxKernels:
 @functools.cache
 def amx_kernels() -> AmxKernels | None:
     """The kernels, compiled and loaded, or None where they cannot run here."""
-    if os.environ.get("TUNELAB_KERNELS", "auto") == "off" or not _cpu_can() or shutil.which("cc") is None:
+    if get_settings().kernels == "off" or not _cpu_can() or shutil.which("cc") is None:
         return None
     try:
         return AmxKernels(ctypes.CDLL(str(_compiled())))
