@@ -35,8 +35,8 @@ class AmxKernels:
     def __init__(self, library: ctypes.CDLL):
         if library.amx_init() != 0:
             raise OSError("Linux refused this process AMX state")
-        self._gemm, self._gemm8 = library.int4_gemm, library.int8_gemm
-        for function in (self._gemm, self._gemm8):
+        self._int4, self._int8 = library.int4_gemm, library.int8_gemm
+        for function in (self._int4, self._int8):
             function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 3
             function.restype = None
 
@@ -52,7 +52,7 @@ class AmxKernels:
 
     def int4(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
         """x [M, K] bf16 (M ≤ MAX_ROWS), codes and scales from `pack4` → [M, n] bf16."""
-        return self._run(self._gemm, x, codes, scales, n, torch.bfloat16)
+        return self._run(self._int4, x, codes, scales, n, torch.bfloat16)
 
     def pack8(self, codes: torch.Tensor) -> torch.Tensor:
         """int8 codes [N, K] → the int8 kernel's layout: per tile of 16 outputs and pair of inputs, 32 bytes."""
@@ -61,7 +61,7 @@ class AmxKernels:
 
     def int8(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
         """x [M, K] bf16 (M ≤ MAX_ROWS), codes from `pack8`, fp32 scales [n] → [M, n] fp32."""
-        return self._run(self._gemm8, x, codes, scales, n, torch.float32)
+        return self._run(self._int8, x, codes, scales, n, torch.float32)
 
     @staticmethod
     def _run(function, x, codes, scales, n, dtype) -> torch.Tensor:

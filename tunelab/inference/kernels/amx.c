@@ -63,6 +63,24 @@ static inline void dequantize(const uint8_t *codes, const uint16_t *scales, uint
     }
 }
 
+/* The 16 int8 input pairs of one group of one tile, as 16 rows of bf16 pairs (whole numbers: exact). */
+static inline void widen(const int8_t *codes, uint16_t *block) {
+#pragma GCC unroll 16
+    for (int p = 0; p < 16; p++) {
+        const __m128i *pair = (const __m128i *)(codes + p * 32);
+        const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(pair)));
+        const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(pair + 1)));
+        _mm512_storeu_si512(block + p * 32, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+}
+
+/* Tile 0 += x's rows (inputs 32g..32g+31) @ the block: one AMX tile product. */
+static inline void multiply(const uint16_t *x, int K, int g, const uint16_t *block) {
+    _tile_loadd(1, x + g * 32, K * 2);
+    _tile_loadd(2, block, 64);
+    _tile_dpbf16ps(0, 1, 2);
+}
+
 void int4_gemm(const uint16_t *x, const uint8_t *codes, const uint16_t *scales, uint16_t *out, int M, int N, int K) {
 #pragma omp parallel
     {
@@ -76,9 +94,7 @@ void int4_gemm(const uint16_t *x, const uint8_t *codes, const uint16_t *scales, 
             _tile_zero(0);
             for (int g = 0; g < K / 32; g++) {
                 dequantize(tile_codes + g * 16 * 16, tile_scales + g * 32, block);
-                _tile_loadd(1, x + g * 32, K * 2);
-                _tile_loadd(2, block, 64);
-                _tile_dpbf16ps(0, 1, 2);
+                multiply(x, K, g, block);
             }
             _tile_stored(0, result, 64);
             for (int m = 0; m < M; m++) {
@@ -107,16 +123,8 @@ void int8_gemm(const uint16_t *x, const int8_t *codes, const float *scales, floa
             const int8_t *tile_codes = codes + (size_t)t * (K / 2) * 32;
             _tile_zero(0);
             for (int g = 0; g < K / 32; g++) {
-#pragma GCC unroll 16
-                for (int p = 0; p < 16; p++) {
-                    const int8_t *pair = tile_codes + (size_t)(g * 16 + p) * 32;
-                    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)pair)));
-                    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(pair + 16))));
-                    _mm512_storeu_si512(block + p * 32, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-                }
-                _tile_loadd(1, x + g * 32, K * 2);
-                _tile_loadd(2, block, 64);
-                _tile_dpbf16ps(0, 1, 2);
+                widen(tile_codes + (size_t)g * 16 * 32, block);
+                multiply(x, K, g, block);
             }
             _tile_stored(0, result, 64);
             const __m512 scale = _mm512_loadu_ps(scales + t * 16);
