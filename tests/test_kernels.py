@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from tunelab.inference.kernels import MAX_ROWS, amx_kernels
+from tunelab.inference.kernels import INT4_MAX_ROWS, MAX_ROWS, amx_kernels
 from tunelab.inference.weights import Matrix, int8_rows
 
 kernels = amx_kernels()
@@ -30,7 +30,7 @@ def int4_weights(n: int, k: int, seed: int = 0):
 
 
 @needs_amx
-@pytest.mark.parametrize("rows", [1, 3, 8, MAX_ROWS])
+@pytest.mark.parametrize("rows", [1, 3, 8, MAX_ROWS, 17, 40, INT4_MAX_ROWS])
 def test_the_int4_kernel_multiplies_by_the_dequantized_weights(rows):
     codes, step, low, weight = int4_weights(96, 160)
     packed = kernels.pack4(codes, step, low)
@@ -55,17 +55,21 @@ def test_the_int8_kernel_is_exact_up_to_fp32_sums():
 def test_a_rows_result_does_not_depend_on_the_rows_beside_it():
     codes, step, low, _ = int4_weights(64, 96, seed=3)
     packed = kernels.pack4(codes, step, low)
-    x = torch.randn(MAX_ROWS, 96).bfloat16()
+    x = torch.randn(INT4_MAX_ROWS, 96).bfloat16()
     together = kernels.int4(x, *packed, 64)
-    for rows in (1, 5):
-        assert torch.equal(kernels.int4(x[:rows].clone(), *packed, 64), together[:rows])
+    for rows in (1, 5, 16, 17, 33, 64, 79):  # in the first chunk of 16, the last one, or one between
+        assert torch.equal(kernels.int4(x[:rows].clone(), *packed, 64), together[:rows]), rows
+        assert torch.equal(kernels.int4(x[-rows:].clone(), *packed, 64), together[-rows:]), rows
 
 
 @needs_amx
-def test_more_rows_than_a_tile_are_refused():
+def test_more_rows_than_a_call_takes_are_refused():
     codes, step, low, _ = int4_weights(16, 32)
-    with pytest.raises(ValueError, match="1 to 16 rows"):
-        kernels.int4(torch.zeros(MAX_ROWS + 1, 32).bfloat16(), *kernels.pack4(codes, step, low), 16)
+    with pytest.raises(ValueError, match=f"1 to {INT4_MAX_ROWS} rows"):
+        kernels.int4(torch.zeros(INT4_MAX_ROWS + 1, 32).bfloat16(), *kernels.pack4(codes, step, low), 16)
+    with pytest.raises(ValueError, match=f"1 to {MAX_ROWS} rows"):
+        kernels.int8(torch.zeros(MAX_ROWS + 1, 32).bfloat16(), kernels.pack8(torch.zeros(16, 32, dtype=torch.int8)),
+                     torch.ones(16), 16)
 
 
 @needs_amx
@@ -73,11 +77,15 @@ def test_a_matrix_uses_the_kernels_for_small_batches_and_agrees_with_its_other_p
     _, _, _, weight = int4_weights(64, 128, seed=5)
     matrix = Matrix(weight, None, "int4")
     assert matrix.fmt == "int4" and matrix.amx is kernels
-    x = torch.randn(20, 128).bfloat16()
+    x = torch.randn(200, 128).bfloat16()
     exact = x.float() @ weight.t()
-    for rows in (1, 2, 3, 8, 16, 20):  # PyTorch's kernel, the AMX kernel, then the bf16 copy
+    for rows in (1, 2, 3, 8, 16, 20, 200):  # PyTorch's kernel, then the AMX kernel (in calls of 80 rows)
         out = matrix(x[:rows]).float()
         assert (out - exact[:rows]).norm() / exact[:rows].norm() < 0.01, rows
+    assert not hasattr(matrix, "dense")  # the AMX kernel takes prompts too: no bf16 copy
+    together = matrix(x, invariant=True)
+    for rows in (1, 2, 90):  # invariant: the AMX kernel whatever the rows, so each row computes what it does alone
+        assert torch.equal(matrix(x[:rows], invariant=True), together[:rows]), rows
 
 
 def test_with_the_kernels_off_the_decoder_uses_pytorchs_and_computes_the_same():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .kernels import INT4_MAX_ROWS as INT4_KERNEL_ROWS
 from .kernels import MAX_ROWS as MAX_KERNEL_ROWS
 from .kernels import amx_kernels
 
@@ -41,13 +42,16 @@ class Matrix:
 
     PyTorch's integer kernels dequantize their weights once per 4 input rows, so past `MAX_ROWS[fmt]` rows (a
     prompt, a large batch) a bf16 copy of the weight is faster: that work is compute-bound, not bandwidth-bound.
-    On CPUs with AMX, tunelab's kernels take `KERNEL_ROWS[fmt]` rows instead: they dequantize once per call."""
+    On CPUs with AMX, tunelab's kernels (kernels/) take over from 3 rows (int4) or 1 (int8): they dequantize once
+    per call, up to 80 rows (int4) or 16 (int8) a call. The int4 one is faster than the bf16 copy for prompts too
+    (11 vs 25 ms for the 120 projections of SmolLM2-135M with 80 rows, 53 vs 51 ms with 400), so with it an int4
+    matrix keeps no bf16 copy."""
 
-    MAX_ROWS = {"int4": 12, "int8": 6}  # where bf16 catches up, measured on SmolLM2-135M's layers
-    # Where tunelab's AMX kernels (kernels/) beat PyTorch's and bf16, when they run on this CPU: a call takes up
-    # to 16 rows, so 48 rows are three calls, still faster than the bf16 copy. With one or two rows PyTorch's
-    # int4 kernel is faster: the AMX one costs its dequantization whatever the rows.
-    KERNEL_ROWS = {"int4": (3, 3 * MAX_KERNEL_ROWS), "int8": (1, 3 * MAX_KERNEL_ROWS)}
+    MAX_ROWS = {"int4": 12, "int8": 6}  # where bf16 catches up with PyTorch's kernels, on SmolLM2-135M's layers
+    # Where tunelab's AMX kernels take over, when they run on this CPU: with one or two rows PyTorch's int4 kernel
+    # is faster (the AMX one costs its dequantization whatever the rows); past 48 rows the int8 one (a tile of 16
+    # rows per call) loses to the bf16 copy.
+    KERNEL_ROWS = {"int4": (3, None), "int8": (1, 3 * MAX_KERNEL_ROWS)}
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str):
         weight = weight.detach().float()
@@ -56,44 +60,55 @@ class Matrix:
         self.fmt = "int4" if grid is not None else ("fp32" if fmt == "fp32" else "int8")
         self.dtype = torch.float32 if self.fmt == "fp32" else torch.bfloat16
         self.bias = None if bias is None else bias.detach().to(self.dtype)
-        if self.fmt != "fp32":
-            self.dense = weight.to(torch.bfloat16)
+        self.amx = None
         if self.fmt == "int4":
             codes, step, low = grid
             self.amx = amx_kernels()
             if self.amx is not None:
                 self.amx_codes, self.amx_scales = self.amx.pack4(codes, step, low)
+                self.amx_run, self.amx_rows = self.amx.int4, INT4_KERNEL_ROWS
+            else:
+                self.dense = weight.to(torch.bfloat16)
             self.packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
             # PyTorch's kernel computes (code - 8) * scale + zero per group: zero is the group's value at code 8
             self.scales_and_zeros = torch.stack([step.t(), (low + 8 * step).t()], dim=-1).to(torch.bfloat16)
         elif self.fmt == "int8":
+            self.dense = weight.to(torch.bfloat16)
             self.qweight, self.scales = int8_rows(weight)
-            self.amx = amx_kernels() if self.out_features % 16 == 0 and self.in_features % 32 == 0 else None
+            if self.out_features % 16 == 0 and self.in_features % 32 == 0:
+                self.amx = amx_kernels()
             if self.amx is not None:
                 self.amx_codes, self.amx_scales = self.amx.pack8(self.qweight), self.scales.float()
+                self.amx_run, self.amx_rows = self.amx.int8, MAX_KERNEL_ROWS
         else:
             self.weight = weight
 
-    def __call__(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype | None = None, *, invariant: bool = False) -> torch.Tensor:
         """`x @ weight.T (+ bias)` in `dtype` (default: the activations' dtype). The LM head asks for fp32: the int8
-        kernel's sums are fp32, and rounding logits to bf16 would make near-ties exact ties."""
+        kernel's sums are fp32, and rounding logits to bf16 would make near-ties exact ties. `invariant`: each
+        row's result must not depend on the other rows of `x` (the AMX kernels, where they run, whatever the
+        rows: a prompt computes the same processed alone or with others)."""
         dtype = dtype or self.dtype
         if self.fmt == "fp32":
             return nn.functional.linear(x, self.weight, self.bias).to(dtype)
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
-        if self.amx is not None and self.KERNEL_ROWS[self.fmt][0] <= rows <= self.KERNEL_ROWS[self.fmt][1]:
-            run = self.amx.int4 if self.fmt == "int4" else self.amx.int8
-            parts = [run(part, self.amx_codes, self.amx_scales, self.out_features)
-                     for part in flat.split(MAX_KERNEL_ROWS)]
-            out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        low, high = self.KERNEL_ROWS[self.fmt]
+        if self.amx is not None and (invariant or rows >= low) and (high is None or rows <= high):
+            if rows <= self.amx_rows:
+                out = self.amx_run(flat, self.amx_codes, self.amx_scales, self.out_features)
+            else:
+                out = torch.cat([self.amx_run(part, self.amx_codes, self.amx_scales, self.out_features)
+                                 for part in flat.split(self.amx_rows)])
         elif rows > self.MAX_ROWS[self.fmt]:
             return nn.functional.linear(x, self.dense, self.bias).to(dtype)
         elif self.fmt == "int4":
             out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_and_zeros)
         else:
             out = torch._weight_int8pack_mm(flat, self.qweight, self.scales)
-        out = out.to(dtype).reshape(*x.shape[:-1], self.out_features)
+        if out.dtype != dtype:
+            out = out.to(dtype)
+        out = out.view(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
     @property

@@ -1,5 +1,5 @@
-"""tunelab's own CPU kernels for decode steps (amx.c): the 4-bit layer projections and the int8 LM head with
-Intel AMX tile products, compiled on first use with the system's C compiler and loaded with ctypes.
+"""tunelab's own CPU kernels for decode steps and prompts (amx.c): the 4-bit layer projections and the int8 LM head
+with Intel AMX tile products, compiled on first use with the system's C compiler and loaded with ctypes.
 
 They are used where they can run: x86 CPUs with AMX and AVX512-BF16 (Intel Xeon since Sapphire Rapids), Linux
 granting the process AMX state, and a C compiler on the PATH. Anywhere else `amx_kernels()` is None and the
@@ -28,7 +28,8 @@ SOURCE = Path(__file__).with_name("amx.c")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-fopenmp",
          "-shared", "-fPIC"]
 CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile", "amx_bf16"}
-MAX_ROWS = 16  # rows of x per call: one AMX tile
+MAX_ROWS = 16  # rows of x per call of the int8 kernel: one AMX tile
+INT4_MAX_ROWS = 80  # rows of x per call of the int4 kernel: five tiles of 16 (amx.c)
 
 
 class AmxKernels:
@@ -51,8 +52,8 @@ class AmxKernels:
         return packed, scales
 
     def int4(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
-        """x [M, K] bf16 (M ≤ MAX_ROWS), codes and scales from `pack4` → [M, n] bf16."""
-        return self._run(self._int4, x, codes, scales, n, torch.bfloat16)
+        """x [M, K] bf16 (M ≤ INT4_MAX_ROWS), codes and scales from `pack4` → [M, n] bf16."""
+        return self._run(self._int4, x, codes, scales, n, torch.bfloat16, INT4_MAX_ROWS)
 
     def pack8(self, codes: torch.Tensor) -> torch.Tensor:
         """int8 codes [N, K] → the int8 kernel's layout: per tile of 16 outputs and pair of inputs, 32 bytes."""
@@ -61,12 +62,12 @@ class AmxKernels:
 
     def int8(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
         """x [M, K] bf16 (M ≤ MAX_ROWS), codes from `pack8`, fp32 scales [n] → [M, n] fp32."""
-        return self._run(self._int8, x, codes, scales, n, torch.float32)
+        return self._run(self._int8, x, codes, scales, n, torch.float32, MAX_ROWS)
 
     @staticmethod
-    def _run(function, x, codes, scales, n, dtype) -> torch.Tensor:
-        if not 0 < x.shape[0] <= MAX_ROWS:
-            raise ValueError(f"the kernel takes 1 to {MAX_ROWS} rows, not {x.shape[0]}")
+    def _run(function, x, codes, scales, n, dtype, max_rows) -> torch.Tensor:
+        if not 0 < x.shape[0] <= max_rows:
+            raise ValueError(f"the kernel takes 1 to {max_rows} rows, not {x.shape[0]}")
         x = x.contiguous()
         out = torch.empty(x.shape[0], n, dtype=dtype)
         function(x.data_ptr(), codes.data_ptr(), scales.data_ptr(), out.data_ptr(), x.shape[0], n, x.shape[1])

@@ -1,13 +1,15 @@
-/* Matrix products for decode steps with Intel AMX: up to 16 rows of bf16 activations at a time.
+/* Matrix products for decode steps and prompts with Intel AMX.
  *
  * int4_gemm: out[M, N] (bf16) = x[M, K] (bf16) @ W.T, W in 4-bit codes with a step and an offset per
- * group of 32 inputs (w = low + step * code): the projections of a decode step.
+ * group of 32 inputs (w = low + step * code): the layers' projections, for up to 80 rows of x a call.
  *
  * PyTorch's int4 kernel dequantizes the weights once per 4 rows of x and multiplies on the vector units, so 8
  * rows cost twice 4. Here each block of 32 inputs x 16 outputs is dequantized once per call, whatever the number
  * of rows, into a 1 KB buffer in the layout AMX reads (pairs of consecutive inputs side by side for each
- * output), and one AMX bf16 tile product multiplies it with all rows at once, accumulating in fp32. The
- * dequantization is the work; the product of up to 16 rows costs about the same as one.
+ * output), and one AMX bf16 tile product per 16 rows of x multiplies it, accumulating in fp32. Up to 16 rows the
+ * dequantization is the work; a prompt's 80 rows cost about twice 16, and less than PyTorch's bf16 product
+ * with the weights already dequantized, which reads four times the bytes. Each output is a sum over the groups
+ * in the same order whatever the rows, so a row's result never depends on the rows beside it.
  *
  * Layout (made by kernels/__init__.py):
  *   codes  [N/16][K/2][16] bytes: byte j holds lane j of the low half (outputs 0-7 of the tile: lane 2i is
@@ -44,6 +46,39 @@ static void configure(int rows) {
     config.rows[2] = 16, config.colsb[2] = 64;   /* B: 16 input pairs x 16 outputs x 2 */
     _tile_loadconfig(&config);
 }
+
+/* The int4 kernel takes up to 80 rows in chunks of 16: the C tiles of the chunks are 0, 1, 2, 3 and 7 (the last
+ * chunk's has the `last` rows, 1 to 16, the others 16), tile 4 holds a full chunk's rows of x and tile 5 the last
+ * chunk's, tile 6 the block of weights. */
+#define CHUNK_ROWS 16
+#define MAX_CHUNKS 5
+#define FULL 4
+#define LAST 5
+#define WEIGHTS 6
+
+static void configure_chunks(int chunks, int last) {
+    static const int c_tiles[MAX_CHUNKS] = {0, 1, 2, 3, 7};
+    tile_config config = {0};
+    config.palette_id = 1;
+    for (int c = 0; c < chunks; c++) {
+        config.rows[c_tiles[c]] = c == chunks - 1 ? last : CHUNK_ROWS;
+        config.colsb[c_tiles[c]] = 64;
+    }
+    config.rows[FULL] = CHUNK_ROWS, config.colsb[FULL] = 64;
+    config.rows[LAST] = last, config.colsb[LAST] = 64;
+    config.rows[WEIGHTS] = 16, config.colsb[WEIGHTS] = 64;
+    _tile_loadconfig(&config);
+}
+
+/* Tile operations name their tiles with constants, so each number of chunks has its own line. */
+#define CHUNKS(chunks, FIRST, THEN)                                                                               \
+    switch (chunks) {                                                                                             \
+    case 1: THEN(0, 0); break;                                                                                    \
+    case 2: FIRST(0, 0); THEN(1, 1); break;                                                                       \
+    case 3: FIRST(0, 0); FIRST(1, 1); THEN(2, 2); break;                                                          \
+    case 4: FIRST(0, 0); FIRST(1, 1); FIRST(2, 2); THEN(3, 3); break;                                             \
+    default: FIRST(0, 0); FIRST(1, 1); FIRST(2, 2); FIRST(3, 3); THEN(4, 7); break;                               \
+    }
 
 /* The block of 32 inputs (group g) x 16 outputs of one tile, as 16 rows of bf16 pairs. */
 static inline void dequantize(const uint8_t *codes, const uint16_t *scales, uint16_t *block) {
@@ -82,21 +117,29 @@ static inline void multiply(const uint16_t *x, int K, int g, const uint16_t *blo
 }
 
 void int4_gemm(const uint16_t *x, const uint8_t *codes, const uint16_t *scales, uint16_t *out, int M, int N, int K) {
+    const int chunks = (M + CHUNK_ROWS - 1) / CHUNK_ROWS, last = M - (chunks - 1) * CHUNK_ROWS;
+    const size_t chunk = (size_t)CHUNK_ROWS * K, stride = (size_t)K * 2;
 #pragma omp parallel
     {
         _Alignas(64) uint16_t block[16 * 32];
-        _Alignas(64) float result[MAX_ROWS * 16];
-        configure(M);
+        _Alignas(64) float result[MAX_CHUNKS * CHUNK_ROWS * 16];
+        configure_chunks(chunks, last);
 #pragma omp for schedule(static)
         for (int t = 0; t < N / 16; t++) {
             const uint8_t *tile_codes = codes + (size_t)t * (K / 2) * 16;
             const uint16_t *tile_scales = scales + (size_t)t * (K / 32) * 32;
-            _tile_zero(0);
+#define ZERO(c, C) _tile_zero(C)
+            CHUNKS(chunks, ZERO, ZERO)
             for (int g = 0; g < K / 32; g++) {
                 dequantize(tile_codes + g * 16 * 16, tile_scales + g * 32, block);
-                multiply(x, K, g, block);
+                _tile_loadd(WEIGHTS, block, 64);
+                const uint16_t *a = x + g * 32;
+#define PRODUCT_FULL(c, C) { _tile_loadd(FULL, a + (c) * chunk, stride); _tile_dpbf16ps(C, FULL, WEIGHTS); }
+#define PRODUCT_LAST(c, C) { _tile_loadd(LAST, a + (c) * chunk, stride); _tile_dpbf16ps(C, LAST, WEIGHTS); }
+                CHUNKS(chunks, PRODUCT_FULL, PRODUCT_LAST)
             }
-            _tile_stored(0, result, 64);
+#define STORE(c, C) _tile_stored(C, result + (c) * CHUNK_ROWS * 16, 64)
+            CHUNKS(chunks, STORE, STORE)
             for (int m = 0; m < M; m++) {
                 __m512 row = _mm512_loadu_ps(result + m * 16);
                 _mm256_storeu_si256((__m256i *)(out + (size_t)m * N + t * 16), (__m256i)_mm512_cvtneps_pbh(row));
