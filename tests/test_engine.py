@@ -63,7 +63,7 @@ def test_a_row_decoded_in_a_batch_gets_the_answer_it_gets_alone(tiny_model, adap
                 (encode("Oslo"), "ft", 16),
                 (encode("Tell me about festivals in spring"), None, 3)]
     alone = [answer_all(engine, [request])[0] for request in requests]
-    together = answer_all(engine, requests)  # rows join one by one, leave at 3, 6, 16 and 24 tokens
+    together = answer_all(engine, requests)  # rows join together (one by one: generic), leave at 3, 6, 16, 24
     if weights == "fp32":
         assert [tokens for tokens, _ in together] == [tokens for tokens, _ in alone]
     else:  # bf16 activations round differently in a batch: compare the first decoded step's distribution
@@ -73,6 +73,44 @@ def test_a_row_decoded_in_a_batch_gets_the_answer_it_gets_alone(tiny_model, adap
             shared = ours.keys() & theirs.keys()
             assert len(shared) >= 10 and max(abs(ours[t] - theirs[t]) for t in shared) < 0.1
     assert alone[0][0] != answer_all(engine, [(requests[0][0], "ft", 24)])[0][0]  # the adapter changes the answer
+
+
+def joining(engine: Engine, prompts: list[list[int]]) -> list[int]:
+    """Submit `prompts` while the scheduler is busy, so they all wait; how many joined in each prompt pass."""
+    sizes, busy, release = [], threading.Event(), threading.Event()
+    start = engine._batch.start
+
+    def spy(generations):
+        sizes.append(len(generations))
+        return start(generations)
+
+    engine._batch.start = spy
+    holder = threading.Thread(target=engine.call, args=(lambda: busy.set() or release.wait(),))
+    holder.start()
+    assert busy.wait(timeout=60)
+    done = threading.Semaphore(0)
+    for prompt in prompts:
+        engine.submit(prompt, SamplingParams(max_tokens=2, temperature=0), adapter=None, end_ids=set(),
+                      on_event=lambda kind, _: kind in ("done", "error") and done.release())
+    release.set()
+    for _ in prompts:
+        assert done.acquire(timeout=60)
+    holder.join()
+    engine._batch.start = start
+    return sizes
+
+
+def test_requests_that_wait_together_join_in_one_pass_within_a_token_budget(tiny_model, monkeypatch):
+    engine = Engine(LocalModel("tiny", tiny_model, {}), weights="fp32")
+    prompts = [[5, 6, 7, 8] * 10, [9, 10, 11], [12] * 20, [13, 14]]
+    assert joining(engine, prompts) == [4]
+    monkeypatch.setattr("tunelab.inference.engine.PROMPT_TOKENS_PER_PASS", 45)
+    engine.decoder.prompt_cache = None  # every prompt token to compute: 40, 3, 20, 2
+    assert joining(engine, prompts) == [2, 2]  # 40 + 3 fit; the third would pass 45, so the rest join next
+    generic = Engine(LocalModel("tiny", tiny_model, {}), weights="fp32", generic=True)
+    assert joining(generic, prompts) == [1, 1, 1, 1]  # transformers' forward: one prompt at a time
+    for e in (engine, generic):
+        e.close()
 
 
 def test_int8_rows_stay_close_to_the_fp32_layer():

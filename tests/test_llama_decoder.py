@@ -140,6 +140,47 @@ def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks(peft, fmt):
     assert len(decoder.prompt_cache._blocks) == 2
 
 
+def test_prompts_processed_together_match_transformers_each(peft):
+    """One pass for several prompts: empty rows and a row that holds tokens already, different adapters, rests
+    of different lengths; each prompt attends over its own row only."""
+    decoder = LlamaDecoder(peft, "fp32", prompt_cache_bytes=2**20)
+    for name in ("wide", "narrow"):
+        decoder.add_adapter(name, peft)
+    cache = decoder.new_cache(limit=512)
+    held = cache.add_row()
+    decoder.prefill(cache, held, [4, 5, 6, 7], None)
+    system = [(7 * i) % 300 for i in range(BLOCK * 2 + 3)]
+    prompts = [(held, [8, 9, 10], None), (cache.add_row(), system + [1], None),
+               (cache.add_row(), system + [2, 3, 4, 5], "wide"), (cache.add_row(), [30, 31], "narrow"),
+               (cache.add_row(), system[:BLOCK * 2], None)]  # a prompt of whole blocks
+    logits = decoder.prefill_rows(cache, prompts)
+    assert logits.shape == (len(prompts), 300)
+    assert torch.allclose(logits[0], reference(peft, [4, 5, 6, 7, 8, 9, 10], None), atol=1e-4)
+    for out, (_, ids, adapter) in zip(logits[1:], prompts[1:]):
+        assert torch.allclose(out, reference(peft, ids, adapter), atol=1e-4), (ids, adapter)
+    assert cache.lengths == [7] + [len(ids) for _, ids, _ in prompts[1:]]
+    # The last prompt found the first block that the second computed in the same call (its second block is the
+    # rest: computed, and already cached); the third's blocks are another adapter's.
+    assert decoder.prompt_cache.hits == 1 and decoder.prompt_cache.stored == 2 + 2
+
+
+def test_a_prompt_computes_the_same_alone_or_with_others(peft):
+    """Where tunelab's kernels run, the rests of prompts processed together go through them row by row, so each
+    prompt's logits are bit-identical to those it gets alone (and a seeded answer does not depend on what
+    arrived with it); elsewhere they agree up to bf16 rounding."""
+    decoder, alone = (LlamaDecoder(peft, "int4", prompt_cache_bytes=2**20) for _ in range(2))
+    system = [(5 * i) % 300 for i in range(BLOCK + 4)]
+    prompts = [system + [1], system + [2, 3], system + list(range(40, 52)), [9, 9, 9], system[:BLOCK] + [6]]
+    cache = decoder.new_cache(512)
+    together = decoder.prefill_rows(cache, [(cache.add_row(), ids, None) for ids in prompts])
+    each = torch.stack([alone.prefill(c, c.add_row(), ids, None) for ids in prompts for c in [alone.new_cache(512)]])
+    if decoder.layers[0].matrices["qkv"].amx is not None:
+        assert torch.equal(together, each)
+    else:
+        assert ((together - each).norm(dim=-1) / each.norm(dim=-1)).max() < 0.05
+        assert torch.equal(together.argmax(-1), each.argmax(-1))
+
+
 def test_the_prompt_cache_keeps_the_most_recent_blocks_within_its_memory():
     block = [(torch.zeros(2, BLOCK, 4), torch.zeros(2, BLOCK, 4))]
     size = 2 * block[0][0].nbytes

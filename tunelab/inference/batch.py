@@ -23,14 +23,21 @@ class Batch:
         self.mask: torch.Tensor | None = None  # [rows, width]: 1 for a real token, 0 for padding
         self.max_rows: int | None = None  # 1 once a model's cache turns out not to be stackable
 
+    together = False  # one prompt at a time: `start` takes a list of one
+
+    def prompt_cost(self, generation) -> int:
+        return len(generation.prompt)
+
     @torch.no_grad()
-    def start(self, generation) -> torch.Tensor:
-        """Process `generation`'s prompt on its own and add it as the last row; the logits after the prompt."""
+    def start(self, generations: list) -> torch.Tensor:
+        """Process the one generation's prompt on its own and add it as the last row; the logits [1, vocab] after
+        the prompt."""
+        (generation,) = generations
         out = self.forward(torch.tensor([generation.prompt]), None, None, None, [generation.adapter])
         if not self.joinable(out.cache):
             self.max_rows = 1  # a cache kind rows cannot share (sliding windows): one answer at a time
         self._join(generation, out.cache)
-        return out.logits[0, -1].float()
+        return out.logits[:, -1].float()
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:

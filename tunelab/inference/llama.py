@@ -4,8 +4,9 @@ transformers' forward serves every model and every feature: one decode step of S
 of small tensor operations through it, and on a 2-core CPU their overhead costs as much as reading the
 weights. This pass does only what a Llama layer does, with fewer, larger operations: q, k and v come from one
 fused matrix and gate and up from another (`weights.Matrix`, int4/int8/fp32), rotary embeddings are applied to
-q and k together, keys and values go into preallocated buffers (`kv.KVCache`), and attention is one
-`scaled_dot_product_attention` call per layer over all rows.
+q and k together, keys and values go into preallocated buffers (`kv.KVCache`), and a decode step's attention is
+one `scaled_dot_product_attention` call per layer over all rows. Prompts are processed several at once
+(`prefill_rows`): their tokens share the matrix products, and each prompt attends over its own row.
 
 LoRA adapters stay separate from the shared base weights: each row of a batch may use its own fine-tune. For
 every fused matrix an adapter keeps its A matrices side by side and its B matrices block-diagonal (scaled), so
@@ -109,25 +110,39 @@ class LlamaDecoder:
 
     @torch.no_grad()
     def prefill(self, cache: KVCache, row: int, ids: list[int], adapter: str | None) -> torch.Tensor:
-        """Process `ids` after what `row` already holds; return the logits [vocab] after the last one.
+        """Process `ids` after what `row` already holds; return the logits [vocab] after the last one."""
+        return self.prefill_rows(cache, [(row, ids, adapter)])[0]
+
+    @torch.no_grad()
+    def prefill_rows(self, cache: KVCache, prompts: list[tuple[int, list[int], str | None]]) -> torch.Tensor:
+        """Process each `(row, ids, adapter)` of `prompts` after what its row already holds; return the logits
+        [len(prompts), vocab] after each one's last token.
 
         Into an empty row, the blocks of the prompt that the prompt cache holds are copied instead of computed,
-        and the full blocks computed are offered to it (prompt_cache.py). The blocks are computed in one pass and
-        the rest of the prompt in another, as they are after a hit on every block, so the same prompt gets the
-        same logits, to the bit, whether its blocks were cached or not: a seeded request repeats exactly."""
-        start = cache.lengths[row]
-        cache.reserve(start + len(ids))
-        if start or self.prompt_cache is None:  # a row that holds tokens already: what they are is not known here
-            return self._prompt_pass(cache, row, ids, adapter)
-        reused = self._copy_cached_blocks(cache, row, ids, adapter)
-        blocks_end = (len(ids) - 1) // BLOCK * BLOCK  # the full blocks before the prompt's last token
-        if blocks_end > reused:  # the blocks first, then the rest: just what a later hit on all of them computes
-            self._prompt_pass(cache, row, ids[reused:blocks_end], adapter, logits=False)
-        logits = self._prompt_pass(cache, row, ids[max(reused, blocks_end):], adapter)
-        for end in range(reused + BLOCK, len(ids) + 1, BLOCK):  # the full blocks computed now
-            self.prompt_cache.add(ids[:end], adapter, [(keys[row, :, end - BLOCK:end].clone(),
-                                                        values[row, :, end - BLOCK:end].clone())
-                                                       for keys, values in zip(cache.keys, cache.values)])
+        and the full blocks computed are offered to it (prompt_cache.py), at once, so that a later prompt of the
+        same call that starts the same way finds them. Each prompt's uncached blocks are computed in a pass of
+        their own; then the rest of every prompt (1 to BLOCK tokens each) in one pass together, whose products
+        compute each row as they would alone (`invariant`) and whose attention is each prompt's own. So the same
+        prompt gets the same logits, to the bit, whether its blocks were cached or not and whatever prompts
+        shared its pass: a seeded request repeats exactly."""
+        rests, offers = [], []
+        for row, ids, adapter in prompts:
+            start = cache.lengths[row]
+            cache.reserve(start + len(ids))
+            if start or self.prompt_cache is None:  # a row that holds tokens already: what they are is unknown here
+                rests.append((row, ids, adapter))
+                continue
+            reused = self._copy_cached_blocks(cache, row, ids, adapter)
+            blocks_end = (len(ids) - 1) // BLOCK * BLOCK  # the full blocks before the prompt's last token
+            if blocks_end > reused:  # the blocks first, then the rest: just what a later hit on all of them computes
+                self._pass(cache, [(row, ids[reused:blocks_end], adapter)], logits=False)
+                self._offer_blocks(cache, row, ids[:blocks_end], adapter, reused)
+            rests.append((row, ids[max(reused, blocks_end):], adapter))
+            if len(ids) % BLOCK == 0:  # the rest is a full block too
+                offers.append((row, ids, adapter, len(ids) - BLOCK))
+        logits = self._pass(cache, rests)
+        for row, ids, adapter, computed_from in offers:
+            self._offer_blocks(cache, row, ids, adapter, computed_from)
         return logits
 
     def _copy_cached_blocks(self, cache: KVCache, row: int, ids: list[int], adapter: str | None) -> int:
@@ -140,26 +155,45 @@ class LlamaDecoder:
         cache.advance(row, len(blocks) * BLOCK)
         return len(blocks) * BLOCK
 
-    def _prompt_pass(self, cache: KVCache, row: int, ids: list[int], adapter: str | None,
-                     logits: bool = True) -> torch.Tensor | None:
-        start = cache.lengths[row]
-        x = F.embedding(torch.tensor([ids]), self.embed)
-        positions = torch.arange(start, start + len(ids))[None]
-        width = start + len(ids)
-        mask = None
-        if start:  # earlier tokens are in the cache: each new token sees them and the new ones before it
-            mask = torch.arange(width)[None, :] <= positions[0, :, None]
-        rows = slice(row, row + 1)
+    def _offer_blocks(self, cache: KVCache, row: int, ids: list[int], adapter: str | None, start: int) -> None:
+        """Offer the prompt cache the full blocks of `ids` from token `start` on, which `row` now holds."""
+        for end in range(start + BLOCK, len(ids) + 1, BLOCK):
+            self.prompt_cache.add(ids[:end], adapter, [(keys[row, :, end - BLOCK:end].clone(),
+                                                        values[row, :, end - BLOCK:end].clone())
+                                                       for keys, values in zip(cache.keys, cache.values)])
 
-        def attend(i, q, k, v):
-            cache.write_prompt(i, row, k, v)
-            keys, values = cache.view(i, rows, width)
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None,
-                                                  enable_gqa=self.kv_heads != self.heads)
+    def _pass(self, cache: KVCache, segments: list[tuple[int, list[int], str | None]],
+              logits: bool = True) -> torch.Tensor | None:
+        """One forward pass over the tokens of every `(row, ids, adapter)` segment, each after what its row holds.
 
-        out = self._forward(x, positions, attend, {adapter: None} if adapter else {}, logits=logits)
-        cache.advance(row, len(ids))
-        return out[0] if logits else None
+        The segments' tokens go through the layers side by side as rows of length one, so the products take
+        them all at once; attention is computed per segment, over its own row of the KV cache."""
+        starts = [cache.lengths[row] for row, _, _ in segments]
+        sizes = [len(ids) for _, ids, _ in segments]
+        x = F.embedding(torch.tensor([t for _, ids, _ in segments for t in ids]), self.embed)[:, None]
+        positions = torch.cat([torch.arange(start, start + size) for start, size in zip(starts, sizes)])[:, None]
+        ends = torch.tensor(sizes).cumsum(0).tolist()
+        # Where a row holds earlier tokens, each new token sees them and the new ones before it.
+        masks = [torch.arange(start + size)[None, :] <= torch.arange(start, start + size)[:, None] if start else None
+                 for start, size in zip(starts, sizes)]
+
+        def attend(i, q, k, v):  # q [tokens, heads, 1, dim], k and v [tokens, kv_heads, 1, dim]
+            out = []
+            for (row, _, _), start, size, end, mask in zip(segments, starts, sizes, ends, masks):
+                part = slice(end - size, end)
+                cache.write_prompt(i, row, k[part].transpose(0, 2), v[part].transpose(0, 2))
+                keys, values = cache.view(i, slice(row, row + 1), start + size)
+                out.append(F.scaled_dot_product_attention(q[part].transpose(0, 2), keys, values, attn_mask=mask,
+                                                          is_causal=mask is None,
+                                                          enable_gqa=self.kv_heads != self.heads).transpose(0, 2))
+            return torch.cat(out) if len(out) > 1 else out[0]
+
+        adapters = [adapter for (_, _, adapter), size in zip(segments, sizes) for _ in range(size)]
+        out = self._forward(x, positions, attend, _groups(adapters), logits=logits, invariant=True,
+                            last=torch.tensor(ends) - 1 if logits else None)
+        for (row, _, _), size in zip(segments, sizes):
+            cache.advance(row, size)
+        return out
 
     @torch.no_grad()
     def step(self, cache: KVCache, ids: list[int], adapters: list[str | None]) -> torch.Tensor:
@@ -187,10 +221,11 @@ class LlamaDecoder:
         cache.advance(None, 1)
         return logits
 
-    def _forward(self, x: torch.Tensor, positions: torch.Tensor, attend, groups: dict,
-                 logits: bool = True) -> torch.Tensor | None:
-        """x [rows, T, hidden] through every layer; logits [rows, vocab] at the last position (None without
-        `logits`: a pass that only fills the KV cache)."""
+    def _forward(self, x: torch.Tensor, positions: torch.Tensor, attend, groups: dict, logits: bool = True,
+                 invariant: bool = False, last: torch.Tensor | None = None) -> torch.Tensor | None:
+        """x [rows, T, hidden] through every layer; logits [rows, vocab] at the last position, or of the rows
+        `last` only (None without `logits`: a pass that only fills the KV cache). `invariant`: each row computes
+        what it would alone (see Matrix)."""
         n, length = x.shape[:2]
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
         cos, sin = self.rotary(x, positions)
@@ -198,25 +233,26 @@ class LlamaDecoder:
         for i, layer in enumerate(self.layers):
             m = layer.matrices
             h = F.rms_norm(x, (self.hidden,), layer.norms[0], layer.eps)
-            qkv = _project(m["qkv"], h, layer.adapters, "qkv", groups)
+            qkv = _project(m["qkv"], h, layer.adapters, "qkv", groups, invariant)
             qk = qkv[..., :(heads + kv) * dim].view(n, length, heads + kv, dim)
             qk = torch.addcmul(qk * cos, qk.roll(dim // 2, -1), sin)  # rotary: x·cos + rotate_half(x)·sin
             q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
             v = qkv[..., (heads + kv) * dim:].view(n, length, kv, dim).transpose(1, 2)
             attention = attend(i, q, k, v).transpose(1, 2).reshape(n, length, heads * dim)
-            x = x + _project(m["o"], attention, layer.adapters, "o", groups)
+            x = x + _project(m["o"], attention, layer.adapters, "o", groups, invariant)
             h = F.rms_norm(x, (self.hidden,), layer.norms[1], layer.eps)
-            gate, up = _project(m["gate_up"], h, layer.adapters, "gate_up", groups).chunk(2, dim=-1)
-            x = x + _project(m["down"], F.silu(gate) * up, layer.adapters, "down", groups)
+            gate, up = _project(m["gate_up"], h, layer.adapters, "gate_up", groups, invariant).chunk(2, dim=-1)
+            x = x + _project(m["down"], F.silu(gate) * up, layer.adapters, "down", groups, invariant)
         if not logits:
             return None
-        last = F.rms_norm(x[:, -1], (self.hidden,), self.norm, self.eps)
-        return self.head(last, torch.float32)
+        final = x[:, -1] if last is None else x[last, -1]
+        return self.head(F.rms_norm(final, (self.hidden,), self.norm, self.eps), torch.float32)
 
 
-def _project(matrix: Matrix, x: torch.Tensor, adapters: dict, key: str, groups: dict) -> torch.Tensor:
+def _project(matrix: Matrix, x: torch.Tensor, adapters: dict, key: str, groups: dict,
+             invariant: bool = False) -> torch.Tensor:
     """`matrix(x)` plus each row group's LoRA update (groups: adapter name → row indices, None for all rows)."""
-    y = matrix(x)
+    y = matrix(x, invariant=invariant)
     for name, rows in groups.items():
         lora = adapters[name].get(key)
         if lora is None:
@@ -270,20 +306,29 @@ class LlamaBatch:
     """The rows decoded together by a `LlamaDecoder`: row i of the KV cache is `rows[i]`."""
 
     max_rows = None  # no limit of its own: the engine's max_batch applies
+    together = True  # several prompts can join in one pass (`start`)
 
     def __init__(self, decoder: LlamaDecoder, context: int):
         self.decoder = decoder
         self.cache = decoder.new_cache(context)
         self.rows: list = []
 
-    def start(self, generation) -> torch.Tensor:
-        """Process `generation`'s prompt into a new last row; the logits after the prompt."""
-        row = self.cache.add_row()
-        self.rows.append(generation)
+    def prompt_cost(self, generation) -> int:
+        """The prompt's tokens that joining would compute: those the prompt cache does not hold."""
+        cache = self.decoder.prompt_cache
+        return len(generation.prompt) - (cache.cached_tokens(generation.prompt, generation.adapter) if cache else 0)
+
+    def start(self, generations: list) -> torch.Tensor:
+        """Process the `generations`' prompts into new last rows, in one pass where they can share it; the logits
+        [len(generations), vocab] after each prompt."""
+        first = len(self.rows)
+        rows = [self.cache.add_row() for _ in generations]
+        self.rows.extend(generations)
         try:
-            return self.decoder.prefill(self.cache, row, generation.prompt, generation.adapter)
+            return self.decoder.prefill_rows(self.cache, [(row, g.prompt, g.adapter)
+                                                          for row, g in zip(rows, generations)])
         except Exception:
-            self.keep(self.rows[:-1])
+            self.keep(self.rows[:first])
             raise
 
     def step(self) -> torch.Tensor:

@@ -8,8 +8,9 @@ copies them and processes only the rest: a chat's next turn processes the last a
 the whole conversation.
 
 A prompt is processed as its full blocks in one pass, then the rest (1 to BLOCK tokens) in a second one, cache
-or no cache, so a prompt whose blocks were all cached computes exactly what it computed the first time: the
-same request gets the same logits to the bit, and a seeded answer repeats. A prompt that shares only some
+or no cache (the rests of prompts that arrive together share that pass, each row computing what it would
+alone), so a prompt whose blocks were all cached computes exactly what it computed the first time: the same
+request gets the same logits to the bit, and a seeded answer repeats. A prompt that shares only some
 blocks with an earlier one gets the same logits up to rounding (bf16 products round a little differently in
 another grouping of rows, as they do for an answer decoded next to others).
 
@@ -47,6 +48,13 @@ class PromptCache:
             found.append(block)
         self.hits += len(found)
         return found
+
+    def cached_tokens(self, ids: list[int], adapter: str | None) -> int:
+        """How many tokens of `ids` `cached_blocks` would cover, without counting a use."""
+        end = BLOCK
+        while end < len(ids) and (adapter, tuple(ids[:end])) in self._blocks:
+            end += BLOCK
+        return end - BLOCK
 
     def add(self, ids: list[int], adapter: str | None, block: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Keep the block that ends `ids` (len(ids) a multiple of BLOCK)."""
