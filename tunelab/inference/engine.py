@@ -40,6 +40,7 @@ from ..models.load import load_causal_lm, load_tokenizer
 from ..threads import use_all_cores_here
 from . import llama
 from .batch import Batch
+from .detokenize import IncrementalText
 from .weights import check_format, integer_kernels_fast
 from .weights import prepare as prepare_weights
 
@@ -69,7 +70,7 @@ class Generation:
     ("delta", text, logprobs) as text becomes final and ("done", finish_reason) at the end."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, adapter: str | None, end_ids: set[int],
-                 context: int, on_event: Callable):
+                 context: int, on_event: Callable, tokenizer):
         self.prompt = prompt
         self.params = params
         self.adapter = adapter
@@ -78,6 +79,7 @@ class Generation:
         self.on_event = on_event
         self.tokens: list[int] = []  # the last one is not in the KV cache yet: the next pass feeds it
         self.text = ""  # decoded so far (final, sent)
+        self.text_so_far = IncrementalText(tokenizer)  # the text of `tokens`, decoded as they come
         self.finish_reason: str | None = None
         self.cancelled = False
         self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None
@@ -190,7 +192,7 @@ class Engine:
 
     def submit(self, prompt: list[int], params: SamplingParams, *, adapter: str | None, end_ids: set[int],
                on_event: Callable) -> Generation:
-        generation = Generation(prompt, params, adapter, end_ids, self.context, on_event)
+        generation = Generation(prompt, params, adapter, end_ids, self.context, on_event, self.tokenizer)
         with self._wake:
             self._waiting.append(generation)
             self._wake.notify()
@@ -421,7 +423,7 @@ class Engine:
 
     def _emit(self, g: Generation) -> None:
         """Send the text that is final: not a half-decoded character, not a possible start of a stop string."""
-        text = self.tokenizer.decode(g.tokens, skip_special_tokens=True)
+        text = g.text_so_far.text(g.tokens)
         if any(s in text for s in g.params.stop):
             return self._finish(g, "stop")
         if text.endswith("\ufffd"):
@@ -442,7 +444,7 @@ class Engine:
 
     def _finish(self, g: Generation, reason: str) -> None:
         """Send what was held back (up to a stop string, which is never sent) and end the generation."""
-        text = self.tokenizer.decode(g.tokens, skip_special_tokens=True)
+        text = g.text_so_far.text(g.tokens)
         cuts = [text.find(s) for s in g.params.stop if s in text]
         if cuts:
             text, reason = text[:min(cuts)], "stop"
