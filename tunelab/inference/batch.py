@@ -16,14 +16,14 @@ from transformers.cache_utils import DynamicLayer
 
 
 class Batch:
+    together = False  # one prompt at a time: `start` takes a list of one
+
     def __init__(self, forward: Callable):
         self.forward = forward  # (ids, cache, mask, positions, adapters) -> model output: Engine.forward
         self.rows: list = []  # Generations, in row order
         self.cache = None  # a DynamicCache: per layer keys/values of shape [rows, heads, width, head_dim]
         self.mask: torch.Tensor | None = None  # [rows, width]: 1 for a real token, 0 for padding
         self.max_rows: int | None = None  # 1 once a model's cache turns out not to be stackable
-
-    together = False  # one prompt at a time: `start` takes a list of one
 
     def prompt_cost(self, generation) -> int:
         return len(generation.prompt)
