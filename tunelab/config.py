@@ -34,8 +34,8 @@ class Settings(BaseSettings):
         "of a model converted from a 4-bit GGUF, int8 for the rest), int8 rows (4x fewer bytes than fp32), fp32, or "
         "auto (int4 on x86 CPUs with AVX2 or AVX-512, where PyTorch vectorises those kernels, else fp32).")
     kernels: Literal["auto", "off"] = Field(
-        default="auto", description="tunelab's own AMX kernels for batched decode steps: auto (compiled with the "
-        "system's cc on first use, on CPUs with AMX) or off (PyTorch's kernels only).")
+        default="auto", description="tunelab's own AMX kernels for batched decode steps and prompts: auto "
+        "(compiled with the system's cc on first use, on CPUs with AMX) or off (PyTorch's kernels only).")
     prompt_cache_mb: int = Field(default=256, ge=0, description="Memory for the keys and values of recent "
                                  "prompts, per base model, so that a request starting like an earlier one (the same "
                                  "system message, the earlier turns of a chat) skips that part of its prompt "

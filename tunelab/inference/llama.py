@@ -166,27 +166,27 @@ class LlamaDecoder:
               logits: bool = True) -> torch.Tensor | None:
         """One forward pass over the tokens of every `(row, ids, adapter)` segment, each after what its row holds.
 
-        The segments' tokens go through the layers side by side as rows of length one, so the products take
-        them all at once; attention is computed per segment, over its own row of the KV cache."""
+        The segments' tokens go through the layers as one sequence, so the products take them all at once;
+        attention is computed per segment, over its own row of the KV cache."""
         starts = [cache.lengths[row] for row, _, _ in segments]
         sizes = [len(ids) for _, ids, _ in segments]
-        x = F.embedding(torch.tensor([t for _, ids, _ in segments for t in ids]), self.embed)[:, None]
-        positions = torch.cat([torch.arange(start, start + size) for start, size in zip(starts, sizes)])[:, None]
+        x = F.embedding(torch.tensor([[t for _, ids, _ in segments for t in ids]]), self.embed)
+        positions = torch.cat([torch.arange(start, start + size) for start, size in zip(starts, sizes)])[None]
         ends = torch.tensor(sizes).cumsum(0).tolist()
         # Where a row holds earlier tokens, each new token sees them and the new ones before it.
         masks = [torch.arange(start + size)[None, :] <= torch.arange(start, start + size)[:, None] if start else None
                  for start, size in zip(starts, sizes)]
 
-        def attend(i, q, k, v):  # q [tokens, heads, 1, dim], k and v [tokens, kv_heads, 1, dim]
+        def attend(i, q, k, v):  # q [1, heads, tokens, dim], k and v [1, kv_heads, tokens, dim]
             out = []
             for (row, _, _), start, size, end, mask in zip(segments, starts, sizes, ends, masks):
                 part = slice(end - size, end)
-                cache.write_prompt(i, row, k[part].transpose(0, 2), v[part].transpose(0, 2))
+                cache.write_prompt(i, row, k[:, :, part], v[:, :, part])
                 keys, values = cache.view(i, slice(row, row + 1), start + size)
-                out.append(F.scaled_dot_product_attention(q[part].transpose(0, 2), keys, values, attn_mask=mask,
+                out.append(F.scaled_dot_product_attention(q[:, :, part], keys, values, attn_mask=mask,
                                                           is_causal=mask is None,
-                                                          enable_gqa=self.kv_heads != self.heads).transpose(0, 2))
-            return torch.cat(out) if len(out) > 1 else out[0]
+                                                          enable_gqa=self.kv_heads != self.heads))
+            return torch.cat(out, dim=2) if len(out) > 1 else out[0]
 
         adapters = [adapter for (_, _, adapter), size in zip(segments, sizes) for _ in range(size)]
         out = self._forward(x, positions, attend, _groups(adapters), logits=logits, invariant=True,
@@ -223,9 +223,9 @@ class LlamaDecoder:
 
     def _forward(self, x: torch.Tensor, positions: torch.Tensor, attend, groups: dict, logits: bool = True,
                  invariant: bool = False, last: torch.Tensor | None = None) -> torch.Tensor | None:
-        """x [rows, T, hidden] through every layer; logits [rows, vocab] at the last position, or of the rows
-        `last` only (None without `logits`: a pass that only fills the KV cache). `invariant`: each row computes
-        what it would alone (see Matrix)."""
+        """x [rows, T, hidden] through every layer; logits [rows, vocab] at each row's last position, or at the
+        positions `last` (indices over rows × T; None without `logits`: a pass that only fills the KV cache).
+        `invariant`: each position computes what it would alone (see Matrix)."""
         n, length = x.shape[:2]
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
         cos, sin = self.rotary(x, positions)
@@ -245,30 +245,31 @@ class LlamaDecoder:
             x = x + _project(m["down"], F.silu(gate) * up, layer.adapters, "down", groups, invariant)
         if not logits:
             return None
-        final = x[:, -1] if last is None else x[last, -1]
+        final = x[:, -1] if last is None else x.reshape(-1, self.hidden)[last]
         return self.head(F.rms_norm(final, (self.hidden,), self.norm, self.eps), torch.float32)
 
 
 def _project(matrix: Matrix, x: torch.Tensor, adapters: dict, key: str, groups: dict,
              invariant: bool = False) -> torch.Tensor:
-    """`matrix(x)` plus each row group's LoRA update (groups: adapter name → row indices, None for all rows)."""
+    """`matrix(x)` plus each group's LoRA update (groups: adapter name → indices of the positions of x, flattened
+    over its batch and sequence, or None for all of them)."""
     y = matrix(x, invariant=invariant)
-    for name, rows in groups.items():
+    inputs, outputs = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])
+    for name, positions in groups.items():
         lora = adapters[name].get(key)
         if lora is None:
             continue
-        if rows is None:  # every row: y += x·A·B (rounded to y's dtype first, as for a group of rows)
-            flat = x.reshape(-1, x.shape[-1]).float()
-            y.view(-1, y.shape[-1]).add_(torch.mm(torch.mm(flat, lora.down), lora.up).to(y.dtype))
+        if positions is None:  # every position: y += x·A·B (rounded to y's dtype first, as for a group)
+            outputs.add_(torch.mm(torch.mm(inputs.float(), lora.down), lora.up).to(y.dtype))
         else:
-            flat = x.index_select(0, rows).reshape(-1, x.shape[-1]).float()
-            update = torch.mm(torch.mm(flat, lora.down), lora.up).to(y.dtype)
-            y.index_add_(0, rows, update.view(len(rows), *y.shape[1:]))
+            update = torch.mm(torch.mm(inputs.index_select(0, positions).float(), lora.down), lora.up)
+            outputs.index_add_(0, positions, update.to(y.dtype))
     return y
 
 
 def _groups(adapters: list[str | None]) -> dict:
-    """Rows by adapter, base rows left out; None instead of indices when one adapter has every row."""
+    """Positions by adapter (`adapters`: one per position), the base model's left out; None instead of indices
+    when one adapter has every position."""
     names = set(adapters)
     if len(names) == 1:
         name = names.pop()

@@ -55,9 +55,9 @@ class EnginePool:
     def forget(self, model_id: str) -> None:
         """A deleted model: free its adapter (or its whole engine, for a full fine-tune)."""
         with self._lock:
-            engine = self.engines.pop(model_id, None)
-            if engine is not None:
-                engine.close()
+            dropped = self.engines.pop(model_id, None)
+            if dropped is not None:
+                dropped.close()
             self.tokenizers.pop(model_id, None)
             for engine in self.engines.values():
                 engine.detach(model_id)

@@ -39,22 +39,24 @@ class PromptCache:
     def cached_blocks(self, ids: list[int], adapter: str | None) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """The cached blocks that start `ids`, in order, up to the first one missing. The last token of `ids` is
         never covered: its logits are what the prefill is for."""
-        found = []
-        for end in range(BLOCK, len(ids), BLOCK):
-            block = self._blocks.get((adapter, tuple(ids[:end])))
-            if block is None:
-                break
-            self._blocks.move_to_end((adapter, tuple(ids[:end])))
-            found.append(block)
-        self.hits += len(found)
-        return found
+        keys = self._leading_keys(ids, adapter)
+        for key in keys:
+            self._blocks.move_to_end(key)
+        self.hits += len(keys)
+        return [self._blocks[key] for key in keys]
 
     def cached_tokens(self, ids: list[int], adapter: str | None) -> int:
         """How many tokens of `ids` `cached_blocks` would cover, without counting a use."""
-        end = BLOCK
-        while end < len(ids) and (adapter, tuple(ids[:end])) in self._blocks:
-            end += BLOCK
-        return end - BLOCK
+        return len(self._leading_keys(ids, adapter)) * BLOCK
+
+    def _leading_keys(self, ids: list[int], adapter: str | None) -> list[tuple]:
+        keys = []
+        for end in range(BLOCK, len(ids), BLOCK):
+            key = (adapter, tuple(ids[:end]))
+            if key not in self._blocks:
+                break
+            keys.append(key)
+        return keys
 
     def add(self, ids: list[int], adapter: str | None, block: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Keep the block that ends `ids` (len(ids) a multiple of BLOCK)."""

@@ -44,8 +44,9 @@ class Matrix:
     prompt, a large batch) a bf16 copy of the weight is faster: that work is compute-bound, not bandwidth-bound.
     On CPUs with AMX, tunelab's kernels (kernels/) take over from 3 rows (int4) or 1 (int8): they dequantize once
     per call, up to 80 rows (int4) or 16 (int8) a call. The int4 one is faster than the bf16 copy for prompts too
-    (11 vs 25 ms for the 120 projections of SmolLM2-135M with 80 rows, 53 vs 51 ms with 400), so with it an int4
-    matrix keeps no bf16 copy."""
+    (12–16 vs 31 ms for the 120 projections of SmolLM2-135M with 80 rows; bench/decode_parts.py) except long
+    ones (~400 rows and more, inside a real pass), so with it an int4 matrix keeps no bf16 copy: its memory
+    matters more."""
 
     MAX_ROWS = {"int4": 12, "int8": 6}  # where bf16 catches up with PyTorch's kernels, on SmolLM2-135M's layers
     # Where tunelab's AMX kernels take over, when they run on this CPU: with one or two rows PyTorch's int4 kernel
