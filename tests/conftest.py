@@ -52,7 +52,7 @@ def serve_in_thread(**settings) -> Iterator[RunningService]:
     """The real app (API and job worker) under uvicorn on a loopback port, in this process."""
     import uvicorn
 
-    from tunelab.api.app import create_app
+    from tunelab.app import create_app
     from tunelab.config import Settings
 
     port = free_port()

@@ -12,7 +12,7 @@ import schemathesis
 from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, settings
 
-from tunelab.api.app import create_app
+from tunelab.app import create_app
 
 schema = schemathesis.openapi.from_dict(create_app(run_worker=False).openapi())
 AUTH = {"Authorization": "Bearer test-key"}

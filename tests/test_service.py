@@ -263,7 +263,7 @@ def every_route(routes):
 
 
 def test_every_route_but_health_needs_a_valid_key(service):
-    from tunelab.api.app import create_app
+    from tunelab.app import create_app
 
     from tunelab.web.routes import is_open
 

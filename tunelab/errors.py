@@ -21,12 +21,16 @@ class TunelabError(Exception):
         if code is not None:
             self.code = code
 
-    def to_openai(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
 
 class InvalidRequest(TunelabError):
     """The caller asked for something malformed or impossible (a bad flag, an out-of-range value)."""
+
+
+class AuthenticationFailed(TunelabError):
+    """No API key, or one the service does not accept."""
+
+    code = "invalid_api_key"
+    status = 401
 
 
 class NotFound(TunelabError):

@@ -1,0 +1,13 @@
+"""The OpenAI-compatible HTTP API, one package per endpoint group, each a thin `router`, its wire types
+(`protocol`) and the `service` that calls the domain."""
+
+from .chat.router import router as chat
+from .content_filters.router import router as content_filters
+from .deployments.router import router as deployments
+from .evaluations.router import router as evaluations
+from .files.router import router as files
+from .jobs.router import router as jobs
+from .models.router import router as models
+from .storage.router import router as storage
+
+ROUTERS = (files, jobs, models, chat, deployments, content_filters, evaluations, storage)

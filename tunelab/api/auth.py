@@ -16,14 +16,9 @@ import os
 import secrets
 from pathlib import Path
 
-from ..errors import TunelabError
+from ..errors import AuthenticationFailed
 
 KEYS_FILE = "api_keys"
-
-
-class AuthenticationFailed(TunelabError):
-    code = "invalid_api_key"
-    status = 401
 
 
 def _hash(key: str) -> str:

@@ -60,8 +60,9 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON f
                 base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
     """Show base and fine-tuned models from the service; with no service running, the base models on this
     machine."""
+    from ..api.models.protocol import Model
     from ..models.catalog import list_models
-    from ..models.registry import base_object
+    from ..models.registry import base_record
 
     note = None
     try:
@@ -69,7 +70,7 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON f
     except ServiceUnreachable as exc:
         if base_url:  # the user named a service: say it is not there
             raise
-        rows = [{**base_object(r), "install": r["install"]} for r in list_models()]
+        rows = [{**Model(**base_record(r)).model_dump(), "install": r["install"]} for r in list_models()]
         note = f"{exc.message.split(';')[0]}: showing the base models on this machine"
     if as_json:
         out.print_json(json.dumps(rows))
@@ -118,7 +119,7 @@ def data_check(
 
     Exits 0 when there are no errors (warnings allowed), 1 otherwise.
     """
-    from ..data.report import preflight
+    from ..train.preflight import preflight
     from .report_view import print_report
 
     for path in (file, validation):

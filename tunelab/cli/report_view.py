@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
-from ..data.report import Report
+from ..train.preflight import Report
 
 SHOWN_ERRORS = 50
 

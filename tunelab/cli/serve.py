@@ -25,7 +25,7 @@ def serve(settings: Settings, console: Console) -> None:
     reserve_cores()  # before torch is imported: the inference engine's thread gets the cores
     import uvicorn
 
-    from ..api.app import create_app
+    from ..app import create_app
 
     keys = Keys(settings.home, settings.api_key)
     if not is_loopback(settings.host) and not keys.configured():
@@ -72,7 +72,7 @@ def embedded(settings: Settings) -> Iterator[tuple[str, str]]:
 
     import uvicorn
 
-    from ..api.app import create_app
+    from ..app import create_app
 
     key = f"tl-lab-{secrets.token_urlsafe(18)}"
     lock = _lock(settings)

@@ -2,10 +2,11 @@
 seeded sampling, scored by the registered checks, plus validation loss, latency and tokens per request.
 
     spec = Spec(candidates=["base-travel", "ft-travel"], prompts=[Prompt("lab-0", [...])], system="You are …")
-    report = await compare(svc, spec, progress=lambda done, total: ...)
+    report = await compare(spec, candidates, progress=lambda done, total: ...)
 
-Answers go through the same path as `POST /v1/chat/completions` (deployments keep their rate limit and content
-filter; a 429 is waited out, as the SDK would), streamed, so time to first token is what a client sees. For each
+`candidates` (a `Candidates`, which the service provides) answers through the same path as
+`POST /v1/chat/completions` (deployments keep their rate limit and content filter; a 429 is waited out, as the SDK
+would), streamed, so time to first token is what a client sees. For each
 prompt the candidates answer at the same time, so they are measured under the same load. With `parallel` > 1,
 up to `parallel` × candidates answers are in flight at once, each starting as soon as any earlier answer ends
 (a candidate that answers briefly does not wait for one that rambles), prompts taken in order: faster, and the
@@ -18,21 +19,18 @@ import asyncio
 import json
 import math
 import statistics
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
 from ..data.render import render_chat
-from ..deploy.limits import RateLimited
-from ..safety.policy import ContentFiltered
+from ..deploy.deployments import Deployments
+from ..inference.pool import EnginePool
 from . import checks as registry
 from .checks import Case, StyleCheck
-
-RATE_LIMIT_PATIENCE = 300.0  # seconds a candidate's answer may wait out 429s before it counts as an error
 
 
 @dataclass
@@ -68,7 +66,18 @@ class Answer:
     error: str | None = None
 
 
-async def compare(svc, spec: Spec, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+class Candidates(Protocol):
+    """How a comparison reaches its candidates (deployment names or model ids)."""
+
+    async def ask(self, candidate: str, messages: list[dict], spec: Spec) -> Answer:
+        """One streamed answer, as a client of the service would get it."""
+
+    def validation_loss(self, candidate: str, path: Path) -> dict:
+        """See `validation_loss` below."""
+
+
+async def compare(spec: Spec, candidates: Candidates,
+                  progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Run the comparison and return the report (plain data: see `report`)."""
     answers: dict[str, list[Answer]] = {c: [] for c in spec.candidates}
     total = len(spec.prompts) * len(spec.candidates) + (len(spec.candidates) if spec.validation else 0)
@@ -88,7 +97,7 @@ async def compare(svc, spec: Spec, progress: Callable[[int, int], None] = lambda
     async def one(candidate: str, messages: list[dict], slot: asyncio.Semaphore | None = None) -> Answer:
         nonlocal done
         async with slot or nullcontext():
-            got = await ask(svc, candidate, messages, spec)
+            got = await candidates.ask(candidate, messages, spec)
         done += 1
         progress(done, total)
         return got
@@ -99,7 +108,7 @@ async def compare(svc, spec: Spec, progress: Callable[[int, int], None] = lambda
     losses = {}
     if spec.validation:
         for candidate in spec.candidates:
-            losses[candidate] = await run_in_threadpool(validation_loss, svc, candidate, spec.validation)
+            losses[candidate] = await run_in_threadpool(candidates.validation_loss, candidate, spec.validation)
             done += 1
             progress(done, total)
     chosen = [registry.get(name) for name in spec.checks] if spec.checks else registry.checks()
@@ -109,44 +118,10 @@ async def compare(svc, spec: Spec, progress: Callable[[int, int], None] = lambda
     return report(spec, answers, scored, losses)
 
 
-async def ask(svc, candidate: str, messages: list[dict], spec: Spec) -> Answer:
-    """One streamed answer, waiting out the deployment's rate limit like a patient client."""
-    from ..api.schemas import ChatRequest
-    from ..inference.chat import begin, stream
-
-    request = ChatRequest(model=candidate, messages=messages, temperature=spec.temperature, seed=spec.seed,
-                          max_tokens=spec.max_tokens, stream=True, stream_options={"include_usage": True})
-    deadline = time.monotonic() + RATE_LIMIT_PATIENCE
-    while True:
-        try:
-            started = time.perf_counter()
-            state = await begin(svc, request, candidate)
-            break
-        except RateLimited as exc:
-            if time.monotonic() + exc.retry_after > deadline:
-                return Answer("", None, None, 0.0, 0, 0, error=str(exc))
-            await asyncio.sleep(exc.retry_after)
-        except ContentFiltered:
-            return Answer("", "content_filter", None, time.perf_counter() - started, 0, 0)
-    text, finish, first = "", None, None
-    try:
-        async for chunk in stream(state, request):
-            for choice in chunk["choices"]:
-                if choice["delta"].get("content"):
-                    first = first if first is not None else time.perf_counter() - started
-                    text += choice["delta"]["content"]
-                finish = choice["finish_reason"] or finish
-    except Exception as exc:  # a failed generation is reported with the others, not fatal to the comparison
-        return Answer(text, "error", first, time.perf_counter() - started, 0, 0, error=str(exc))
-    usage = state.usage()
-    return Answer(text, finish, first, time.perf_counter() - started, usage["prompt_tokens"],
-                  usage["completion_tokens"])
-
-
-def validation_loss(svc, candidate: str, path: Path) -> dict:
+def validation_loss(deployments: Deployments, pool: EnginePool, candidate: str, path: Path) -> dict:
     """Mean loss (and perplexity) on the assistant tokens of a chat JSONL file, as training reports it."""
-    served = svc.deployments.serving(candidate)
-    target = svc.pool.target(served[0]["model"] if served else candidate)
+    served = deployments.serving(candidate)
+    target = pool.target(served[0]["model"] if served else candidate)
     conversations = [render_chat(target.tokenizer, json.loads(line)["messages"])
                      for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     conversations = [c.truncated(target.engine.context) for c in conversations]

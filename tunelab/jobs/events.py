@@ -2,6 +2,7 @@
 
 `JobReporter` is the recipe's `Reporter` inside a job's training process: every write it makes names the job's
 lease token, so a process that lost its lease (the job was reaped and taken over) cannot write any more.
+This module owns the `job_events` table.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import InvalidRequest
+from ..models.registry import Registry
 from ..store.blobs import new_id
 from ..store.db import Database
 from ..train.metrics import StepMetrics
-from .queue import Lease, LeaseLost
+from .queue import Lease, Queue
 
 
 def add_event(conn, job_id: str, message: str, *, level: str = "info", type: str = "message",
@@ -23,6 +26,24 @@ def add_event(conn, job_id: str, message: str, *, level: str = "info", type: str
                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
                  (new_id("ftevent"), job_id, int(time.time()), level, type, message,
                   json.dumps(data) if data is not None else None))
+
+
+def page(db: Database, job_id: str, *, after: str | None, limit: int) -> tuple[list[dict], bool]:
+    """The job's events newest first, after the event `after`, and whether more follow."""
+    where, params = "job_id = ?", [job_id]
+    if after:
+        rows = db.query("SELECT seq FROM job_events WHERE id = ? AND job_id = ?", (after, job_id))
+        if not rows:
+            raise InvalidRequest(f"no event {after!r} in job {job_id} to page after", param="after")
+        where += " AND seq < ?"
+        params.append(rows[0]["seq"])
+    rows = db.query(f"SELECT * FROM job_events WHERE {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
+    events = [{**dict(r), "data": json.loads(r["data"]) if r["data"] else {}} for r in rows[:limit]]
+    return events, len(rows) > limit
+
+
+def delete_events(conn, job_id: str) -> None:
+    conn.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
 
 
 def note_outcome(db: Database, job_id: str, status: str, cause: str) -> None:
@@ -48,27 +69,20 @@ def metrics_message(metrics: dict) -> str:
     return text
 
 
-def assert_lease(conn, lease: Lease) -> None:
-    """Inside a write transaction: stop here unless this process still owns the job."""
-    row = conn.execute("SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?", (lease.job_id, lease.token)).fetchone()
-    if row is None:
-        raise LeaseLost(lease.job_id)
-
-
 class JobReporter:
     """Writes the recipe's progress into the job: hyperparameters, metrics events, checkpoints, ETA."""
 
-    def __init__(self, db: Database, lease: Lease, output_model: str):
+    def __init__(self, db: Database, queue: Queue, registry: Registry, lease: Lease, output_model: str):
         self.db = db
+        self.queue = queue
+        self.registry = registry
         self.lease = lease
         self.output_model = output_model
 
     def start(self, hyperparameters: dict, total_steps: int, first_step: int) -> None:
         shown = {k: hyperparameters[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
         with self.db.write() as conn:
-            assert_lease(conn, self.lease)
-            conn.execute("UPDATE jobs SET hyperparameters = ? WHERE id = ?",
-                         (json.dumps({**shown, "resolved": hyperparameters}), self.lease.job_id))
+            self.queue.record(conn, self.lease, hyperparameters={**shown, "resolved": hyperparameters})
             if first_step:
                 add_event(conn, self.lease.job_id, f"Fine-tuning job resumed at step {first_step}/{total_steps}")
             else:
@@ -79,29 +93,19 @@ class JobReporter:
     def step(self, metrics: StepMetrics) -> None:
         data = metrics.openai()
         with self.db.write() as conn:
-            assert_lease(conn, self.lease)
-            conn.execute("UPDATE jobs SET estimated_finish = ? WHERE id = ?",
-                         (int(time.time() + metrics.eta_seconds), self.lease.job_id))
+            self.queue.record(conn, self.lease, estimated_finish=int(time.time() + metrics.eta_seconds))
             add_event(conn, self.lease.job_id, metrics_message(data), type="metrics", data=data)
 
     def message(self, text: str) -> None:
         with self.db.write() as conn:
-            assert_lease(conn, self.lease)
+            self.queue.assert_lease(conn, self.lease)
             add_event(conn, self.lease.job_id, text, level="warn" if "truncated" in text else "info")
 
     def checkpoint(self, step: int, path: Path, metrics: dict) -> None:
         model = f"{self.output_model}:ckpt-step-{step}"
         with self.db.write() as conn:
-            assert_lease(conn, self.lease)
-            conn.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (self.lease.job_id, step))
-            conn.execute("INSERT INTO checkpoints (id, job_id, step, model, path, metrics, created_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (new_id("ftckpt").replace("-", "_"), self.lease.job_id, step, model, str(path),
-                          json.dumps(metrics), int(time.time())))
-            # The recipe keeps the newest few checkpoint directories; forget the ones it removed.
-            for row in conn.execute("SELECT id, path FROM checkpoints WHERE job_id = ?", (self.lease.job_id,)):
-                if not Path(row["path"]).is_dir():
-                    conn.execute("DELETE FROM checkpoints WHERE id = ?", (row["id"],))
+            self.queue.assert_lease(conn, self.lease)
+            self.registry.add_checkpoint(conn, self.lease.job_id, step, model, path, metrics)
             add_event(conn, self.lease.job_id, f"Checkpoint created at step {step} with Snapshot ID: {model}")
 
     def finish(self) -> None:

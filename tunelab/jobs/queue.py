@@ -5,6 +5,10 @@ own the same job. The claim hands out a lease token; heartbeats extend the lease
 token, so a worker that stalled past its lease (and was reaped) cannot overwrite the new owner's state. The reaper
 puts jobs whose lease expired back in the queue (resumed later from their last checkpoint) until `max_attempts`,
 then fails them with the last cause.
+
+This module owns the `jobs` table: every statement that writes it is here, and a status changes only through the
+transitions below. Other modules call these methods (with their open transaction as `conn` where the change must
+commit with theirs).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from ..errors import InvalidRequest, NotFound
 from ..store.db import Database
 
 FINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = ("validating_files", "queued", "running", "paused")  # jobs that will still read their files and model
 
 # What a client may ask for, from which statuses; anything else is a 400 and changes nothing.
 CLIENT_TRANSITIONS = {
@@ -55,6 +60,86 @@ class Queue:
         else:
             with self.db.write() as own:
                 own.execute(*sql)
+
+    def get(self, job_id: str, conn=None):
+        """The job's row, or None."""
+        conn = conn or self.db.connection()
+        return conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+
+    def page(self, *, after: str | None, limit: int, metadata: dict[str, str]) -> tuple[list, bool]:
+        """Rows newest first after the job `after`, filtered by metadata, and whether more follow."""
+        where, params = [], []
+        if after:
+            cursor = self.db.query("SELECT rowid FROM jobs WHERE id = ?", (after,))
+            if not cursor:
+                raise InvalidRequest(f"no object {after!r} to page after", param="after")
+            where.append("rowid < ?")
+            params.append(cursor[0]["rowid"])
+        for key, value in metadata.items():
+            where.append("EXISTS (SELECT 1 FROM json_each(request, '$.metadata') WHERE key = ? AND value = ?)")
+            params += [key, value]
+        rows = self.db.query(f"SELECT * FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
+                             "ORDER BY rowid DESC LIMIT ?", (*params, limit + 1))
+        return rows[:limit], len(rows) > limit
+
+    def running(self) -> list:
+        return self.db.query("SELECT id, lease_owner, lease_token, attempt FROM jobs WHERE status = 'running'")
+
+    def holds(self, lease: Lease) -> bool:
+        """Whether `lease` still owns its job."""
+        return bool(self.db.query("SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?", (lease.job_id, lease.token)))
+
+    def validating(self) -> list[str]:
+        """Jobs whose files are still to be checked, oldest first."""
+        return [r["id"] for r in self.db.query("SELECT id FROM jobs WHERE status = 'validating_files' ORDER BY rowid")]
+
+    def output_taken(self, conn, model_id: str) -> bool:
+        return conn.execute("SELECT 1 FROM jobs WHERE output_model = ?", (model_id,)).fetchone() is not None
+
+    def active_job_using_file(self, conn, file_id: str):
+        """The oldest unfinished job that reads `file_id` (training or validation), or None."""
+        return conn.execute(
+            f"SELECT id, status FROM jobs WHERE status IN ({_marks(ACTIVE)}) AND (json_extract(request, "
+            "'$.training_file') = ? OR json_extract(request, '$.validation_file') = ?) ORDER BY rowid",
+            (*ACTIVE, file_id, file_id)).fetchone()
+
+    def active_job_continuing(self, conn, model_id: str):
+        """The oldest unfinished job that continues training `model_id`, or None."""
+        return conn.execute(f"SELECT id, status FROM jobs WHERE json_extract(request, '$.model') = ? AND status IN "
+                            f"({_marks(ACTIVE)}) ORDER BY rowid", (model_id, *ACTIVE)).fetchone()
+
+    def delete(self, conn, job_id: str) -> None:
+        conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def files_checked(self, job_id: str, conn, error: dict | None = None) -> bool:
+        """`validating_files` → `queued`, or → `failed` with `error`; False if the job left that status meanwhile
+        (a cancel)."""
+        if error is None:
+            sql = "UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'validating_files'", (job_id,)
+        else:
+            sql = ("UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ? AND status = "
+                   "'validating_files'", (json.dumps(error), int(self.clock()), job_id))
+        return bool(conn.execute(*sql).rowcount)
+
+    def assert_lease(self, conn, lease: Lease) -> None:
+        """Inside a write transaction: stop here unless this process still owns the job."""
+        row = conn.execute("SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?",
+                           (lease.job_id, lease.token)).fetchone()
+        if row is None:
+            raise LeaseLost(lease.job_id)
+
+    def record(self, conn, lease: Lease, **fields) -> None:
+        """What a running job's trainer reports: `hyperparameters` (resolved), `estimated_finish`."""
+        self.assert_lease(conn, lease)
+        assert set(fields) <= {"hyperparameters", "estimated_finish"}, fields
+        encoded = {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in fields.items()}
+        conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in encoded)} WHERE id = ?",
+                     (*encoded.values(), lease.job_id))
+
+    def requested(self, job_id: str) -> str | None:
+        """The client's pending request for a running job ('cancel' or 'pause'), if any."""
+        rows = self.db.query("SELECT requested FROM jobs WHERE id = ?", (job_id,))
+        return rows[0]["requested"] if rows else None
 
     def status(self, job_id: str) -> str:
         rows = self.db.query("SELECT status FROM jobs WHERE id = ?", (job_id,))

@@ -30,7 +30,7 @@ from ..models.registry import Registry  # noqa: E402
 from ..store.db import Database  # noqa: E402
 from ..store.files import Files  # noqa: E402
 from ..train.config import TrainConfig  # noqa: E402
-from .events import JobReporter, add_event, assert_lease, note_outcome  # noqa: E402
+from .events import JobReporter, add_event, note_outcome  # noqa: E402
 from .queue import Lease, LeaseLost, Queue  # noqa: E402
 
 PAUSE_POLL_SECONDS = 0.5
@@ -42,27 +42,27 @@ def main(job_id: str, token: str) -> int:
     db = Database(settings.state_dir / "tunelab.db")
     queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
     files = Files(db, settings.state_dir / "files", settings.max_file_bytes)
-    row = db.query("SELECT * FROM jobs WHERE id = ? AND lease_token = ?", (job_id, token))
-    if not row:
+    job = queue.get(job_id)
+    if job is None or job["lease_token"] != token:
         return 0  # the lease moved on before we started
-    job = row[0]
     lease = Lease(job_id, token, job["attempt"])
-    _stop_when_paused(db, job_id)
+    registry = Registry(db, settings.owner)
+    _stop_when_paused(queue, job_id)
     request = json.loads(job["request"])
     blob_names = {}
     try:
         from ..train import checkpoints
         from ..train.recipe import run  # torch loads here, after the cheap checks
 
-        config, blob_names = _config(request, Path(job["run_dir"]), files, Registry(db, settings.owner))
+        config, blob_names = _config(request, Path(job["run_dir"]), files, registry)
         resume = checkpoints.latest_checkpoint(config.out / "checkpoints") is not None
         if not resume and config.out.exists():  # an attempt that died before its first checkpoint
             shutil.rmtree(config.out)
-        result = run(config, JobReporter(db, lease, job["output_model"]), resume=resume, stop=STOP)
+        result = run(config, JobReporter(db, queue, registry, lease, job["output_model"]), resume=resume, stop=STOP)
         if result.stopped_early:
-            _stopped(db, queue, lease, result.steps)
+            _stopped(db, queue, registry, lease, result.steps)
         else:
-            _succeeded(db, queue, files, lease, result, request, job["output_model"], settings.owner)
+            _succeeded(db, queue, files, registry, lease, result, request, job["output_model"], settings.owner)
     except LeaseLost:
         return 0
     except KeyboardInterrupt:  # a second SIGTERM: leave without an outcome; the server gives the job back
@@ -77,12 +77,11 @@ def main(job_id: str, token: str) -> int:
     return 0
 
 
-def _stop_when_paused(db: Database, job_id: str) -> None:
+def _stop_when_paused(queue: Queue, job_id: str) -> None:
     """A pause asked for by a client stops training at the next step boundary, with a checkpoint."""
     def watch():
         while not STOP.is_set():
-            rows = db.query("SELECT requested FROM jobs WHERE id = ?", (job_id,))
-            if rows and rows[0]["requested"] == "pause":
+            if queue.requested(job_id) == "pause":
                 STOP.set()
             time.sleep(PAUSE_POLL_SECONDS)
 
@@ -108,27 +107,25 @@ def _config(request: dict, run_dir: Path, files: Files, registry: Registry) -> t
     return config, names
 
 
-def _succeeded(db, queue: Queue, files: Files, lease: Lease, result, request: dict, model_id: str, owner: str) -> None:
+def _succeeded(db, queue: Queue, files: Files, registry: Registry, lease: Lease, result, request: dict,
+               model_id: str, owner: str) -> None:
     with db.write() as conn:
-        assert_lease(conn, lease)
+        queue.assert_lease(conn, lease)
         results = files.add_path(result.out / "results.csv", "results.csv", "fine-tune-results", conn=conn)
         method = json.loads((result.out / "config.json").read_text())["hyperparameters"]["method"]
-        conn.execute("INSERT INTO models (id, job_id, base, parent, method, path, owned_by, created_at) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     (model_id, lease.job_id, request["base"], request["model"], method, str(result.weights), owner,
-                      int(time.time())))
+        registry.add_fine_tuned(conn, model_id, job_id=lease.job_id, base=request["base"], parent=request["model"],
+                                method=method, path=result.weights, owned_by=owner)
         queue.finish(lease, "succeeded", conn=conn, trained_tokens=result.trained_tokens, result_file=results)
         add_event(conn, lease.job_id, f"New fine-tuned model created: {model_id}")
         add_event(conn, lease.job_id, "The job has successfully completed")
 
 
-def _stopped(db, queue: Queue, lease: Lease, step: int) -> None:
-    requested = db.query("SELECT requested FROM jobs WHERE id = ?", (lease.job_id,))[0]["requested"]
-    if requested == "pause":
-        latest = db.query("SELECT model FROM checkpoints WHERE job_id = ? ORDER BY step DESC LIMIT 1", (lease.job_id,))
+def _stopped(db, queue: Queue, registry: Registry, lease: Lease, step: int) -> None:
+    if queue.requested(lease.job_id) == "pause":
+        latest = registry.latest_checkpoint(lease.job_id)
         with db.write() as conn:
             queue.finish(lease, "paused", conn=conn)
-            snapshot = f"; checkpoint {latest[0]['model']} can be deployed" if latest else ""
+            snapshot = f"; checkpoint {latest} can be deployed" if latest else ""
             add_event(conn, lease.job_id, f"The job was paused at step {step}{snapshot}")
         return
     status = queue.release(lease, count_attempt=False)

@@ -72,11 +72,11 @@ class Worker:
     def tick(self) -> None:
         for job_id in self.queue.reap():
             self._note_lost(job_id)
-        for row in self.db.query("SELECT id FROM jobs WHERE status = 'validating_files' ORDER BY rowid"):
+        for job_id in self.queue.validating():
             try:
-                self.validate(row["id"])
+                self.validate(job_id)
             except Exception as exc:  # a fault in validating one job must not stall the others
-                self._fail_validation(row["id"], {"code": "validation_failed", "param": None,
+                self._checked(job_id, {"code": "validation_failed", "param": None,
                                                   "message": f"the files could not be checked: {exc}"})
         self.runs = {job_id: run for job_id, run in self.runs.items() if run.alive()}
         while len(self.runs) < self.settings.max_running_jobs and not self._stop.is_set():
@@ -87,7 +87,7 @@ class Worker:
 
     def validate(self, job_id: str) -> None:
         """Run the data check on the job's files: a bad file fails the job, naming the line; nothing is trained."""
-        request = json.loads(self.db.query("SELECT request FROM jobs WHERE id = ?", (job_id,))[0]["request"])
+        request = json.loads(self.queue.get(job_id)["request"])
         error = None
         for param in ("training_file", "validation_file"):
             file_id = request[param]
@@ -107,26 +107,21 @@ class Worker:
                 more = f" (and {len(result.errors) - 1} more problems)" if len(result.errors) > 1 else ""
                 error = {"code": code, "param": param, "message": f"{first}{more}"}
                 break
-        if error:
-            self._fail_validation(job_id, error)
-            return
-        with self.db.write() as conn:
-            done = conn.execute("UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'validating_files'",
-                                (job_id,)).rowcount
-            if done:  # else it was cancelled meanwhile
-                add_event(conn, job_id, "Files validated, moving job to queued state")
+        self._checked(job_id, error)
 
-    def _fail_validation(self, job_id: str, error: dict) -> None:
+    def _checked(self, job_id: str, error: dict | None) -> None:
         with self.db.write() as conn:
-            done = conn.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ? "
-                                "AND status = 'validating_files'", (json.dumps(error), int(time.time()), job_id)).rowcount
-            if done:
+            if not self.queue.files_checked(job_id, conn, error):
+                return  # cancelled meanwhile
+            if error:
                 add_event(conn, job_id, f"Files failed validation: {error['message']}", level="error")
+            else:
+                add_event(conn, job_id, "Files validated, moving job to queued state")
 
     def reclaim_orphans(self) -> None:
         """Queue again, at once, the jobs an earlier server left running (a crash, kill -9). `tunelab serve` holds
         a lock on its home, so any other owner is gone; its trainers left when it died."""
-        for row in self.db.query("SELECT id, lease_owner, lease_token, attempt FROM jobs WHERE status = 'running'"):
+        for row in self.queue.running():
             if row["lease_owner"] != self.owner:
                 lease = Lease(row["id"], row["lease_token"], row["attempt"])
                 self._release_lost(lease, "the server stopped while the job was training")
@@ -159,7 +154,7 @@ class Run:
         self._thread = threading.Thread(target=self._watch, name=f"tunelab-run-{lease.job_id}", daemon=True)
 
     def start(self) -> "Run":
-        run_dir = Path(self.db.query("SELECT run_dir FROM jobs WHERE id = ?", (self.lease.job_id,))[0]["run_dir"])
+        run_dir = Path(self.queue.get(self.lease.job_id)["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         # The trainer reads the server's settings, whether they came from the environment or from code.
         env = child_environment({**os.environ, "TUNELAB_HOME": str(self.settings.home),
@@ -206,8 +201,7 @@ class Run:
                     requested = self.queue.heartbeat(self.lease)
                     next_beat = time.monotonic() + beat_every
                 else:
-                    rows = self.db.query("SELECT requested FROM jobs WHERE id = ?", (self.lease.job_id,))
-                    requested = rows[0]["requested"] if rows else None
+                    requested = self.queue.requested(self.lease.job_id)
                 failing_since = None
             except LeaseLost:  # the job was reaped and belongs to someone else now
                 self._kill()
@@ -240,9 +234,7 @@ class Run:
 
     def _after_exit(self, code: int) -> None:
         """The trainer records its own outcome; if it still holds the lease, it exited without one."""
-        rows = self.db.query("SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?",
-                             (self.lease.job_id, self.lease.token))
-        if not rows:
+        if not self.queue.holds(self.lease):
             return
         # Stopped by our SIGTERM while still starting up (before it could checkpoint): no attempt is used.
         cause = "the server is shutting down" if self.preempted else f"the training process exited with code {code}"

@@ -4,16 +4,19 @@
     DELETE /v1/models/ID  # fine-tuned models only
 
 Fine-tuned model ids follow the cloud: `ft:<base>:<owner>:<suffix>:<id>`, checkpoints add `:ckpt-step-<N>`.
+This module owns the `models` and `checkpoints` tables. Records come back as plain dicts; the API shapes them.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidRequest, ModelNotFound
+from ..store.blobs import new_id
 from ..store.db import Database
 from .catalog import list_models
 
@@ -43,23 +46,23 @@ class Registry:
         self.owner = owner
 
     def list(self) -> list[dict]:
-        bases = [base_object(r) for r in list_models()]
-        tuned = [_tuned_object(r) for r in self.db.query("SELECT * FROM models ORDER BY created_at, rowid")]
+        bases = [base_record(r) for r in list_models()]
+        tuned = [_tuned_record(r) for r in self.db.query("SELECT * FROM models ORDER BY created_at, rowid")]
         return bases + tuned
 
     def get(self, model_id: str) -> dict:
         if not model_id.startswith("ft:"):  # ft: ids are never catalog names; skip reading the catalog for them
             for row in list_models():
                 if row["name"] == model_id:
-                    return base_object(row)
+                    return base_record(row)
         rows = self.db.query("SELECT * FROM models WHERE id = ?", (model_id,))
         if rows:
-            return _tuned_object(rows[0])
+            return _tuned_record(rows[0])
         rows = self.db.query("SELECT c.*, j.request FROM checkpoints c JOIN jobs j ON j.id = c.job_id "
                              "WHERE c.model = ?", (model_id,))
         if rows and Path(rows[0]["path"]).is_dir():
             row = rows[0]
-            return {"id": row["model"], "object": "model", "created": row["created_at"], "owned_by": self.owner,
+            return {"id": row["model"], "created": row["created_at"], "owned_by": self.owner,
                     "parent": model_id.rsplit(":ckpt-step-", 1)[0], "root": _root_of(model_id), "kind": "checkpoint",
                     "fine_tuning_job_id": row["job_id"]}
         raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
@@ -103,45 +106,84 @@ class Registry:
         row = rows[0]
         return TrainingStart(row["base"], row["method"], Path(row["path"]))
 
-    def delete(self, model_id: str) -> dict:
-        if any(row["name"] == model_id for row in list_models()):
-            raise InvalidRequest(f"{model_id!r} is a base model; only fine-tuned models can be deleted", param="model")
-        with self.db.write() as conn:
-            row = conn.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
-            if row is None:
-                raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
-            users = self._deployments_using(conn, model_id)
-            if users:
-                raise InvalidRequest(f"the model {model_id!r} is deployed as {users[0]!r}; delete the deployment "
-                                     "first", param="model")
-            job = conn.execute("SELECT id, status FROM jobs WHERE json_extract(request, '$.model') = ? AND status IN "
-                               "('validating_files', 'queued', 'running', 'paused') ORDER BY rowid", (model_id,)).fetchone()
-            if job:
-                raise InvalidRequest(f"fine-tuning job {job['id']} ({job['status']}) continues from {model_id!r}; "
-                                     "cancel it or wait for it to finish first", param="model")
-            conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
-        shutil.rmtree(row["path"], ignore_errors=True)  # after the commit: the write lock is not held meanwhile
-        return {"id": model_id, "object": "model", "deleted": True}
+    def is_base(self, model_id: str) -> bool:
+        return any(row["name"] == model_id for row in list_models())
+
+    def fine_tuned(self, model_id: str, conn=None):
+        """The fine-tuned model's row, or None."""
+        return (conn or self.db.connection()).execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+
+    def model_of_job(self, conn, job_id: str):
+        return conn.execute("SELECT id FROM models WHERE job_id = ?", (job_id,)).fetchone()
+
+    def add_fine_tuned(self, conn, model_id: str, *, job_id: str, base: str, parent: str, method: str, path: Path,
+                       owned_by: str) -> None:
+        """Inside the job's closing transaction: the model its training produced."""
+        conn.execute("INSERT INTO models (id, job_id, base, parent, method, path, owned_by, created_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (model_id, job_id, base, parent, method, str(path), owned_by, int(time.time())))
+
+    def delete(self, conn, model_id: str) -> Path:
+        """Inside the caller's write transaction: forget the fine-tuned model; returns the weights to remove once
+        the transaction has committed. Whether something still uses the model is the caller's rule."""
+        row = self.fine_tuned(model_id, conn)
+        if row is None:
+            raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
+        conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        return Path(row["path"])
 
     @staticmethod
-    def _deployments_using(conn, model_id: str) -> list[str]:
-        """Names of deployments serving `model_id` (none until the service has deployments)."""
-        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deployments'").fetchone()
-        if not has_table:
-            return []
-        return [r["name"] for r in conn.execute("SELECT name FROM deployments WHERE model = ?", (model_id,))]
+    def remove_weights(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+
+    def add_checkpoint(self, conn, job_id: str, step: int, model: str, path: Path, metrics: dict) -> None:
+        """Record a checkpoint (replacing one of the same step) and forget those whose directory the recipe pruned."""
+        conn.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, step))
+        conn.execute("INSERT INTO checkpoints (id, job_id, step, model, path, metrics, created_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (new_id("ftckpt").replace("-", "_"), job_id, step, model, str(path), json.dumps(metrics),
+                      int(time.time())))
+        for row in conn.execute("SELECT id, path FROM checkpoints WHERE job_id = ?", (job_id,)):
+            if not Path(row["path"]).is_dir():
+                conn.execute("DELETE FROM checkpoints WHERE id = ?", (row["id"],))
+
+    def checkpoints(self, job_id: str, *, after: str | None, limit: int) -> tuple[list[dict], bool]:
+        """The job's checkpoints, latest step first, after the checkpoint `after`, and whether more follow."""
+        where, params = "job_id = ?", [job_id]
+        if after:
+            rows = self.db.query("SELECT step FROM checkpoints WHERE id = ? AND job_id = ?", (after, job_id))
+            if not rows:
+                raise InvalidRequest(f"no checkpoint {after!r} in job {job_id} to page after", param="after")
+            where += " AND step < ?"
+            params.append(rows[0]["step"])
+        rows = self.db.query(f"SELECT * FROM checkpoints WHERE {where} ORDER BY step DESC LIMIT ?",
+                             (*params, limit + 1))
+        return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows[:limit]], len(rows) > limit
+
+    def latest_checkpoint(self, job_id: str) -> str | None:
+        rows = self.db.query("SELECT model FROM checkpoints WHERE job_id = ? ORDER BY step DESC LIMIT 1", (job_id,))
+        return rows[0]["model"] if rows else None
+
+    def checkpoint_models(self, conn, job_id: str) -> list[str]:
+        return [r["model"] for r in conn.execute("SELECT model FROM checkpoints WHERE job_id = ?", (job_id,))]
+
+    def forget_checkpoints(self, conn, job_id: str) -> None:
+        conn.execute("DELETE FROM checkpoints WHERE job_id = ?", (job_id,))
 
 
 def _root_of(model_id: str) -> str:
     return model_id.split(":")[1] if model_id.startswith("ft:") else model_id
 
 
-def base_object(row: dict) -> dict:
-    return {"id": row["name"], "object": "model", "created": row.get("created") or 0, "owned_by": "tunelab",
+def base_record(row: dict) -> dict:
+    """A catalog entry as the registry describes models (the API's `Model` wire type has the same fields)."""
+    return {"id": row["name"], "created": row.get("created") or 0, "owned_by": "tunelab",
             "parent": None, "root": row["name"], "kind": "base", "parameters": row["parameters"],
             "installed": row["installed"], "chat_template": row["chat_template"]}
 
 
-def _tuned_object(row) -> dict:
-    return {"id": row["id"], "object": "model", "created": row["created_at"], "owned_by": row["owned_by"],
+def _tuned_record(row) -> dict:
+    return {"id": row["id"], "created": row["created_at"], "owned_by": row["owned_by"],
             "parent": row["parent"], "root": row["base"], "kind": "fine-tuned", "fine_tuning_job_id": row["job_id"]}

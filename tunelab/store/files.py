@@ -1,8 +1,8 @@
 """Uploaded and produced files: rows in the `files` table, bytes in the blob store under the generated id.
 
 The API streams an upload into `writer()` and hands it to `add()`, which commits the bytes and the row together
-(or neither); a job's `results.csv` goes in through `add_path()`. A file that a job still needs cannot be
-deleted; otherwise deleting removes the bytes. `report()` is the pre-flight report of an uploaded file.
+(or neither); a job's `results.csv` goes in through `add_path()`. Deleting removes the row and the bytes; whether
+a job still needs the file is the caller's rule (the jobs own that knowledge). This module owns the `files` table.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from .db import Database
 from .idempotency import forget, remember
 
 UPLOAD_PURPOSES = ("fine-tune",)
-# Jobs in these statuses will still read their files.
-ACTIVE_JOB_STATUSES = ("validating_files", "queued", "running", "paused")
 
 
 class Files:
@@ -86,16 +84,17 @@ class Files:
                 if path.name.startswith("file-") and path.name not in known:
                     path.unlink(missing_ok=True)
 
-    def get(self, file_id: str) -> dict:
-        return self._row(self.db.connection(), file_id)
+    def get(self, file_id: str, conn=None) -> dict:
+        return self._row(conn or self.db.connection(), file_id)
 
     def path(self, file_id: str) -> Path:
         self.get(file_id)
         return self.blobs.path(file_id)
 
     def list(self, *, purpose: str | None = None, limit: int = 10_000, order: str = "desc",
-             after: str | None = None) -> dict:
-        """A cursor page, newest first by default; `after` is the id of the last file of the previous page."""
+             after: str | None = None) -> tuple[list[dict], bool]:
+        """A cursor page, newest first by default, and whether more follow; `after` is the id of the last file of
+        the previous page."""
         where, params = [], []
         if purpose:
             where.append("purpose = ?")
@@ -109,23 +108,7 @@ class Files:
         sql = (f"SELECT * FROM files {'WHERE ' + ' AND '.join(where) if where else ''} "
                f"ORDER BY rowid {'DESC' if order == 'desc' else 'ASC'} LIMIT ?")
         rows = self.db.query(sql, (*params, limit + 1))
-        data = [file_object(r) for r in rows[:limit]]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}
-
-    def report(self, file_id: str, validation_id: str | None, model: str) -> dict:
-        """The pre-flight report (`tunelab data check`) of uploaded files, naming them by id and filename."""
-        from ..data.report import preflight
-
-        found = [self.training_data(file_id, "file_id")]
-        if validation_id:
-            found.append(self.training_data(validation_id, "validation_file"))
-        names = [f"{f['id']} ({f['filename']})" for f in found]
-        report = preflight(self.blobs.path(file_id), self.blobs.path(validation_id) if validation_id else None,
-                           model, names=(names[0], names[1] if validation_id else None)).to_dict()
-        for entry, meta in zip(report["files"], found):
-            entry["id"], entry["filename"] = meta["id"], meta["filename"]
-        return {"object": "file.report", **report}
+        return [_record(r) for r in rows[:limit]], len(rows) > limit
 
     def training_data(self, file_id: str, param: str) -> dict:
         """The file `file_id`, which must be training data (purpose `fine-tune`); errors name `param`."""
@@ -138,34 +121,21 @@ class Files:
                                  "training data (purpose 'fine-tune')", param=param)
         return found
 
-    def delete(self, file_id: str) -> dict:
-        with self.db.write() as conn:
-            self._row(conn, file_id)
-            marks = ", ".join("?" for _ in ACTIVE_JOB_STATUSES)
-            users = conn.execute(
-                f"SELECT id, status FROM jobs WHERE status IN ({marks}) AND (json_extract(request, '$.training_file') "
-                "= ? OR json_extract(request, '$.validation_file') = ?) ORDER BY rowid",
-                (*ACTIVE_JOB_STATUSES, file_id, file_id)).fetchall()
-            if users:
-                job = users[0]
-                raise InvalidRequest(f"file {file_id} is used by fine-tuning job {job['id']} ({job['status']}); "
-                                     "cancel the job or wait for it to finish first", param="file_id")
-            conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
-            forget(conn, file_id)
-            self.blobs.delete(file_id)  # inside the transaction: if this fails, the row stays
-        return {"id": file_id, "object": "file", "deleted": True}
+    def delete(self, file_id: str, conn) -> None:
+        """Inside the caller's write transaction: the row, its idempotency records and the bytes."""
+        conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        forget(conn, file_id)
+        self.blobs.delete(file_id)  # inside the transaction: if this fails, the row stays
 
     def _row(self, conn, file_id: str) -> dict:
         row = conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
         if row is None:
             raise NotFound(f"no file with id {file_id!r}", param="file_id")
-        return file_object(row)
+        return _record(row)
 
 
-def file_object(row) -> dict:
-    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
-            "filename": row["filename"], "purpose": row["purpose"], "status": row["status"],
-            "status_details": None, "expires_at": None}
+def _record(row) -> dict:
+    return {key: row[key] for key in ("id", "filename", "purpose", "bytes", "sha256", "status", "created_at")}
 
 
 def clean_filename(name: str) -> str:

@@ -40,6 +40,6 @@ def usage(db, models_dir: Path) -> dict:
     base = [{"name": p.name, "bytes": disk_bytes(p)} for p in sorted(models_dir.iterdir()) if p.is_dir()] \
         if models_dir.is_dir() else []
     removable = sum(x["bytes"] for group in (models, jobs, files) for x in group)
-    return {"object": "storage", "deployments": deployments, "models": models, "jobs": jobs, "files": files,
+    return {"deployments": deployments, "models": models, "jobs": jobs, "files": files,
             "evaluations": evaluations, "base_models": base, "removable_bytes": removable,
             "database_bytes": db.bytes()}

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from ..api.auth import AuthenticationFailed
+from ..errors import AuthenticationFailed
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = "/studio"  # the static files' prefix

@@ -6,7 +6,8 @@
 
 A deployment is `Creating` until its model is loaded (the base once, a fine-tune as an adapter on it) and has
 answered a one-token warm-up, then `Succeeded` (or `Failed`, with the reason). Each has its own token-rate
-limiter. On restart, every deployment is provisioned again.
+limiter. On restart, every deployment is provisioned again. This module owns the `deployments` table; records come
+back as rows, which the API shapes.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Deployments:
         self.pool = pool
         self.limiters: dict[str, RateLimiter] = {}
 
-    def create(self, name: str, model: str, capacity: int, sku: str = "Standard", policy: str | None = "Default") -> dict:
+    def create(self, name: str, model: str, capacity: int, sku: str = "Standard", policy: str | None = "Default"):
         if not NAME.match(name):
             raise InvalidRequest("a deployment name is 2–64 letters, digits, '.', '_' or '-', starting with a "
                                  f"letter or digit; got {name!r}", param="name")
@@ -91,11 +92,21 @@ class Deployments:
             self.limiters[row["name"]] = RateLimiter(row["capacity"])
             self.provision(row["name"])
 
-    def list(self) -> dict:
-        return {"value": [deployment_object(r) for r in self.db.query("SELECT * FROM deployments ORDER BY created_at, name")]}
+    def list(self) -> list:
+        return self.db.query("SELECT * FROM deployments ORDER BY created_at, name")
 
-    def get(self, name: str) -> dict:
-        return deployment_object(self._row(name))
+    def get(self, name: str):
+        return self._row(name)
+
+    @staticmethod
+    def names_serving(conn, model_id: str) -> list[str]:
+        """Names of the deployments serving `model_id`, inside the caller's transaction."""
+        return [r["name"] for r in conn.execute("SELECT name FROM deployments WHERE model = ?", (model_id,))]
+
+    @staticmethod
+    def names_filtered_by(conn, policy: str) -> list[str]:
+        """Names of the deployments whose content filter is `policy`, inside the caller's transaction."""
+        return [r["name"] for r in conn.execute("SELECT name FROM deployments WHERE rai_policy = ?", (policy,))]
 
     def delete(self, name: str) -> None:
         row = self._row(name)
@@ -123,20 +134,3 @@ class Deployments:
         if not rows:
             raise NotFound(f"no deployment named {name!r}", param="deployment")
         return rows[0]
-
-
-def deployment_object(row) -> dict:
-    capacity = row["capacity"]
-    return {
-        "id": f"/deployments/{row['name']}", "name": row["name"],
-        "type": "Microsoft.CognitiveServices/accounts/deployments",
-        "sku": {"name": row["sku_name"], "capacity": capacity},
-        "properties": {
-            "model": {"format": "OpenAI", "name": row["model"], "version": "1"},
-            "raiPolicyName": row["rai_policy"] or "None",
-            "provisioningState": row["state"], "error": row["error"],
-            "rateLimits": [{"key": "request", "renewalPeriod": 60, "count": capacity * 6},
-                           {"key": "token", "renewalPeriod": 60, "count": capacity * 1000}],
-        },
-        "systemData": {"createdAt": row["created_at"], "lastModifiedAt": row["updated_at"]},
-    }

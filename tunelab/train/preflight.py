@@ -11,11 +11,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..train.config import auto_batch_size, auto_epochs
-from .render import RenderedChat
-from .review import review
-from .samples import render_examples
-from .validate import Problem, Validation, validate_file
+from ..data.render import RenderedChat
+from ..data.review import review
+from ..data.samples import render_examples
+from ..data.validate import Problem, Validation, validate_file
+from .config import auto_batch_size, auto_epochs
 
 HISTOGRAM_BINS = 10
 # Measured training speed over the fp32 matmul speed measured here: 0.6 for the travel run on a Zen 3 (fp32,

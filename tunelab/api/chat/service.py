@@ -1,0 +1,248 @@
+"""The chat service: request → prompt → generations on the engine pool → a `chat.completion` or its chunks.
+
+`begin()` checks the request (and a deployment's content filter and rate limit) and submits its generations;
+`complete()` then builds the whole `chat.completion`, `stream()` yields `chat.completion.chunk`s as the tokens
+come, for the route to send as server-sent events. Both wait on an asyncio queue fed by the engine's thread, so
+the event loop never blocks; a stream that is abandoned cancels its generations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from typing import AsyncIterator
+
+from starlette.concurrency import run_in_threadpool
+
+from ...data.render import render_prompt
+from ...deploy.deployments import Deployments
+from ...deploy.limits import RateLimiter
+from ...errors import InvalidRequest, NotFound
+from ...inference.engine import SamplingParams
+from ...inference.pool import EnginePool, Target
+from ...safety.policy import ContentFiltered, Policies, Policy
+from .protocol import (ChatChoice, ChatChoiceMessage, ChatCompletion, ChatCompletionChunk, ChatRequest,
+                       ChoiceLogprobs, ChunkChoice, ChunkDelta, PromptFilterResult, Usage)
+
+SENTENCE_END = re.compile(r"[.!?\n]")
+# Without max_tokens, a rate-limited request is admitted on its prompt plus this many tokens (or the room left in
+# the context, if less), then charged what it really produced.
+DEFAULT_COMPLETION_ESTIMATE = 512
+
+
+class Answering:
+    """The generations of one request and the queue their events arrive on."""
+
+    def __init__(self, n: int, prompt_tokens: int):
+        self.id = f"chatcmpl-{secrets.token_hex(12)}"
+        self.created = int(time.time())
+        self.n = n
+        self.prompt_tokens = prompt_tokens
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.generations = []
+        self.limiter, self.charge, self.headers = None, None, {}
+        self.policy, self.prompt_results = None, None
+
+    def listener(self, index: int):
+        def on_event(kind, payload):
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, kind, payload))
+            except RuntimeError:  # the event loop is gone (the server is stopping): nobody waits for this answer
+                self.generations[index].cancel()
+        return on_event
+
+    async def events(self):
+        done = set()
+        while len(done) < self.n:
+            index, kind, payload = await self.queue.get()
+            if kind == "error":
+                raise RuntimeError(payload)
+            if kind == "done":
+                done.add(index)
+            yield index, kind, payload
+            if self.generations[index].cancelled:  # filtered: it will send nothing more
+                done.add(index)
+
+    def cancel(self) -> None:
+        for generation in self.generations:
+            generation.cancel()
+
+    def settle(self) -> None:
+        """Charge the deployment's token window what was really used."""
+        if self.limiter is not None:
+            self.limiter.settle(self.charge, self.prompt_tokens + sum(len(g.tokens) for g in self.generations))
+
+    def usage(self) -> Usage:
+        return Usage.of(self.prompt_tokens, sum(len(g.tokens) for g in self.generations))
+
+    def prompt_filter_results(self) -> list[PromptFilterResult]:
+        return [PromptFilterResult(content_filter_results=self.prompt_results)]
+
+
+class ChatService:
+    def __init__(self, deployments: Deployments, policies: Policies, pool: EnginePool):
+        self.deployments = deployments
+        self.policies = policies
+        self.pool = pool
+
+    async def begin(self, request: ChatRequest, name: str, *, explicit: bool = False) -> Answering:
+        """Start answering `request` with `name`: a deployment (its model, under its rate limit and content
+        filter) or, unless `explicit` (Azure's deployment route), a model id."""
+        served = await run_in_threadpool(self.deployments.serving, name)
+        if served is None and explicit:
+            raise NotFound(f"no deployment named {name!r}", param="deployment", code="DeploymentNotFound")
+        if served is None:
+            return await self._start(request, model_id=name)
+        row, limiter = served
+        return await self._start(request, model_id=row["model"], limiter=limiter, deployment=name,
+                                 policy=self.policies.get(row["rai_policy"]))
+
+    async def _start(self, request: ChatRequest, *, model_id: str, limiter: RateLimiter | None = None,
+                     deployment: str | None = None, policy: Policy | None = None) -> Answering:
+        """Check the request against the model (and a deployment's rate limit), render the prompt and submit its
+        generations. Errors here are ordinary HTTP errors; once this returns, the answer is being generated."""
+        target: Target = await run_in_threadpool(self.pool.target, model_id)
+        messages = _messages(request)
+        prompt_results = None
+        if policy is not None:  # nothing is generated for a prompt the policy blocks
+            asked = "\n".join(m["content"] for m in messages if m["role"] in ("system", "user") and m.get("content"))
+            blocked, prompt_results = await run_in_threadpool(policy.check, asked, "prompt")
+            if blocked:
+                raise ContentFiltered(prompt_results)
+        prompt = render_prompt(target.tokenizer, messages, request.tools)
+        room = target.engine.context - len(prompt)
+        if room < 1:
+            raise InvalidRequest(f"the messages take {len(prompt)} tokens; the model's context is "
+                                 f"{target.engine.context}", param="messages")
+        limit = request.max_completion_tokens or request.max_tokens
+        if limit is not None and limit > room:
+            raise InvalidRequest(f"max_tokens is {limit}, but only {room} tokens fit after the {len(prompt)}-token "
+                                 f"prompt in the model's {target.engine.context}-token context", param="max_tokens")
+        stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        n = request.n or 1
+        state = Answering(n, len(prompt))
+        state.policy, state.prompt_results = policy, prompt_results
+        if limiter is not None:  # Azure's admission estimate: the prompt plus what may be generated
+            estimate = len(prompt) + n * (limit or min(room, DEFAULT_COMPLETION_ESTIMATE))
+            state.charge, state.headers = limiter.admit(estimate, what=f"deployment {deployment}")
+            state.limiter = limiter
+        for i in range(n):
+            params = SamplingParams(
+                max_tokens=limit or room, temperature=1.0 if request.temperature is None else request.temperature,
+                top_p=request.top_p or 1.0, presence_penalty=request.presence_penalty or 0.0,
+                frequency_penalty=request.frequency_penalty or 0.0,
+                seed=None if request.seed is None else request.seed + i, stop=stops + target.end_strings,
+                logprobs=bool(request.logprobs), top_logprobs=request.top_logprobs or 0)
+            state.generations.append(target.engine.submit(prompt, params, adapter=target.adapter,
+                                                          end_ids=target.end_ids, on_event=state.listener(i)))
+        return state
+
+    async def complete(self, state: Answering, request: ChatRequest) -> ChatCompletion:
+        texts = [""] * state.n
+        logprobs: list[list] = [[] for _ in range(state.n)]
+        finish = [None] * state.n
+        async for index, kind, payload in state.events():
+            if kind == "delta":
+                texts[index] += payload[0]
+                logprobs[index] += payload[1]
+            else:
+                finish[index] = payload
+        state.settle()
+        choices = []
+        for i in range(state.n):
+            choice = ChatChoice(index=i, message=ChatChoiceMessage(content=texts[i]), finish_reason=finish[i],
+                                logprobs=ChoiceLogprobs.of(logprobs[i]) if request.logprobs else None)
+            if state.policy is not None:
+                blocked, results = await run_in_threadpool(state.policy.check, texts[i], "completion")
+                choice.content_filter_results = results
+                if blocked:  # as Azure: the choice says why, and carries no content
+                    choice.message.content, choice.finish_reason = None, "content_filter"
+            choices.append(choice)
+        response = ChatCompletion(id=state.id, created=state.created, model=request.model, choices=choices,
+                                  usage=state.usage())
+        if state.policy is not None:
+            response.prompt_filter_results = state.prompt_filter_results()
+        return response
+
+    async def stream(self, state: Answering, request: ChatRequest) -> AsyncIterator[ChatCompletionChunk]:
+        """Chunks as the text comes. Under a content filter, text is held back until a sentence ends and is
+        vetted (with all that came before it) before it is sent, so nothing past flagged text ever leaves."""
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+
+        def chunk(choices: list[ChunkChoice], **fields) -> ChatCompletionChunk:
+            made = ChatCompletionChunk(id=state.id, created=state.created, model=request.model, choices=choices,
+                                       **fields)
+            if include_usage and "usage" not in fields:
+                made.usage = None  # present, and null, on every chunk but the last
+            return made
+
+        def choice(index: int, delta: ChunkDelta, finish=None, logprobs=None, filtered=None) -> ChatCompletionChunk:
+            made = ChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)
+            if filtered is not None:
+                made.content_filter_results = filtered
+            return chunk([made])
+
+        def lp(items: list):
+            return ChoiceLogprobs.of(items) if request.logprobs else None
+
+        if state.policy is not None:
+            yield chunk([], prompt_filter_results=state.prompt_filter_results())
+        for i in range(state.n):
+            yield choice(i, ChunkDelta(role="assistant", content=""))
+        sent = [""] * state.n
+        held = [""] * state.n
+        held_logprobs: list[list] = [[] for _ in range(state.n)]
+        stopped: set[int] = set()
+        try:
+            async for index, kind, payload in state.events():
+                if index in stopped:
+                    continue
+                if state.policy is None:
+                    if kind == "delta":
+                        yield choice(index, ChunkDelta(content=payload[0]), logprobs=lp(payload[1]))
+                    else:
+                        yield choice(index, ChunkDelta(), finish=payload)
+                    continue
+                if kind == "delta":
+                    held[index] += payload[0]
+                    held_logprobs[index] += payload[1]
+                    if not SENTENCE_END.search(held[index]):
+                        continue
+                blocked, results = await run_in_threadpool(state.policy.check, sent[index] + held[index],
+                                                           "completion")
+                if blocked:
+                    state.generations[index].cancel()
+                    stopped.add(index)
+                    yield choice(index, ChunkDelta(), finish="content_filter", filtered=results)
+                    continue
+                if held[index]:
+                    yield choice(index, ChunkDelta(content=held[index]), filtered=results,
+                                 logprobs=lp(held_logprobs[index]))
+                    sent[index], held[index], held_logprobs[index] = sent[index] + held[index], "", []
+                if kind == "done":
+                    yield choice(index, ChunkDelta(), finish=payload)
+        finally:
+            state.cancel()  # the client went away (or we are done): stop generating
+            state.settle()
+        if include_usage:
+            yield chunk([], usage=state.usage())
+
+
+def _messages(request: ChatRequest) -> list[dict]:
+    """Messages as the chat template takes them: `developer` is the system role; text parts are joined."""
+    messages = []
+    for i, m in enumerate(request.messages):
+        message = m.model_dump(exclude_none=True)
+        if message["role"] == "developer":
+            message["role"] = "system"
+        content = message.get("content")
+        if isinstance(content, list):
+            if any(part.get("type") != "text" for part in content):
+                raise InvalidRequest("only text content is supported (no images or audio)",
+                                     param=f"messages[{i}].content")
+            message["content"] = "".join(part.get("text", "") for part in content)
+        messages.append(message)
+    return messages

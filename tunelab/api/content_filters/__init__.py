@@ -1,0 +1,1 @@
+"""`/v1/content_filters`: content filter policies for deployments."""

@@ -1,0 +1,1 @@
+"""`/v1/deployments`: named endpoints for models, in Azure's shape."""

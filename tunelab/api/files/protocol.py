@@ -1,0 +1,84 @@
+"""Wire types of `/v1/files`: the file object, its list page and the pre-flight report of a training file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"]
+    status_details: str | None = None
+    expires_at: int | None = None
+
+    @classmethod
+    def of(cls, record: dict) -> "FileObject":
+        return cls(id=record["id"], bytes=record["bytes"], created_at=record["created_at"],
+                   filename=record["filename"], purpose=record["purpose"], status=record["status"])
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class Problem(BaseModel):
+    file: str
+    line: int = Field(description="1-based; 0 for the file as a whole")
+    rule: str
+    message: str
+
+
+class HistogramBin(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: int = Field(alias="from")
+    to: int
+    count: int
+
+
+class TokenStats(BaseModel):
+    examples: int
+    total: int
+    min: int
+    median: float
+    p95: int
+    max: int
+    trained_total: int
+    trained_median: float
+    histogram: list[HistogramBin]
+    over_limit: list[int]
+    context_limit: int
+
+
+class FileCheck(BaseModel):
+    id: str
+    filename: str
+    file: str
+    examples: int
+    errors: list[Problem]
+    warnings: list[Problem]
+    tokens: TokenStats | None
+
+
+class FileReport(BaseModel):
+    """`GET /v1/files/{id}/report`: what `tunelab data check` reports, for uploaded files."""
+
+    object: Literal["file.report"] = "file.report"
+    ok: bool
+    model: str | None
+    files: list[FileCheck]
+    n_epochs: int | None
+    batch_size: int | None
+    billed_tokens: int | None
+    estimated_seconds: float | None
+    estimate_basis: str | None

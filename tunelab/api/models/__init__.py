@@ -1,0 +1,1 @@
+"""`/v1/models`: base models, fine-tuned models and checkpoints."""

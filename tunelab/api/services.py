@@ -1,0 +1,89 @@
+"""The service's parts, built once from the settings: the domain objects (each the owner of its tables) and, over
+them, one service per endpoint group, shared by the routes and the worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from ..config import Settings
+from ..deploy.deployments import Deployments
+from ..evaluate.runs import Runs
+from ..inference.pool import EnginePool
+from ..jobs.queue import Queue
+from ..models.registry import Registry
+from ..safety.policy import Policies
+from ..store.db import Database
+from ..store.files import Files
+from .auth import Keys
+from .chat.service import ChatService
+from .content_filters.service import ContentFiltersService
+from .deployments.service import DeploymentsService
+from .evaluations.service import EvaluationsService, ServedCandidates
+from .files.service import FilesService
+from .jobs.service import JobsService
+from .models.service import ModelsService
+from .storage.service import StorageService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    keys: Keys
+    # the domain
+    store: Files
+    queue: Queue
+    registry: Registry
+    pool: EnginePool
+    runs: Runs
+    # one service per endpoint group
+    files: FilesService
+    jobs: JobsService
+    models: ModelsService
+    chat: ChatService
+    deployments: DeploymentsService
+    content_filters: ContentFiltersService
+    evaluations: EvaluationsService
+    storage: StorageService
+    live: Deployments  # the deployments themselves: provisioned again at each start
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Services":
+        state = settings.state_dir
+        db = Database(state / "tunelab.db")
+        files = Files(db, state / "files", settings.max_file_bytes)
+        queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+        registry = Registry(db, settings.owner)
+        pool = EnginePool(registry, settings.decode_weights, settings.prompt_cache_mb)
+        policies = Policies(db)
+        deployments = Deployments(db, registry, pool, policies)
+        runs = Runs(db)
+        chat = ChatService(deployments, policies, pool)
+        return cls(
+            settings=settings, db=db, keys=Keys(settings.home, settings.api_key),
+            store=files, queue=queue, registry=registry, pool=pool, runs=runs,
+            files=FilesService(db, files, queue, registry, settings),
+            jobs=JobsService(db, queue, files, registry, deployments, settings),
+            models=ModelsService(db, registry, queue, deployments, pool),
+            chat=chat,
+            deployments=DeploymentsService(deployments),
+            content_filters=ContentFiltersService(db, policies, deployments),
+            evaluations=EvaluationsService(db, runs, files, queue, registry, deployments,
+                                           ServedCandidates(chat, deployments, pool), settings),
+            storage=StorageService(db, settings.models_dir),
+            live=deployments)
+
+    def open(self) -> None:
+        """Check and migrate the database and clear what an earlier crash left half-written."""
+        if self.db.path.exists():
+            self.db.check_integrity()
+        self.db.migrate()
+        self.store.sweep()
+        self.runs.recover()
+
+
+def services(request: Request) -> Services:
+    """The services of the app serving `request` (a route dependency)."""
+    return request.app.state.service

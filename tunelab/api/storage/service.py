@@ -1,0 +1,22 @@
+"""The storage service: the disk report clean-up starts from, and compaction of the state database after it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...store.db import Database
+from ...store.usage import usage
+from .protocol import Compaction, Storage
+
+
+class StorageService:
+    def __init__(self, db: Database, models_dir: Path):
+        self.db = db
+        self.models_dir = models_dir
+
+    def report(self) -> Storage:
+        return Storage(**usage(self.db, self.models_dir))
+
+    def compact(self) -> Compaction:
+        before = self.db.bytes()
+        return Compaction(database_bytes_before=before, database_bytes=self.db.compact())
