@@ -1,22 +1,27 @@
 """tunelab's AMX kernels compute what the weights say: the 4-bit projection matches the dequantized weights up to
 bf16 rounding, the int8 one exactly, and every row's result is the same whatever rows share its call. They run
 only on CPUs with AMX (elsewhere their tests are skipped); where they do not run, or are turned off, the decoder
-uses PyTorch's kernels, which the last test checks everywhere."""
+uses PyTorch's kernels, which the last test checks everywhere. Where the kernels come from (the extension built at
+install, nothing else) is tested on every machine."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from tunelab.inference.kernels import INT4_MAX_ROWS, MAX_ROWS, amx_kernels
+import tunelab.inference.kernels as kernels_module
+from tunelab.inference.kernels import INT4_MAX_ROWS, MAX_ROWS, amx_kernels, load
 from tunelab.inference.weights import Matrix, int8_rows
 
 kernels = amx_kernels()
-needs_amx = pytest.mark.skipif(kernels is None, reason="the AMX kernels need an x86 CPU with AMX and a C compiler")
+needs_amx = pytest.mark.skipif(kernels is None, reason="the AMX kernels need an x86 CPU with AMX and tunelab's "
+                               "install to have built them")
 
 
 def int4_weights(n: int, k: int, seed: int = 0):
@@ -107,3 +112,47 @@ def test_with_the_kernels_off_the_decoder_uses_pytorchs_and_computes_the_same():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "TUNELAB_KERNELS": "off"})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_each_reason_the_kernels_do_not_run_is_given(monkeypatch):
+    monkeypatch.setenv("TUNELAB_KERNELS", "off")
+    assert load() == (None, "TUNELAB_KERNELS=off")
+    monkeypatch.delenv("TUNELAB_KERNELS")
+    monkeypatch.setitem(sys.modules, "tunelab.inference.kernels._amx", None)  # as if the install had not built it
+    monkeypatch.delattr(kernels_module, "_amx", raising=False)
+    kernels, why_not = load()
+    assert kernels is None and "not built when tunelab was installed" in why_not
+    monkeypatch.setattr(kernels_module, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert load()[1].startswith("this CPU lacks the AMX and AVX-512 instructions they use (amx_bf16, amx_tile, ")
+
+
+def test_the_extension_loads_from_the_package_where_the_install_built_it():
+    """The kernels come from the extension module built with tunelab, beside the package's Python files, sharing
+    torch's OpenMP runtime; where it was not built, that is the reason given."""
+    package = Path(kernels_module.__file__).parent
+    built = [path for path in package.iterdir()
+             if path.name.startswith("_amx.") and path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))]
+    if not built:
+        assert "not built when tunelab was installed" in load()[1]
+        pytest.skip("tunelab's install did not build the kernels here")
+    from tunelab.inference.kernels import _amx
+
+    assert Path(_amx.__file__) in built
+    assert callable(_amx.int4_gemm) and callable(_amx.int8_gemm)
+    openmp = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+    assert len(openmp) == 1, openmp  # torch's, which the kernels share
+
+
+def test_the_kernels_are_looked_for_once_said_once_and_nothing_is_written_to_a_cache(tmp_path):
+    script = (
+        "from tunelab.inference.kernels import amx_kernels\n"
+        "from tunelab.inference.weights import Matrix\n"
+        "import torch\n"
+        "amx_kernels(); amx_kernels()\n"
+        "Matrix(torch.randn(32, 64), None, 'int8')\n")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("tunelab: decode kernels: ")]
+    assert len(said) == 1, done.stderr
+    assert not [path for path in tmp_path.rglob("*") if "tunelab" in str(path.relative_to(tmp_path))]

@@ -1,47 +1,38 @@
 """tunelab's own CPU kernels for decode steps and prompts (amx.c): the 4-bit layer projections and the int8 LM head
-with Intel AMX tile products, compiled on first use with the system's C compiler and loaded with ctypes.
+with Intel AMX tile products.
 
-They are used where they can run: x86 CPUs with AMX and AVX512-BF16 (Intel Xeon since Sapphire Rapids), Linux
-granting the process AMX state, and a C compiler on the PATH. Anywhere else `amx_kernels()` is None and the
-decoder keeps PyTorch's kernels, so nothing depends on them (`TUNELAB_KERNELS=off` turns them off). The
-library is built with -fopenmp and so shares the OpenMP runtime torch has already loaded (libgomp.so.1, the
-same soname), and with it the calling thread's team. It is cached per source, compiler and flags under
-`$XDG_CACHE_HOME/tunelab/kernels` (default `~/.cache`), written under a temporary name first and renamed.
+They are compiled when tunelab is installed, into the extension module `_amx` beside this file (setup.py), or not
+at all: nothing is compiled or loaded at run time from anywhere else. They are used where they can run: x86 CPUs
+with AMX and AVX512-BF16 (Intel Xeon since Sapphire Rapids), Linux granting the process AMX state, and the
+extension built. Anywhere else `amx_kernels()` is None and the decoder keeps PyTorch's kernels, so nothing depends
+on them (`TUNELAB_KERNELS=off` turns them off). The first call says on stderr, once, which kernels run and why.
+The extension links libgomp.so.1, the soname of the OpenMP runtime torch has already loaded (it is imported after
+torch), and so shares the calling thread's team.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
 
 from ...config import get_settings
 
-SOURCE = Path(__file__).with_name("amx.c")
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-fopenmp",
-         "-shared", "-fPIC"]
 CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile", "amx_bf16"}
 MAX_ROWS = 16  # rows of x per call of the int8 kernel: one AMX tile
 INT4_MAX_ROWS = 80  # rows of x per call of the int4 kernel: five tiles of 16 (amx.c)
 
 
 class AmxKernels:
-    def __init__(self, library: ctypes.CDLL):
-        if library.amx_init() != 0:
+    def __init__(self, module):
+        if module.init() != 0:
             raise OSError("Linux refused this process AMX state")
-        self._int4, self._int8 = library.int4_gemm, library.int8_gemm
-        for function in (self._int4, self._int8):
-            function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 3
-            function.restype = None
+        self._int4, self._int8 = module.int4_gemm, module.int8_gemm
 
-    def pack4(self, codes: torch.Tensor, step: torch.Tensor, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def pack4(codes: torch.Tensor, step: torch.Tensor, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """codes [N, K] (0..15), step and low [N, K/32] → the int4 kernel's (codes, scales) layout (see amx.c)."""
         n, k = codes.shape
         tiles = codes.to(torch.uint8).reshape(n // 16, 2, 8, k // 2, 2)  # tile, half, output, pair, input
@@ -55,7 +46,8 @@ class AmxKernels:
         """x [M, K] bf16 (M ≤ INT4_MAX_ROWS), codes and scales from `pack4` → [M, n] bf16."""
         return self._run(self._int4, x, codes, scales, n, torch.bfloat16, INT4_MAX_ROWS)
 
-    def pack8(self, codes: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def pack8(codes: torch.Tensor) -> torch.Tensor:
         """int8 codes [N, K] → the int8 kernel's layout: per tile of 16 outputs and pair of inputs, 32 bytes."""
         n, k = codes.shape
         return codes.reshape(n // 16, 16, k // 2, 2).permute(0, 2, 1, 3).contiguous()
@@ -76,32 +68,44 @@ class AmxKernels:
 
 @functools.cache
 def amx_kernels() -> AmxKernels | None:
-    """The kernels, compiled and loaded, or None where they cannot run here."""
-    if get_settings().kernels == "off" or not _cpu_can() or shutil.which("cc") is None:
-        return None
+    """The kernels, or None where they cannot run here. The first call says which on stderr."""
+    kernels, why_not = load()
+    if kernels is not None:
+        print("tunelab: decode kernels: tunelab's AMX kernels (4-bit projections, int8 LM head) with PyTorch's",
+              file=sys.stderr)
+    else:
+        print(f"tunelab: decode kernels: PyTorch's only; tunelab's AMX kernels do not run: {why_not}",
+              file=sys.stderr)
+    return kernels
+
+
+def load() -> tuple[AmxKernels | None, str]:
+    """`(the kernels, "")` where they run, else `(None, every reason they do not)`."""
+    if get_settings().kernels == "off":
+        return None, "TUNELAB_KERNELS=off"
+    reasons = []
+    missing = CPU_FLAGS - _cpu_flags()
+    if missing:
+        reasons.append(f"this CPU lacks the AMX and AVX-512 instructions they use ({', '.join(sorted(missing))})")
     try:
-        return AmxKernels(ctypes.CDLL(str(_compiled())))
-    except (OSError, subprocess.CalledProcessError):
-        return None
+        from . import _amx  # after torch: see the docstring
+    except ModuleNotFoundError:
+        reasons.append("they were not built when tunelab was installed (they build on x86-64 Linux with a C "
+                       "compiler that takes AMX flags, such as gcc 11 or later, and Python's headers; `pip install "
+                       "-v` shows the build)")
+    except ImportError as exc:
+        reasons.append(f"their extension module does not load: {exc}")
+    if reasons:
+        return None, "; ".join(reasons)
+    try:
+        return AmxKernels(_amx), ""
+    except OSError as exc:
+        return None, str(exc)
 
 
-def _cpu_can() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
-        return False
-    return CPU_FLAGS <= set(flags.split(":", 1)[1].split())
-
-
-def _compiled() -> Path:
-    compiler = subprocess.run(["cc", "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *FLAGS]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunelab" / "kernels"
-    library = cache / f"amx-{key}.so"
-    if not library.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            built = Path(tmp) / library.name
-            subprocess.run(["cc", *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
-            built.replace(library)
-    return library
+        return set()
+    return set(flags.split(":", 1)[1].split())
