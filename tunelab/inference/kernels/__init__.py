@@ -8,6 +8,9 @@ extension built. Anywhere else `amx_kernels()` is None and the decoder keeps PyT
 on them (`TUNELAB_KERNELS=off` turns them off). The first call says on stderr, once, which kernels run and why.
 The extension links libgomp.so.1, the soname of the OpenMP runtime torch has already loaded (it is imported after
 torch), and so shares the calling thread's team.
+
+Every call is checked here (`check_int4`, `check_int8`: dtypes, CPU, contiguity, shapes) before a pointer reaches
+the C code, which trusts them.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ class AmxKernels:
     def pack4(codes: torch.Tensor, step: torch.Tensor, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """codes [N, K] (0..15), step and low [N, K/32] → the int4 kernel's (codes, scales) layout (see amx.c)."""
         n, k = codes.shape
+        _check_weight_shape(n, k)
+        if step.shape != (n, k // 32) or low.shape != (n, k // 32):
+            raise ValueError(f"step and low must be [{n}, {k // 32}] for codes [{n}, {k}], not "
+                             f"{list(step.shape)} and {list(low.shape)}")
         tiles = codes.to(torch.uint8).reshape(n // 16, 2, 8, k // 2, 2)  # tile, half, output, pair, input
         lanes = tiles.permute(0, 1, 3, 2, 4).reshape(n // 16, 2, k // 2, 16)  # lane 2i + j: output i, input j
         packed = (lanes[:, 0] | (lanes[:, 1] << 4)).contiguous()
@@ -44,26 +51,72 @@ class AmxKernels:
 
     def int4(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
         """x [M, K] bf16 (M ≤ INT4_MAX_ROWS), codes and scales from `pack4` → [M, n] bf16."""
-        return self._run(self._int4, x, codes, scales, n, torch.bfloat16, INT4_MAX_ROWS)
+        x = x.contiguous()
+        check_int4(x, codes, scales, n)
+        return self._run(self._int4, x, codes, scales, n, torch.bfloat16)
 
     @staticmethod
     def pack8(codes: torch.Tensor) -> torch.Tensor:
         """int8 codes [N, K] → the int8 kernel's layout: per tile of 16 outputs and pair of inputs, 32 bytes."""
         n, k = codes.shape
+        _check_weight_shape(n, k)
         return codes.reshape(n // 16, 16, k // 2, 2).permute(0, 2, 1, 3).contiguous()
 
     def int8(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
         """x [M, K] bf16 (M ≤ MAX_ROWS), codes from `pack8`, fp32 scales [n] → [M, n] fp32."""
-        return self._run(self._int8, x, codes, scales, n, torch.float32, MAX_ROWS)
+        x = x.contiguous()
+        check_int8(x, codes, scales, n)
+        return self._run(self._int8, x, codes, scales, n, torch.float32)
 
     @staticmethod
-    def _run(function, x, codes, scales, n, dtype, max_rows) -> torch.Tensor:
-        if not 0 < x.shape[0] <= max_rows:
-            raise ValueError(f"the kernel takes 1 to {max_rows} rows, not {x.shape[0]}")
-        x = x.contiguous()
+    def _run(function, x, codes, scales, n, dtype) -> torch.Tensor:
         out = torch.empty(x.shape[0], n, dtype=dtype)
         function(x.data_ptr(), codes.data_ptr(), scales.data_ptr(), out.data_ptr(), x.shape[0], n, x.shape[1])
         return out
+
+
+def check_int4(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, n: int) -> None:
+    """Raise ValueError unless the int4 kernel can take these: x [M, K] bf16 with 1 ≤ M ≤ INT4_MAX_ROWS, codes
+    [n/16, K/2, 16] uint8 and scales [n/16, K/32, 2, 16] bf16 (`pack4`'s), all contiguous on the CPU, n a multiple
+    of 16 and K of 32."""
+    k = _check_x(x, INT4_MAX_ROWS)
+    _check_weight_shape(n, k)
+    _check_tensor("codes", codes, torch.uint8, (n // 16, k // 2, 16))
+    _check_tensor("scales", scales, torch.bfloat16, (n // 16, k // 32, 2, 16))
+
+
+def check_int8(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, n: int) -> None:
+    """Raise ValueError unless the int8 kernel can take these: x [M, K] bf16 with 1 ≤ M ≤ MAX_ROWS, codes
+    [n/16, K/2, 16, 2] int8 (`pack8`'s) and scales [n] fp32, all contiguous on the CPU, n a multiple of 16 and K of
+    32."""
+    k = _check_x(x, MAX_ROWS)
+    _check_weight_shape(n, k)
+    _check_tensor("codes", codes, torch.int8, (n // 16, k // 2, 16, 2))
+    _check_tensor("scales", scales, torch.float32, (n,))
+
+
+def _check_x(x: torch.Tensor, max_rows: int) -> int:
+    if x.dim() != 2:
+        raise ValueError(f"the kernel takes x as [rows, inputs], not {list(x.shape)}")
+    if not 0 < x.shape[0] <= max_rows:
+        raise ValueError(f"the kernel takes 1 to {max_rows} rows, not {x.shape[0]}")
+    _check_tensor("x", x, torch.bfloat16, x.shape)
+    return x.shape[1]
+
+
+def _check_weight_shape(n: int, k: int) -> None:
+    if n <= 0 or n % 16 or k <= 0 or k % 32:
+        raise ValueError(f"the kernels take weights of [N, K] with N a multiple of 16 and K of 32, not [{n}, {k}]")
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    if tensor.dtype != dtype:
+        raise ValueError(f"the kernel takes {name} in {dtype}, not {tensor.dtype}")
+    if tensor.shape != shape:
+        raise ValueError(f"the kernel takes {name} of shape {list(shape)}, not {list(tensor.shape)}")
+    if not tensor.is_cpu or not tensor.is_contiguous():
+        raise ValueError(f"the kernel takes {name} contiguous on the CPU, not {tensor.device} with strides "
+                         f"{tensor.stride()}")
 
 
 @functools.cache

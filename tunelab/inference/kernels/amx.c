@@ -11,7 +11,7 @@
  * with the weights already dequantized, which reads four times the bytes. Each output is a sum over the groups
  * in the same order whatever the rows, so a row's result never depends on the rows beside it.
  *
- * Layout (made by kernels/__init__.py):
+ * Layout (made by kernels/__init__.py, which also checks every call's dtypes and shapes before it gets here):
  *   codes  [N/16][K/2][16] bytes: byte j holds lane j of the low half (outputs 0-7 of the tile: lane 2i is
  *          (output i, input k), lane 2i+1 is (output i, input k+1)) in its low nibble, and the same lane of the
  *          high half (outputs 8-15) in its high nibble.
