@@ -199,11 +199,13 @@ def test_the_wrapper_checks_before_the_native_call_and_passes_it_the_pointers_an
         AmxKernels(SimpleNamespace(init=lambda: -1))
 
 
-def test_each_reason_the_kernels_do_not_run_is_given(monkeypatch):
+def test_each_reason_the_kernels_do_not_run_is_given(monkeypatch, tmp_path):
     monkeypatch.setenv("TUNELAB_KERNELS", "off")
     assert load() == (None, "TUNELAB_KERNELS=off")
     monkeypatch.delenv("TUNELAB_KERNELS")
-    monkeypatch.setitem(sys.modules, "tunelab.inference.kernels._amx", None)  # as if the install had not built it
+    # as if the install had not built the extension: the package's directory without it
+    monkeypatch.setattr(kernels_module, "__path__", [str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "tunelab.inference.kernels._amx", raising=False)
     monkeypatch.delattr(kernels_module, "_amx", raising=False)
     kernels, why_not = load()
     assert kernels is None and "not built when tunelab was installed" in why_not

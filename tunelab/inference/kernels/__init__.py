@@ -16,6 +16,7 @@ the C code, which trusts them.
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def load() -> tuple[AmxKernels | None, str]:
     if missing:
         reasons.append(f"this CPU lacks the AMX and AVX-512 instructions they use ({', '.join(sorted(missing))})")
     try:
-        from . import _amx  # after torch: see the docstring
+        amx = importlib.import_module(f"{__name__}._amx")  # after torch: see the docstring
     except ModuleNotFoundError:
         reasons.append("they were not built when tunelab was installed (they build on x86-64 Linux with a C "
                        "compiler that takes AMX flags, such as gcc 11 or later, and Python's headers; `pip install "
@@ -151,7 +152,7 @@ def load() -> tuple[AmxKernels | None, str]:
     if reasons:
         return None, "; ".join(reasons)
     try:
-        return AmxKernels(_amx), ""
+        return AmxKernels(amx), ""
     except OSError as exc:
         return None, str(exc)
 
