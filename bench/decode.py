@@ -3,6 +3,7 @@
     .venv/bin/python bench/decode.py                  # SmolLM2-135M-Instruct, 128 new tokens, 8 streams
     .venv/bin/python bench/decode.py --weights fp32   # the engine without 4-bit/8-bit decode weights
     .venv/bin/python bench/decode.py --generic        # through transformers' forward, not the Llama decoder
+    .venv/bin/python bench/decode.py --kernels-off-too  # the engine once more with PyTorch's kernels only
 
 The prompt is the lab's system message plus its first question. Both sides generate exactly `--tokens` tokens
 (end-of-turn ignored) so they do the same work. Reported: time to first token, single-stream tokens/s, the
@@ -19,6 +20,8 @@ conversation's next turn is timed with and without the cache.
 
 Each side runs in its own process, as each would be used: `generate()` from a script's main thread with
 PyTorch's default threads, the engine set up as `tunelab serve` sets it up (its scheduler thread has the cores).
+With `--kernels-off-too` a third process runs the engine with `TUNELAB_KERNELS=off`, so tunelab's AMX kernels and
+PyTorch's own are compared in the same run (`kernels_vs_off`; on a CPU without AMX both use PyTorch's).
 """
 
 from __future__ import annotations
@@ -186,6 +189,7 @@ def generate_side(args) -> dict:
 def engine_side(args) -> dict:
     reserve_cores()  # as `tunelab serve` does
     from tunelab.inference.engine import Engine
+    from tunelab.inference.kernels import amx_kernels
     from tunelab.models.load import load_causal_lm
 
     base = resolve_model(args.model)
@@ -195,6 +199,7 @@ def engine_side(args) -> dict:
     prompt = lab_prompt(engine.tokenizer)
     first = run_engine(engine, prompt, 4, 1)  # warm-up; it leaves the prompt's start in the prompt cache
     report = {"decode_weights": engine.weights, "decoder": "transformers" if engine.decoder is None else "llama",
+              "amx_kernels": amx_kernels() is not None,
               "prompt_tokens": len(prompt), "first_request_ttft_s": first["ttft_s"],
               "tunelab_single": run_engine(engine, prompt, args.tokens, 1),
               "tunelab_single_adapter": run_engine(engine, prompt, args.tokens, 1, adapter="adapter", every=1),
@@ -250,23 +255,32 @@ def main() -> None:
                         "tunelab's Llama decoder")
     parser.add_argument("--quality-rows", type=int, default=8, help="validation conversations for the quality "
                         "check (0 skips it)")
+    parser.add_argument("--kernels-off-too", action="store_true", help="run the engine once more with "
+                        "TUNELAB_KERNELS=off (PyTorch's kernels only) and compare")
     parser.add_argument("--side", choices=("generate", "engine"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         print(json.dumps(generate_side(args) if args.side == "generate" else engine_side(args)), flush=True)
         os._exit(0)  # the engine's daemon thread may be inside torch: no interpreter teardown around it
     report = {"model": args.model, "new_tokens": args.tokens}
-    for side in ("generate", "engine"):
+    runs = [("generate", {}), ("engine", {})] + ([("engine", {"TUNELAB_KERNELS": "off"})] if args.kernels_off_too
+                                                   else [])
+    for side, env in runs:
         done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], capture_output=True,
-                              text=True)
+                              text=True, env={**os.environ, **env})
         if done.returncode:
             sys.exit(f"the {side} side failed:\n{done.stderr[-3000:]}")
-        report.update(json.loads(done.stdout.strip().splitlines()[-1]))
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        report.update({"kernels_off": result} if env else result)
     single, generate = report["tunelab_single"]["tokens_per_s"], report["transformers_generate"]["tokens_per_s"]
     report["single_vs_generate"] = round(single / generate, 2)
     report["aggregate_vs_single"] = round(report[f"tunelab_{args.streams}_streams"]["tokens_per_s"] / single, 2)
     report["mixed_aggregate_vs_single"] = round(
         report[f"tunelab_{args.streams}_streams_half_adapter"]["tokens_per_s"] / single, 2)
+    if args.kernels_off_too:  # tokens/s with the kernels as found over tokens/s with PyTorch's only
+        off = report["kernels_off"]
+        report["kernels_vs_off"] = {key: round(report[key]["tokens_per_s"] / off[key]["tokens_per_s"], 2)
+                                    for key in ("tunelab_single", f"tunelab_{args.streams}_streams")}
     print(json.dumps(report, indent=2))
 
 

@@ -1,22 +1,29 @@
 """tunelab's AMX kernels compute what the weights say: the 4-bit projection matches the dequantized weights up to
 bf16 rounding, the int8 one exactly, and every row's result is the same whatever rows share its call. They run
 only on CPUs with AMX (elsewhere their tests are skipped); where they do not run, or are turned off, the decoder
-uses PyTorch's kernels, which the last test checks everywhere."""
+uses PyTorch's kernels, which the last test checks everywhere. Every call's dtypes and shapes are checked before it
+reaches the C code, and where the kernels come from (the extension built at install, nothing else) is tested on
+every machine."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tunelab.inference.kernels import INT4_MAX_ROWS, MAX_ROWS, amx_kernels
+import tunelab.inference.kernels as kernels_module
+from tunelab.inference.kernels import INT4_MAX_ROWS, MAX_ROWS, AmxKernels, amx_kernels, check_int4, check_int8, load
 from tunelab.inference.weights import Matrix, int8_rows
 
 kernels = amx_kernels()
-needs_amx = pytest.mark.skipif(kernels is None, reason="the AMX kernels need an x86 CPU with AMX and a C compiler")
+needs_amx = pytest.mark.skipif(kernels is None, reason="the AMX kernels need an x86 CPU with AMX and tunelab's "
+                               "install to have built them")
 
 
 def int4_weights(n: int, k: int, seed: int = 0):
@@ -107,3 +114,132 @@ def test_with_the_kernels_off_the_decoder_uses_pytorchs_and_computes_the_same():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "TUNELAB_KERNELS": "off"})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def int4_call(rows: int = 2, n: int = 32, k: int = 64):
+    codes, step, low, _ = int4_weights(n, k)
+    return (torch.randn(rows, k).bfloat16(), *AmxKernels.pack4(codes, step, low), n)
+
+
+def int8_call(rows: int = 2, n: int = 32, k: int = 64):
+    return (torch.randn(rows, k).bfloat16(), AmxKernels.pack8(torch.ones(n, k, dtype=torch.int8)), torch.ones(n), n)
+
+
+def test_calls_the_kernels_can_take_pass_their_checks():
+    check_int4(*int4_call(rows=1))
+    check_int4(*int4_call(rows=INT4_MAX_ROWS))
+    check_int8(*int8_call(rows=MAX_ROWS))
+
+
+def replace(call: tuple, index: int, value) -> tuple:
+    return call[:index] + (value,) + call[index + 1:]
+
+
+@pytest.mark.parametrize("case, match", [
+    (lambda c: replace(c, 0, c[0].float()), "x in torch.bfloat16, not torch.float32"),
+    (lambda c: replace(c, 0, c[0][0]), r"x as \[rows, inputs\]"),
+    (lambda c: replace(c, 0, c[0][:0]), "1 to 80 rows, not 0"),
+    (lambda c: replace(c, 0, torch.zeros(81, 64).bfloat16()), "1 to 80 rows, not 81"),
+    (lambda c: replace(c, 0, torch.zeros(2, 96).bfloat16()), r"codes of shape \[2, 48, 16\], not \[2, 32, 16\]"),
+    (lambda c: replace(c, 0, torch.zeros(2, 48).bfloat16()), r"K of 32, not \[32, 48\]"),
+    (lambda c: replace(c, 3, 24), r"N a multiple of 16 and K of 32, not \[24, 64\]"),
+    (lambda c: replace(c, 3, 48), r"codes of shape \[3, 32, 16\], not \[2, 32, 16\]"),
+    (lambda c: replace(c, 1, c[1].to(torch.int8)), "codes in torch.uint8, not torch.int8"),
+    (lambda c: replace(c, 2, c[2].float()), "scales in torch.bfloat16, not torch.float32"),
+    (lambda c: replace(c, 2, c[2].transpose(0, 1).contiguous().transpose(0, 1)), "scales contiguous on the CPU"),
+    (lambda c: replace(c, 0, c[0].to("meta")), "x contiguous on the CPU, not meta"),
+])
+def test_a_call_the_int4_kernel_cannot_take_is_refused_before_it_reaches_the_c_code(case, match):
+    with pytest.raises(ValueError, match=match):
+        check_int4(*case(int4_call()))
+
+
+@pytest.mark.parametrize("case, match", [
+    (lambda c: replace(c, 0, torch.zeros(17, 64).bfloat16()), "1 to 16 rows, not 17"),
+    (lambda c: replace(c, 1, c[1].to(torch.uint8)), "codes in torch.int8, not torch.uint8"),
+    (lambda c: replace(c, 2, c[2].bfloat16()), "scales in torch.float32, not torch.bfloat16"),
+    (lambda c: replace(c, 2, torch.ones(16)), r"scales of shape \[32\], not \[16\]"),
+    (lambda c: replace(c, 1, c[1][:, ::2]), r"codes of shape \[2, 32, 16, 2\], not \[2, 16, 16, 2\]"),
+])
+def test_a_call_the_int8_kernel_cannot_take_is_refused(case, match):
+    with pytest.raises(ValueError, match=match):
+        check_int8(*case(int8_call()))
+
+
+def test_weights_the_kernels_cannot_take_are_not_packed():
+    codes, step, low, _ = int4_weights(32, 64)
+    with pytest.raises(ValueError, match=r"N a multiple of 16 and K of 32, not \[24, 64\]"):
+        AmxKernels.pack4(codes[:24], step[:24], low[:24])
+    with pytest.raises(ValueError, match=r"step and low must be \[32, 2\]"):
+        AmxKernels.pack4(codes, step[:, :1], low)
+    with pytest.raises(ValueError, match=r"not \[16, 48\]"):
+        AmxKernels.pack8(torch.zeros(16, 48, dtype=torch.int8))
+
+
+def test_the_wrapper_checks_before_the_native_call_and_passes_it_the_pointers_and_sizes():
+    """Without AMX: a stand-in for the extension module records what it is given."""
+    calls = []
+    module = SimpleNamespace(init=lambda: 0, int4_gemm=lambda *args: calls.append(("int4", args)),
+                             int8_gemm=lambda *args: calls.append(("int8", args)))
+    wrapper = AmxKernels(module)
+    x, codes, scales, n = int4_call(rows=3)
+    out = wrapper.int4(x, codes, scales, n)
+    assert out.dtype == torch.bfloat16 and out.shape == (3, n)
+    assert calls == [("int4", (x.data_ptr(), codes.data_ptr(), scales.data_ptr(), out.data_ptr(), 3, n, 64))]
+    x, codes, scales, n = int8_call(rows=5)
+    out = wrapper.int8(x, codes, scales, n)
+    assert out.dtype == torch.float32 and calls[-1] == (
+        "int8", (x.data_ptr(), codes.data_ptr(), scales.data_ptr(), out.data_ptr(), 5, n, 64))
+    with pytest.raises(ValueError):
+        wrapper.int4(x.float(), *int4_call()[1:])
+    with pytest.raises(ValueError):
+        wrapper.int8(*int8_call(rows=MAX_ROWS + 1))
+    assert len(calls) == 2
+    with pytest.raises(OSError, match="Linux refused"):
+        AmxKernels(SimpleNamespace(init=lambda: -1))
+
+
+def test_each_reason_the_kernels_do_not_run_is_given(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNELAB_KERNELS", "off")
+    assert load() == (None, "TUNELAB_KERNELS=off")
+    monkeypatch.delenv("TUNELAB_KERNELS")
+    # as if the install had not built the extension: the package's directory without it
+    monkeypatch.setattr(kernels_module, "__path__", [str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "tunelab.inference.kernels._amx", raising=False)
+    monkeypatch.delattr(kernels_module, "_amx", raising=False)
+    kernels, why_not = load()
+    assert kernels is None and "not built when tunelab was installed" in why_not
+    monkeypatch.setattr(kernels_module, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert load()[1].startswith("this CPU lacks the AMX and AVX-512 instructions they use (amx_bf16, amx_tile, ")
+
+
+def test_the_extension_loads_from_the_package_where_the_install_built_it():
+    """The kernels come from the extension module built with tunelab, beside the package's Python files, sharing
+    torch's OpenMP runtime; where it was not built, that is the reason given."""
+    package = Path(kernels_module.__file__).parent
+    built = [path for path in package.iterdir()
+             if path.name.startswith("_amx.") and path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))]
+    if not built:
+        assert "not built when tunelab was installed" in load()[1]
+        pytest.skip("tunelab's install did not build the kernels here")
+    from tunelab.inference.kernels import _amx
+
+    assert Path(_amx.__file__) in built
+    assert callable(_amx.int4_gemm) and callable(_amx.int8_gemm)
+    openmp = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+    assert len(openmp) == 1, openmp  # torch's, which the kernels share
+
+
+def test_the_kernels_are_looked_for_once_said_once_and_nothing_is_written_to_a_cache(tmp_path):
+    script = (
+        "from tunelab.inference.kernels import amx_kernels\n"
+        "from tunelab.inference.weights import Matrix\n"
+        "import torch\n"
+        "amx_kernels(); amx_kernels()\n"
+        "Matrix(torch.randn(32, 64), None, 'int8')\n")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("tunelab: decode kernels: ")]
+    assert len(said) == 1, done.stderr
+    assert not [path for path in tmp_path.rglob("*") if "tunelab" in str(path.relative_to(tmp_path))]

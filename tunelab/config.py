@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         "auto (int4 on x86 CPUs with AVX2 or AVX-512, where PyTorch vectorises those kernels, else fp32).")
     kernels: Literal["auto", "off"] = Field(
         default="auto", description="tunelab's own AMX kernels for batched decode steps and prompts: auto "
-        "(compiled with the system's cc on first use, on CPUs with AMX) or off (PyTorch's kernels only).")
+        "(on CPUs with AMX, where tunelab's install built them) or off (PyTorch's kernels only).")
     prompt_cache_mb: int = Field(default=256, ge=0, description="Memory for the keys and values of recent "
                                  "prompts, per base model, so that a request starting like an earlier one (the same "
                                  "system message, the earlier turns of a chat) skips that part of its prompt "

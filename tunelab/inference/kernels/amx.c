@@ -11,7 +11,7 @@
  * with the weights already dequantized, which reads four times the bytes. Each output is a sum over the groups
  * in the same order whatever the rows, so a row's result never depends on the rows beside it.
  *
- * Layout (made by kernels/__init__.py):
+ * Layout (made by kernels/__init__.py, which also checks every call's dtypes and shapes before it gets here):
  *   codes  [N/16][K/2][16] bytes: byte j holds lane j of the low half (outputs 0-7 of the tile: lane 2i is
  *          (output i, input k), lane 2i+1 is (output i, input k+1)) in its low nibble, and the same lane of the
  *          high half (outputs 8-15) in its high nibble.
@@ -19,7 +19,13 @@
  *
  * Threads: the tiles are shared among the calling thread's OpenMP team (torch's runtime, whose soname this
  * library's is: the same team torch's own operations use). Each thread configures its own AMX tiles.
+ *
+ * Built when tunelab is installed, as the extension module tunelab.inference.kernels._amx (setup.py); its
+ * functions take the tensors' data pointers as integers and release the GIL while they compute.
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
 #include <immintrin.h>
 #include <stdint.h>
 #include <sys/syscall.h>
@@ -36,7 +42,7 @@ typedef struct {
 } tile_config;
 
 /* Linux hands out AMX state only to a process that asks; 0 when granted (or granted before). */
-int amx_init(void) { return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); }
+static int amx_init(void) { return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); }
 
 static void configure(int rows) {
     tile_config config = {0};
@@ -116,7 +122,8 @@ static inline void multiply(const uint16_t *x, int K, int g, const uint16_t *blo
     _tile_dpbf16ps(0, 1, 2);
 }
 
-void int4_gemm(const uint16_t *x, const uint8_t *codes, const uint16_t *scales, uint16_t *out, int M, int N, int K) {
+static void int4_gemm(const uint16_t *x, const uint8_t *codes, const uint16_t *scales, uint16_t *out, int M, int N,
+                      int K) {
     const int chunks = (M + CHUNK_ROWS - 1) / CHUNK_ROWS, last = M - (chunks - 1) * CHUNK_ROWS;
     const size_t chunk = (size_t)CHUNK_ROWS * K, stride = (size_t)K * 2;
 #pragma omp parallel
@@ -155,7 +162,8 @@ void int4_gemm(const uint16_t *x, const uint8_t *codes, const uint16_t *scales, 
  *
  * Layout: codes [N/16][K/2][32] int8, lane 2i + j of a pair's 32 bytes being (output i, input k + j); scales
  * [N] fp32. */
-void int8_gemm(const uint16_t *x, const int8_t *codes, const float *scales, float *out, int M, int N, int K) {
+static void int8_gemm(const uint16_t *x, const int8_t *codes, const float *scales, float *out, int M, int N,
+                      int K) {
 #pragma omp parallel
     {
         _Alignas(64) uint16_t block[16 * 32];
@@ -178,3 +186,40 @@ void int8_gemm(const uint16_t *x, const int8_t *codes, const float *scales, floa
         _tile_release();
     }
 }
+
+/* The Python module. */
+
+static PyObject *py_init(PyObject *self, PyObject *args) { return PyLong_FromLong(amx_init()); }
+
+static PyObject *py_int4_gemm(PyObject *self, PyObject *args) {
+    unsigned long long x, codes, scales, out;
+    int M, N, K;
+    if (!PyArg_ParseTuple(args, "KKKKiii", &x, &codes, &scales, &out, &M, &N, &K)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    int4_gemm((const uint16_t *)x, (const uint8_t *)codes, (const uint16_t *)scales, (uint16_t *)out, M, N, K);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_int8_gemm(PyObject *self, PyObject *args) {
+    unsigned long long x, codes, scales, out;
+    int M, N, K;
+    if (!PyArg_ParseTuple(args, "KKKKiii", &x, &codes, &scales, &out, &M, &N, &K)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    int8_gemm((const uint16_t *)x, (const int8_t *)codes, (const float *)scales, (float *)out, M, N, K);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"init", py_init, METH_NOARGS, "Ask Linux for this process's AMX state: 0 when granted."},
+    {"int4_gemm", py_int4_gemm, METH_VARARGS, "int4_gemm(x, codes, scales, out, M, N, K): data pointers, checked by "
+     "the caller (tunelab.inference.kernels)."},
+    {"int8_gemm", py_int8_gemm, METH_VARARGS, "int8_gemm(x, codes, scales, out, M, N, K): data pointers, checked by "
+     "the caller (tunelab.inference.kernels)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_amx", "tunelab's AMX kernels (amx.c).", -1, methods};
+
+PyMODINIT_FUNC PyInit__amx(void) { return PyModule_Create(&module); }
