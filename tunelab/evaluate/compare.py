@@ -1,5 +1,6 @@
 """Comparisons: every prompt through every candidate (deployments or models) with the same system message and
-seeded sampling, scored by the registered checks, plus validation loss, latency and tokens per request.
+seeded sampling, scored by the checks (`checks.choose`: the registered ones, TUNELAB_CHECKS and the request's),
+plus validation loss, latency and tokens per request.
 
     spec = Spec(candidates=["base-travel", "ft-travel"], prompts=[Prompt("lab-0", [...])], system="You are …")
     report = await compare(svc, spec, progress=lambda done, total: ...)
@@ -39,7 +40,7 @@ RATE_LIMIT_PATIENCE = 300.0  # seconds a candidate's answer may wait out 429s be
 class Prompt:
     id: str
     messages: list[dict]  # the conversation so far, ending with the user's turn; no system message
-    kind: str = "travel"  # "off_topic" prompts are scored by the redirect check
+    kind: str = "general"  # the prompt set's own label; "off_topic" marks requests the assistant should decline
     reference: str | None = None
 
 
@@ -53,7 +54,7 @@ class Spec:
     max_tokens: int = 256
     validation: Path | None = None  # a chat JSONL file: validation loss per candidate
     style: Path | None = None  # a chat JSONL file whose assistant replies define the style to match
-    checks: list[str] | None = None  # registered check names; None: all
+    checks: list[str] | None = None  # registered check names (None: all) and module:name checks to add
     parallel: int = 1  # prompts in flight at once
 
 
@@ -102,7 +103,7 @@ async def compare(svc, spec: Spec, progress: Callable[[int, int], None] = lambda
             losses[candidate] = await run_in_threadpool(validation_loss, svc, candidate, spec.validation)
             done += 1
             progress(done, total)
-    chosen = [registry.get(name) for name in spec.checks] if spec.checks else registry.checks()
+    chosen = registry.choose(spec.checks, svc.settings.checks)
     if spec.style:
         chosen = [StyleCheck.from_chat_file(spec.style) if c.name == "style" else c for c in chosen]
     scored = await run_in_threadpool(_score, spec, answers, chosen)

@@ -12,6 +12,7 @@ import time
 from ..errors import InvalidRequest, NotFound
 from ..store.db import Database
 from ..jobs.events import add_event
+from .checks import choose
 from .compare import Prompt, Spec, compare
 
 MAX_AUTO_PROMPTS = 100  # a comparison attached to a job covers at most this many validation conversations
@@ -73,16 +74,10 @@ class Evaluations:
             raise InvalidRequest("each candidate may appear once", param="candidates")
         body = {**body, **self._files_of_fine_tunes(svc, body)}
         paths = {key: svc.files.path(body[key]) for key in ("validation_file", "style_file") if body.get(key)}
-        if body.get("checks"):
-            from . import checks
-
-            unknown = [name for name in body["checks"] if name not in {c.name for c in checks.checks()}]
-            if unknown:
-                raise InvalidRequest(f"no check named {unknown[0]!r}; known checks: "
-                                     f"{', '.join(c.name for c in checks.checks())}", param="checks")
+        choose(body.get("checks"), svc.settings.checks)  # an unknown check or one that does not load: a 400
         spec = Spec(candidates=body["candidates"], system=body.get("system"), seed=body["seed"],
                     temperature=body["temperature"], max_tokens=body["max_tokens"], checks=body.get("checks"),
-                    prompts=[Prompt(p.get("id") or f"p{i}", p["messages"], p.get("kind") or "travel",
+                    prompts=[Prompt(p.get("id") or f"p{i}", p["messages"], p.get("kind") or "general",
                                     p.get("reference")) for i, p in enumerate(body["prompts"])],
                     validation=paths.get("validation_file"), style=paths.get("style_file"),
                     parallel=body.get("parallel") or 1)
