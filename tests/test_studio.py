@@ -19,10 +19,11 @@ import httpx2 as httpx
 import pytest
 from playwright.sync_api import expect
 
-from conftest import serve_in_thread, varied_chats
+from conftest import TRAVEL, serve_in_thread, varied_chats
 from test_content_filter import exemplar
 
 CHROMIUM = "/usr/bin/chromium"
+TRAVEL_CHECKS = f"{TRAVEL / 'checks.py'}:policy,{TRAVEL / 'checks.py'}:redirect"  # as for the travel lab
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 KEY = "test-key"
@@ -39,7 +40,8 @@ def server(tmp_path_factory, tiny_model):
     home = tmp_path_factory.mktemp("studio") / "home"
     with pytest.MonkeyPatch.context() as env:
         for name, value in {"TUNELAB_HOME": str(home), "TUNELAB_API_KEY": KEY, "TUNELAB_LEASE_SECONDS": "3",
-                            "TUNELAB_DEFAULT_MODEL": "tiny", "TUNELAB_AUTO_COMPARE": "false"}.items():
+                            "TUNELAB_DEFAULT_MODEL": "tiny", "TUNELAB_AUTO_COMPARE": "false",
+                            "TUNELAB_CHECKS": TRAVEL_CHECKS}.items():
             env.setenv(name, value)
         from tunelab.models.catalog import import_model
 

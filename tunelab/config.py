@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -47,6 +47,14 @@ class Settings(BaseSettings):
                                "the fine-tuned model with the model it started from on that file.")
     owner: str = Field(default="local", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="The owner named in "
                        "fine-tuned model ids (ft:<base>:<owner>:<suffix>:<id>).")
+    checks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Answer checks every comparison of the service runs besides the "
+        "registered ones, comma-separated: module:name (an importable module) or path/to/file.py:name.")
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
     @property
     def models_dir(self) -> Path:

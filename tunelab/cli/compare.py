@@ -2,6 +2,7 @@
 better, with the numbers behind it.
 
     tunelab compare --prompts examples/travel/prompts.jsonl --system "You are …" base-travel ft-travel
+    tunelab compare --checks policy --checks engagement …   # only these of the service's checks
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, TunelabError
 from ..evaluate.render import html, markdown, rows
 from .client import ApiKey, AsJson, BaseUrl, _file_id, _once, _print_json, api_errors, client, out
 
@@ -65,19 +66,29 @@ def compare(
                                         "style; default: the fine-tuned candidate's training file."),
     report_dir: Path = typer.Option(Path("reports"), "--out", help="Where report.html, report.md and report.json "
                                     "are written (in a folder named after the comparison)."),
+    checks: Optional[List[str]] = typer.Option(None, "--checks", help="Run only this check of the service's "
+                                               "(repeatable): its name, or the module:name the service loaded "
+                                               "through TUNELAB_CHECKS."),
     base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False,
 ) -> None:
-    """Compare candidates on a prompt set: policy, engagement, redirects, style, validation loss, latency and
-    tokens per request, with a verdict; writes HTML, Markdown and JSON reports."""
+    """Compare candidates on a prompt set: the service's checks (engagement, style, reference, length, and those
+    it registers; --checks picks some), validation loss, latency and tokens per request, with a verdict; writes
+    HTML, Markdown and JSON reports."""
     body = {"candidates": candidates, "prompts": read_prompts(prompts), "system": system, "seed": seed,
-            "temperature": temperature, "max_tokens": max_tokens, "parallel": parallel}
+            "temperature": temperature, "max_tokens": max_tokens, "parallel": parallel, "checks": checks or None}
     api = client(base_url, api_key)
+    try:
+        with api_errors(base_url):
+            if validation:
+                body["validation_file"] = _file_id(api, validation, "--validation")
+            if style:
+                body["style_file"] = _file_id(api, style, "--style")
+            evaluation = api.post("/evaluations", body=body, cast_to=object, options={"headers": _once()})
+    except TunelabError as exc:  # the service names its field; the user typed the option
+        if exc.param != "checks":
+            raise
+        raise InvalidRequest(f"--checks: {exc.message.removeprefix('checks: ')}", param="--checks") from None
     with api_errors(base_url):
-        if validation:
-            body["validation_file"] = _file_id(api, validation, "--validation")
-        if style:
-            body["style_file"] = _file_id(api, style, "--style")
-        evaluation = api.post("/evaluations", body=body, cast_to=object, options={"headers": _once()})
         progress = Progress(TextColumn("[bold]Comparing"), MofNCompleteColumn(), BarColumn(),
                             TextColumn("answers"), TimeElapsedColumn(), transient=True)
         with progress:

@@ -6,7 +6,8 @@
 Upload the travel data, fine-tune SmolLM2-135M-Instruct (suffix ft-travel, default parameters), deploy the base
 and the fine-tuned model (5K tokens per minute, Default content filter), ask the lab's questions to both with
 the lab's system message, run the comparison on the prompt set and write its report. Each step says how long it
-took.
+took. The comparison adds the travel assistant's own checks (`policy`, `redirect`) from the data folder's
+`checks.py` through the checks seam (tunelab/evaluate/checks.py), as any outsider's check plugs in.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from ..config import get_settings
 from ..errors import InvalidRequest
+from ..threads import reserve_cores
 from .client import ApiKey, BaseUrl, api_errors, client, deploy, jobs_wait, out
 from .compare import compare, read_prompts
 
@@ -46,6 +49,9 @@ def travel(
                               "prompts.jsonl."),
     report_dir: Path = typer.Option(Path("reports"), "--out", help="Where the comparison's reports are written."),
     model: str = typer.Option(BASE, "--model", help="The base model to fine-tune."),
+    checks: Optional[List[str]] = typer.Option(None, "--checks", help="Checks the comparison adds, as module:name "
+                                               "or path/to/file.py:name (repeatable); default: policy and "
+                                               "redirect of the --data folder's checks.py, when it has one."),
     base_url: BaseUrl = None, api_key: ApiKey = None,
 ) -> None:
     """The travel lab end to end: upload, fine-tune, deploy both models, ask the lab's questions side by side,
@@ -58,10 +64,23 @@ def travel(
     started = time.monotonic()
     server = nullcontext((base_url, api_key))
     if base_url is None:
+        reserve_cores()  # before the checks' imports bring in torch
+        from ..evaluate.checks import load
         from .serve import embedded
 
-        # The lab runs its own comparison; the automatic one on the validation file would double the work.
-        server = embedded(get_settings().model_copy(update={"auto_compare": False}))
+        if not checks and (data / "checks.py").is_file():
+            checks = [f"{data / 'checks.py'}:{name}" for name in ("policy", "redirect")]
+        for spec in checks or ():
+            load(spec, "--checks")  # a bad check fails now, not after the fine-tune
+        settings = get_settings()
+        # The embedded server runs the checks as if TUNELAB_CHECKS named them (files included), so the comparison
+        # request need not. The lab runs its own comparison: the automatic one on the validation file is off.
+        server = embedded(settings.model_copy(update={"auto_compare": False,
+                                                      "checks": [*settings.checks, *(checks or ())]}))
+        checks = None
+    elif any(spec.rpartition(":")[0].endswith(".py") for spec in checks or ()):
+        raise InvalidRequest("--checks: a running service loads check files named in its own TUNELAB_CHECKS "
+                             "setting; with --base-url give module:name", param="--checks")
     with server as (url, key):
         if base_url is None:
             out.print(f"An embedded tunelab server answers at {url}/v1 for the length of the lab; follow it in the studio: {url}/?token={key}", highlight=False)
@@ -92,7 +111,7 @@ def travel(
                 out.print(f"base-travel serves {model}, ft-travel serves {fine_tuned}", highlight=False)
                 compare([model, fine_tuned], prompts=data / "prompts.jsonl", system=SYSTEM, seed=42,
                         temperature=0.7, max_tokens=256, parallel=8, validation=None, style=None,
-                        report_dir=report_dir, base_url=url, api_key=key, as_json=False)
+                        report_dir=report_dir, checks=checks, base_url=url, api_key=key, as_json=False)
     out.print(f"[bold]The lab took {(time.monotonic() - started) / 60:.1f} minutes.[/bold] "
               f"Chat with the models: `tunelab serve`, then `tunelab chat ft-travel --system \"…\"`.",
               highlight=False)

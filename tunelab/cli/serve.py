@@ -26,7 +26,9 @@ def serve(settings: Settings, console: Console) -> None:
     import uvicorn
 
     from ..app import create_app
+    from ..evaluate.checks import choose
 
+    choose(configured=settings.checks)  # a check that does not load (TUNELAB_CHECKS, a plugin) stops the start
     keys = Keys(settings.home, settings.api_key)
     if not is_loopback(settings.host) and not keys.configured():
         raise InvalidRequest(f"refusing to listen on {settings.host} without an API key: set TUNELAB_API_KEY (or "

@@ -4,21 +4,34 @@
     reports = run({"base": [Case(prompt, answer)], "tuned": [...]}, checks())
     json.dumps([r.to_dict() for r in reports])
 
-This is the one place outsiders plug in: a check is any object with `name`, `title`, `higher_is_better` and
-`score(case)`, registered with `register(obj)`, or a plain function registered with `@check(...)`. The built-ins
-below are registered exactly that way. docs/evaluate.md describes each built-in and shows a custom check.
+This is the one place outsiders plug in. A check is any object with `name`, `title`, `higher_is_better` and
+`score(case)`; `@check(...)` makes one of a function. A check is named by `module:name` (or `path/file.py:name`)
+and is available to every comparison when it is registered:
 
-The cheap checks (policy, engagement, redirect, length) are regular expressions; `style` and `reference` load
-the all-MiniLM-L6-v2 sentence embedder on first use only, so a run without them never loads a model.
+- the built-ins below, listed in `BUILT_IN` and loaded by `load` like any other check;
+- each `tunelab.checks` entry point of an installed package (`[project.entry-points."tunelab.checks"]`);
+- `register(obj)`, in this process.
+
+A comparison adds the checks of the TUNELAB_CHECKS setting and those its request names (`choose`): that is how
+the travel example's `policy` and `redirect` (examples/travel/checks.py) reach `tunelab lab travel`,
+`tunelab compare --checks` and the service. docs/evaluate.md describes each check and how to add one.
+
+The cheap checks (engagement, length) are regular expressions or counts; `style` and `reference` load the
+all-MiniLM-L6-v2 sentence embedder on first use only, so a run without them never loads a model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import json
 import re
+import sys
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
@@ -26,6 +39,10 @@ from ..errors import InvalidRequest, NotFound
 from ..safety.classifier import Embedder, embed_in_batches, model_dir, normalise
 
 Value = bool | int | float | None
+
+BUILT_IN = ("tunelab.evaluate.checks:engagement", "tunelab.evaluate.checks:style",
+            "tunelab.evaluate.checks:reference", "tunelab.evaluate.checks:length")
+ENTRY_POINTS = "tunelab.checks"
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,7 @@ class Case:
     answer: str
     system: str | None = None
     reference: str | None = None  # a known good answer, when the prompt set has one
-    off_topic: bool = False  # the prompt is not about travel (or whatever the assistant is for)
+    off_topic: bool = False  # the prompt asks for something the assistant is not for (kind "off_topic")
 
 
 @dataclass(frozen=True)
@@ -55,26 +72,16 @@ class Check(Protocol):
     def score(self, case: Case) -> Score | Value: ...
 
 
-_registry: dict[str, Check] = {}
-
-
-def register(check: Check, *, replace: bool = False) -> Check:
-    """Make `check` available by name; a second check with the same name is refused unless `replace`."""
-    if check.name in _registry and not replace:
-        raise InvalidRequest(f"a check named {check.name!r} is already registered; pass replace=True to swap it",
-                             param="name")
-    _registry[check.name] = check
-    return check
-
-
 def check(name: str, title: str, higher_is_better: bool | None = True) -> Callable[[Callable], Check]:
-    """Register a function `(case) -> Score | bool | float | None` as a check:
+    """Make a check of a function `(case) -> Score | bool | float | None`:
 
         @check("mentions-visa", "Mentions visas")
         def mentions_visa(case): return "visa" in case.answer.lower()
-    """
+
+    It runs once it is named (`my_checks:mentions_visa` as an entry point, in TUNELAB_CHECKS or `--checks`) or
+    registered (`register(mentions_visa)`)."""
     def wrap(fn: Callable[[Case], Score | Value]) -> Check:
-        return register(FunctionCheck(name, title, higher_is_better, fn))
+        return FunctionCheck(name, title, higher_is_better, fn)
     return wrap
 
 
@@ -89,15 +96,113 @@ class FunctionCheck:
         return self.fn(case)
 
 
+# ---------------------------------------------------------------------------------------------------- the seam
+
+_registry: dict[str, Check] = {}  # filled with the built-ins and the entry points on first use
+
+
+def register(check: Check, *, replace: bool = False) -> Check:
+    """Make `check` available by name; a second check with the same name is refused unless `replace`."""
+    registered = _registered()
+    if registered.get(check.name, check) is not check and not replace:
+        raise InvalidRequest(f"a check named {check.name!r} is already registered; pass replace=True to swap it",
+                             param="name")
+    registered[check.name] = check
+    return check
+
+
 def checks() -> list[Check]:
-    """Every registered check, in registration order (built-ins first)."""
-    return list(_registry.values())
+    """Every registered check, in registration order (built-ins first, then entry points)."""
+    return list(_registered().values())
 
 
 def get(name: str) -> Check:
-    if name not in _registry:
-        raise NotFound(f"no check named {name!r}; known checks: {', '.join(_registry)}", param="checks")
-    return _registry[name]
+    registered = _registered()
+    if name not in registered:
+        raise NotFound(f"no check named {name!r}; known checks: {', '.join(registered)}", param="checks")
+    return registered[name]
+
+
+def _registered() -> dict[str, Check]:
+    if not _registry:  # filled in place: a plugin may register() more while it is imported
+        try:
+            for spec in BUILT_IN:
+                _add(_registry, load(spec, "tunelab's built-in checks"), spec)
+            for point in entry_points(group=ENTRY_POINTS):
+                package = f" ({point.dist.name})" if point.dist else ""
+                _add(_registry, load(point.value, f"entry point {ENTRY_POINTS} {point.name}{package}"), point.value)
+        except InvalidRequest:
+            _registry.clear()  # tried again, and reported again, at the next use
+            raise
+    return _registry
+
+
+def load(spec: str, option: str = "checks") -> Check:
+    """The check `spec` names: `module:name` (an importable module) or `path/to/file.py:name`. A bad spec is an
+    `InvalidRequest` whose one-line message starts with `option` (what the user set: `--checks`, TUNELAB_CHECKS)."""
+    where, _, attribute = spec.rpartition(":")
+    if not where or not attribute.isidentifier():
+        raise InvalidRequest(f"{option}: {spec!r} is not module:name (e.g. mypackage.checks:tone or "
+                             f"examples/travel/checks.py:policy)", param=option)
+    try:
+        module = _import_file(Path(where)) if where.endswith(".py") else importlib.import_module(where)
+    except Exception as exc:  # the user's code: whatever it raises is reported on one line
+        raise InvalidRequest(f"{option}: cannot load {spec!r}: {type(exc).__name__}: {exc}", param=option) from None
+    found = getattr(module, attribute, None)
+    if found is None:
+        raise InvalidRequest(f"{option}: {where} has no {attribute!r}", param=option)
+    missing = [a for a in ("name", "title", "higher_is_better", "score") if not hasattr(found, a)]
+    if missing or not callable(found.score):
+        raise InvalidRequest(f"{option}: {spec!r} is not a check (it lacks {', '.join(missing) or 'score()'}); "
+                             "a check has name, title, higher_is_better and score(case)", param=option)
+    return found
+
+
+def _import_file(path: Path):
+    """A checks file by its path, imported once per resolved path (loading it again returns the same checks)."""
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file {path}")
+    name = f"tunelab_checks_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path))
+    sys.modules[name] = module  # before running it: dataclasses look their module up while it runs
+    try:
+        module.__spec__.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def choose(requested: Sequence[str] | None = None, configured: Sequence[str] = ()) -> list[Check]:
+    """The checks a comparison runs. `configured` (the TUNELAB_CHECKS setting: `module:name` or `file.py:name`)
+    count as registered. `requested` (a request's `checks`) chooses among the registered checks, by name or by the
+    spec they were configured with (none named: all of them). A request never makes the service import code."""
+    available = dict(_registered())
+    loaded = {}
+    for spec in configured:
+        loaded[spec] = load(spec, "TUNELAB_CHECKS")
+        _add(available, loaded[spec], spec)
+    chosen = {}
+    for name in requested or ():
+        if ":" in name and name not in loaded:
+            raise InvalidRequest(f"checks: {name!r} is not loaded on this service; a request chooses among the "
+                                 "registered checks, and the service loads others named in its TUNELAB_CHECKS "
+                                 "setting", param="checks")
+        check = loaded.get(name) or available.get(name)
+        if check is None:
+            raise InvalidRequest(f"no check named {name!r}; known checks: {', '.join(available)}", param="checks")
+        chosen[check.name] = check
+    return list(chosen.values()) if requested else list(available.values())
+
+
+def _add(found: dict[str, Check], check: Check, spec: str) -> None:
+    if found.get(check.name, check) is not check:
+        raise InvalidRequest(f"{spec!r} is a second check named {check.name!r}; give only one of them",
+                             param="checks")
+    found[check.name] = check
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -152,63 +257,9 @@ def _summarise(check: Check, values: list[Value]) -> Summary:
 
 # ---------------------------------------------------------------------------------------------------- policy
 
-# Building blocks for the travel policy. A business is found by its name, so most patterns look for a
-# Capitalised Name next to a venue word ("Hotel Artemide", "Harry's Bar", "at Le Jules Verne restaurant"):
-# the lab's good answers talk about hotels, flights and restaurants all the time (declining, or "the airport
-# railway") but never name one.
-WORD = r"[A-ZÀ-ÖØ-Þ][\w'’&-]*+"  # possessive: "Borough" may not shrink to "Boroug" to dodge a rule
-LINK = r"(?:de|da|di|del|della|dei|do|dos|la|le|les|du|des|al|el|of|the|and|y|e|van|von|der|am|im|zum|&)"
-STOP = (r"(?:The|A|An|This|That|These|Those|It|Its|There|Here|What|Which|Who|Each|Every|One|Another|Our|My|Your"
-        r"|If|When|In|On|At|For|I|We|You|They|He|She|Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
-        r"|January|February|March|April|May|June|July|August|September|October|November|December)")
-# At most six words, so that matching a long run of capitalised words stays linear.
-NAME = rf"(?!{STOP}\b){WORD}(?:\s+(?:{LINK}\s+)?(?:{WORD}|\d+\b)){{0,5}}"
-# Words that make a name a place, not a business: "stay at Lake Bled", "lunch at Borough Market".
-PLACE = (r"(?:Lake|Beach|Bay|Mount|Park|Island|Islands|Valley|Old|Town|City|Market|Mercado|Marché|Markt|Square"
-         r"|Street|Piazza|Plaza|Quarter|District|Village|Castle|Palace|Temple|Harbour|Harbor|Gorge|Falls|Airport"
-         r"|Station|Centre|Center|Cathedral|Church|Museum|Gardens?|Hill|Coast|Canyon|Glacier|River|Bridge|Tower"
-         r"|Souk|Bazaar|Hawker)")
-PLACE_FREE_NAME = (rf"(?!{STOP}\b)(?!{PLACE}\b){WORD}(?:\s+(?:{LINK}\s+)?(?!{PLACE}\b)(?:{WORD}|\d+\b)){{0,5}}"
-                   rf"(?![\s-]+(?:{LINK}\s+)?{PLACE}\b)(?!(?<=s)\s+[a-z])")  # not "Bled's lakeside"
-# A venue word ends its noun phrase ("a trattoria, ..." but not "a trattoria scene").
-END = (r"(?=\s*(?:[,.;:!?)]|$)|\s+(?:with|in|on|near|that|where|which|serving|famous|known|run|by|for|offering"
-       r"|overlooking|just|tucked|set|located|and|or|since|whose|at|of|right|beside|opposite|behind|from|to)\b)")
-# Up to three describing words ("a cosy family-run trattoria"), but not "a city full of trattorias".
-DESCRIBED = (r"(?:(?!(?:with|in|of|for|on|near|full|where|that|and|or|lots|plenty|many|lined|by|to|from|around)\b)"
-             r"[\w'’-]+\s+){0,3}?")
-# A character of an offer ("I can help you book flights") that is not one of "I can't", "…but not hotels".
-NEGATED = (r"(?:(?!\b(?:not|never|no|but|though|although|instead|rather|except|areas?|neighbou?rhoods?|districts?)\b"
-           r"|n['’]t)[^.!?])")
-
-
 def words(*names: str) -> str:
     """A pattern matching any of `names` as whole words, case-sensitively (brands are capitalised)."""
     return r"\b(?:" + "|".join(re.escape(n) for n in names) + r")\b"
-
-
-def venues(nouns: str, offers: str) -> list[str]:
-    """Patterns that catch a recommended business described by one of `nouns` (singular, lowercase):
-    "Roscioli, a family-run deli", "the best steakhouse in town is Don Julio", "at the Shelbourne hotel",
-    "here are some affordable restaurants:", and an offer to book "I can help you book flights"."""
-    noun = rf"(?i:{nouns})"
-    return [
-        rf"{NAME}\s*[,(]\s*(?:a|an|the)\s+{DESCRIBED}{noun}{END}",
-        rf"{NAME}(?:\s*[:–—]|\s+-)\s*(?:(?:a|an|the)\s+)?{DESCRIBED}{noun}{END}",
-        rf"{NAME}\s+(?:is|was|remains)\s+(?:(?:a|an|the)\s+{DESCRIBED}{noun}|one of\s+{DESCRIBED}{noun}s){END}",
-        rf"(?i:\b(?:at|the|called|named|try|visit|like|such as))\s+(?:the\s+)?{NAME}\s+{noun}{END}",
-        rf"(?i:\b(?:best|top|finest|favou?rite|most popular|cheapest|top-rated))\s+{DESCRIBED}{noun}s?"
-        rf"(?:\s+(?i:in|on|near|for|around|at)\s+[^.!?,;:]{{0,40}}?)?\s+(?i:is|are|has to be|would be)\s+"
-        rf"(?:(?i:probably|definitely)\s+)?(?:the\s+)?{NAME}",
-        rf"(?i:\b(?:here are|here're|here is a list of|try these|check out these|consider these|the following"
-        r"|some (?:good|great|popular|recommended|top|affordable|budget|cheap|nice|excellent|lovely|highly[- ]rated"
-        rf"|well[- ]reviewed|authentic))\b(?:(?!\b(?:tips|things|ways|rules|etiquette|advice|dishes|questions|areas"
-        rf"|neighbou?rhoods|districts|streets|markets|foods|specialities|specialties)\b)[^.!?:]){{0,40}}?\b(?:{nouns})s"
-        r"\b[^.!?:]{0,40}:)",
-        rf"(?i:\bI(?:\s+(?:can|could|will)(?!['’]t|not)|['’]ll|\s+would be happy to|['’]d be happy to"
-        rf"|['’]m happy to|\s+am happy to)\b{NEGATED}{{0,60}}?\b(?:book|reserv|recommend|suggest|compar|find"
-        rf"|search)\w*\b{NEGATED}{{0,60}}?\b(?:{offers})\b(?![^.!?]*?(?:n['’]t\b|\bnot\b|\bnever\b|\boutside\b"
-        rf"|\bbeyond\b)))",  # "comparing airlines isn't something I do"
-    ]
 
 
 @dataclass(frozen=True)
@@ -245,77 +296,14 @@ class ForbiddenTopics:
         return [Finding(topic, text[start:end].strip()) for start, end, topic in merged]
 
 
-HOTEL = ("hotel|hostel|resort|motel|inn|guesthouse|guest house|lodge|ecolodge|riad|ryokan|b&b|bed and breakfast"
-         "|pensione")
-RESTAURANT = ("restaurant|trattoria|osteria|pizzeria|taverna|tavern|bistro|brasserie|café|cafe|caffè|steakhouse"
-              "|eatery|diner|bar|pub|deli|bakery|gelateria|izakaya|parrilla|chiringuito|stall|teahouse|coffee shop"
-              "|patisserie")
-TRAVEL = ForbiddenTopics(
-    topics={
-        "hotel": [
-            words("Marriott", "Hyatt", "Ritz", "Ritz-Carlton", "Sheraton", "Westin", "InterContinental",
-                  "Radisson", "Novotel", "Sofitel", "Mercure", "Accor", "Mandarin Oriental", "Best Western",
-                  "Fairmont", "Kempinski", "Wyndham", "Travelodge", "Kimpton", "citizenM", "Six Senses", "Rosewood",
-                  "Waldorf Astoria", "St Regis", "St. Regis", "Claridge's", "Meliá", "Airbnb", "Vrbo"),
-            r"\bHilton\b(?! Head)",
-            rf"\b(?:Hotel|Hôtel|Hostel|Albergo|Pensione|Riad|Ryokan|Pousada|Parador|Auberge)\s+(?:{LINK}\s+)?{NAME}",
-            rf"{NAME}\s+(?:Hotel|Hostel|Resort|Inn|Motel|Suites|Lodge|Guesthouse|Guest House|B&B)\b",
-            rf"(?i:\b(?:stay|stays|staying|stayed|check in|check into|checking into|spend the night|book a room))"
-            rf"\s+at\s+(?:the\s+)?{PLACE_FREE_NAME}",
-            *venues(HOTEL, "hotels?|hostels?|resorts?|accommodation|rooms?|places? to stay"),
-        ],
-        "flight": [
-            words("Lufthansa", "Ryanair", "easyJet", "Qantas", "Vueling", "JetBlue", "Jetstar", "KLM", "Iberia",
-                  "Finnair", "Icelandair", "Aer Lingus", "Cathay Pacific", "AirAsia", "airBaltic", "IndiGo", "Wizz",
-                  "Transavia", "Volotea", "Eurowings", "LATAM", "Avianca", "Aeroméxico", "Aeromexico", "WestJet",
-                  "Virgin Atlantic", "Virgin Australia", "EgyptAir", "Saudia", "flydubai", "Etihad", "Jet2",
-                  "VietJet", "Cebu Pacific", "Garuda Indonesia", "SunExpress", "Royal Air Maroc"),
-            r"(?<!Arab )\bEmirates\b",
-            rf"{NAME}\s+(?:Airlines|Airways|Air Lines|Airline\b|Air\b(?![\s-]+[A-Z]))",
-            rf"\bAir\s+(?!(?:Quality|Force|Conditioning|Pollution|Travel|Museum|Show)\b){WORD}",
-            rf"(?i:\b(?:fly|flying|flew|flights?|airfares?)\s+(?:\w+\s+){{0,3}}?with)\s+{NAME}",
-            *venues("airline|carrier", "flights?|airlines?|plane tickets?|airfares?|fares?"),
-        ],
-        "rental car": [
-            words("Hertz", "Avis", "Europcar", "Sixt", "Thrifty", "Turo", "Zipcar", "Goldcar", "Localiza", "Jucy",
-                  "Britz", "Getaround", "Auto Europe", "Green Motion", "Wicked Campers"),
-            r"\b(?:Enterprise|Budget|Alamo|Dollar|National)(?= Rent| Car| car)",
-            rf"{NAME}\s+(?:Rent[- ]a[- ]Car|Car Rentals?|Car Hire|Campervans?|Rentals)\b",
-            rf"(?i:\b(?:rent|rented|renting|hire|hiring|book|booking)\s+(?:a\s+|the\s+|your\s+)?(?:\w+\s+)?"
-            rf"(?:car|campervan|camper|van|4x4|vehicle|motorbike|scooter)s?\s+(?:with|through|via))\s+{NAME}",
-            *venues("car rental|car hire|rental company|rental firm|rental agency|hire company",
-                    "rental cars?|car rentals?|car hire|hire cars?"),
-        ],
-        "restaurant": [
-            words("McDonald's", "Starbucks", "KFC", "Nando's", "Din Tai Fung", "Shake Shack", "Burger King",
-                  "Pizza Hut", "Wagamama", "Tim Hortons", "Five Guys"),
-            rf"\b(?:Restaurant|Ristorante|Trattoria|Osteria|Pizzeria|Taverna|Brasserie|Bistro|Bistrot|Café|Cafe"
-            rf"|Caffè|Enoteca|Chez|Cantina|Taberna|Cervecería|Gelateria|Pasticceria)\s+(?:{LINK}\s+)?{NAME}",
-            rf"{NAME}\s+(?:Restaurant|Ristorante|Trattoria|Osteria|Pizzeria|Taverna|Brasserie|Bistro|Café|Cafe"
-            rf"|Steakhouse|Grill|Diner|Bar|Pub|Tavern|Kitchen|Eatery|Bakery|Deli|Gelateria|Izakaya)\b",
-            rf"(?i:\b(?:dinner|lunch|brunch|breakfast|dine|dining|eat|eating|drinks|cocktails|a table|reservation)"
-            rf"\s+at)\s+(?:the\s+)?{PLACE_FREE_NAME}",
-            *venues(RESTAURANT, "restaurants?|places? to eat|tables?|cafés?|cafes?|bars?"),
-        ],
-        "booking site": [
-            words("Booking.com", "Expedia", "Hotels.com", "Trivago", "Agoda", "Hostelworld", "Kayak", "Skyscanner",
-                  "Google Flights", "Kiwi.com", "Momondo", "Hopper", "Priceline", "Orbitz", "Travelocity", "Opodo",
-                  "eDreams", "Trip.com", "lastminute.com", "Rentalcars.com", "Discover Cars", "OpenTable",
-                  "TheFork", "Resy", "Yelp", "Tripadvisor", "TripAdvisor", "Zomato"),
-        ],
-    },
-    allowed=[r"Temple Bar", r"Pub Street", r"Hotel Zone", r"Hell['’]s Kitchen", r"H[oô]tel de Ville",
-             r"H[oô]tel des Invalides", r"River Inn"],
-)
-
-
 @dataclass
 class PolicyCheck:
-    """True when the answer recommends or names a business the assistant must not (lower is better)."""
+    """True when the answer says something `topics` forbids (lower is better); the reason names the topic and
+    the passage. The travel example's `policy` is one (examples/travel/checks.py)."""
 
-    topics: ForbiddenTopics = field(default_factory=lambda: TRAVEL)
+    topics: ForbiddenTopics
     name: str = "policy"
-    title: str = "Recommends or names hotels, flights/airlines, rental cars or restaurants"
+    title: str = "Says what the assistant must not"
     higher_is_better: bool | None = False
 
     def score(self, case: Case) -> Score:
@@ -325,9 +313,6 @@ class PolicyCheck:
         first = found[0].text if len(found[0].text) <= 80 else found[0].text[:79] + "…"
         more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
         return Score(True, f"{found[0].topic}: {first!r}{more}")
-
-
-register(PolicyCheck())
 
 
 # ---------------------------------------------------------------------------------------------------- engagement
@@ -354,39 +339,6 @@ def engagement(case: Case) -> Score:
     """The last sentence asks something: "…? Let me know!" ends on a statement and does not count."""
     last = SENTENCE_END.split(_strip_tail(case.answer))[-1]
     return Score("?" in last or "？" in last, last[-80:])
-
-
-# ---------------------------------------------------------------------------------------------------- redirect
-
-TRAVEL_WORDS = re.compile(r"\b(?:travel\w*|trips?|destinations?|journeys?|holidays?|vacations?|getaways?|escapes?"
-                          r"|itinerar\w+|sightseeing|adventures?|explor\w+|visit\w*|tour\w*|abroad)\b", re.I)
-DECLINES = re.compile(r"outside (?:what|my)|beyond (?:what|my)|(?:not|n['’]t) (?:really |quite )?my"
-                      r"|can['’]?not help|can['’]t help|not able to help|\bI (?:only|stick to|focus on)"
-                      r"|(?:not|n['’]t) something I can|I (?:can['’]?not|can['’]t) (?:offer|assist|do th)"
-                      r"|I['’]m (?:here|all about|a travel)|strictly travel|all I do"
-                      r"|my (?:lane|expertise|speciality|specialty)|serve you better"
-                      r"|best bet|one for (?:a|an|your)", re.I)
-COMPLIES = re.compile(r"```|\b(?:but|anyway|still|that said),?\s+here(?:['’]s| is| are)\b", re.I)
-
-
-@check("redirect", "Steers an off-topic request back to travel")
-def redirect(case: Case) -> Score | None:
-    """For off-topic prompts only: the answer talks travel, and either declines the request in its opening
-    (first two sentences: "…beyond what algebra explores" at the end of a worked answer is no decline) or is
-    mostly about travel; code, or "…but here's…" after a decline, counts as answering the request instead."""
-    if not case.off_topic:
-        return None
-    travel = TRAVEL_WORDS.findall(case.answer)
-    sentences = [s for s in SENTENCE_END.split(case.answer.strip()) if s]
-    share = sum(bool(TRAVEL_WORDS.search(s)) for s in sentences) / max(1, len(sentences))
-    declined = DECLINES.search(" ".join(sentences[:2]))
-    complied = COMPLIES.search(case.answer)
-    ok = bool(travel) and not complied and (bool(declined) or share >= 0.5)
-    why = (f"answers the request ({complied.group(0)!r})" if complied else
-           "no travel talk" if not travel else
-           f"declines ({declined.group(0)!r}), talks {travel[0]!r}" if declined else
-           f"{share:.0%} of sentences about travel")
-    return Score(ok, why)
 
 
 # ---------------------------------------------------------------------------------------------------- embeddings
@@ -432,7 +384,7 @@ class StyleCheck:
         return float(similarity.mean() / centroid.norm())  # = cos(answer, centroid): the vectors are unit length
 
 
-register(StyleCheck())
+style = StyleCheck()
 
 
 @check("reference", "Similarity to the reference answer (cosine)")

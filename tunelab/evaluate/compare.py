@@ -1,5 +1,6 @@
 """Comparisons: every prompt through every candidate (deployments or models) with the same system message and
-seeded sampling, scored by the registered checks, plus validation loss, latency and tokens per request.
+seeded sampling, scored by the checks the caller chose (`checks.choose`; by default every registered one),
+plus validation loss, latency and tokens per request.
 
     spec = Spec(candidates=["base-travel", "ft-travel"], prompts=[Prompt("lab-0", [...])], system="You are …")
     report = await compare(spec, candidates, progress=lambda done, total: ...)
@@ -37,7 +38,7 @@ from .checks import Case, StyleCheck
 class Prompt:
     id: str
     messages: list[dict]  # the conversation so far, ending with the user's turn; no system message
-    kind: str = "travel"  # "off_topic" prompts are scored by the redirect check
+    kind: str = "general"  # the prompt set's own label; "off_topic" marks requests the assistant should decline
     reference: str | None = None
 
 
@@ -51,7 +52,7 @@ class Spec:
     max_tokens: int = 256
     validation: Path | None = None  # a chat JSONL file: validation loss per candidate
     style: Path | None = None  # a chat JSONL file whose assistant replies define the style to match
-    checks: list[str] | None = None  # registered check names; None: all
+    checks: list | None = None  # the checks to run (`checks.choose`); None: every registered one
     parallel: int = 1  # prompts in flight at once
 
 
@@ -111,7 +112,7 @@ async def compare(spec: Spec, candidates: Candidates,
             losses[candidate] = await run_in_threadpool(candidates.validation_loss, candidate, spec.validation)
             done += 1
             progress(done, total)
-    chosen = [registry.get(name) for name in spec.checks] if spec.checks else registry.checks()
+    chosen = spec.checks if spec.checks is not None else registry.choose()
     if spec.style:
         chosen = [StyleCheck.from_chat_file(spec.style) if c.name == "style" else c for c in chosen]
     scored = await run_in_threadpool(_score, spec, answers, chosen)

@@ -11,6 +11,11 @@ enough (`THRESHOLD`), closer than the nearest safe exemplar by `MARGIN`, and wit
 harm category; its severity is that exemplar's.
 The two numbers were chosen by leave-one-out over the exemplars; precision and recall on a separate labelled
 set are in docs/service.md (`python bench/content_filter.py`).
+
+Besides the hand-written exemplars, `everyday_chat.jsonl` holds ordinary chat on many topics (cooking, homes, pets,
+school, work, computers, money, health, sport, trips, idioms such as "I'm dead tired") as more safe exemplars, so
+that plain talk is not judged only against the few safe sentences chosen to sound like harm. Its embeddings ship
+beside it (`python bench/content_filter.py --build-corpus`); the exemplars' are computed at load.
 """
 
 from __future__ import annotations
@@ -27,11 +32,8 @@ import torch
 CATEGORIES = ("hate", "sexual", "violence", "self_harm")
 SEVERITIES = ("safe", "low", "medium", "high")
 EXEMPLARS = Path(__file__).with_name("exemplars.jsonl")
-# Ordinary travel chat, passage by passage (examples/travel/train.jsonl), as more safe exemplars: real travel
-# talk ("a cheap beach holiday", "parents who can't walk far") otherwise sits closer to a harm exemplar than to
-# the few hand-written safe ones. Its embeddings ship beside it (`python bench/content_filter.py --build-corpus`).
-TRAVEL_CHAT = Path(__file__).with_name("travel_chat.jsonl")
-TRAVEL_VECTORS = Path(__file__).with_name("travel_chat.safetensors")
+EVERYDAY_CHAT = Path(__file__).with_name("everyday_chat.jsonl")
+EVERYDAY_VECTORS = Path(__file__).with_name("everyday_chat.safetensors")
 THRESHOLD = 0.42
 MARGIN = 0.0
 MEMO_SIZE = 4096  # passages whose judgement is remembered (oldest forgotten first)
@@ -101,8 +103,7 @@ class Classifier:
         with cls._lock:
             if cls._default is None:
                 classifier = cls(Embedder(model_dir()), load_exemplars(EXEMPLARS))
-                if TRAVEL_CHAT.is_file():
-                    classifier.add(*load_corpus(classifier.embed))
+                classifier.add(*load_corpus(classifier.embed))
                 cls._default = classifier
             return cls._default
 
@@ -144,17 +145,24 @@ class Classifier:
                     and best[c][0] >= top - RIVAL else "safe") for c in CATEGORIES}
 
 
-def load_corpus(embed: Embedder, texts: Path = TRAVEL_CHAT, vectors: Path = TRAVEL_VECTORS):
-    """The safe travel passages and their embeddings: the shipped ones when they match the texts, else computed
-    (about a minute on 2 cores)."""
-    from safetensors.torch import load_file
+def load_corpus(embed: Embedder, texts: Path = EVERYDAY_CHAT, vectors: Path = EVERYDAY_VECTORS):
+    """The everyday chat exemplars and their embeddings: the shipped ones when they were made from these texts,
+    else computed (a few seconds on 2 cores)."""
+    from safetensors import safe_open
 
     exemplars = load_exemplars(texts)
     if vectors.is_file():
-        known = load_file(vectors)["vectors"]
-        if known.shape[0] == len(exemplars):
-            return exemplars, known.float()
+        with safe_open(vectors, "pt") as f:
+            if (f.metadata() or {}).get("texts_sha256") == texts_digest(exemplars):
+                return exemplars, f.get_tensor("vectors").float()
     return exemplars, embed_in_batches(embed, [e.text for e in exemplars])
+
+
+def texts_digest(exemplars: list[Exemplar]) -> str:
+    """What shipped embeddings were made from: a changed, added or removed exemplar changes it."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(e.text for e in exemplars).encode()).hexdigest()
 
 
 def embed_in_batches(embed: Embedder, texts: list[str], size: int = 64) -> torch.Tensor:

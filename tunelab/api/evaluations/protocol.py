@@ -31,7 +31,8 @@ class EvaluationCreate(BaseModel):
                                         "(default: the fine-tuned candidate's job's)")
     style_file: str | None = Field(default=None, description="a file id whose assistant replies define the style "
                                    "(default: the fine-tuned candidate's training file)")
-    checks: list[str] | None = Field(default=None, description="registered check names (default: all)")
+    checks: list[str] | None = Field(default=None, description="names of registered checks, or the module:name "
+                                     "the service was configured with (default: all registered checks)")
     parallel: int = Field(default=1, ge=1, le=8, description="prompts answered at once (each by every candidate); "
                           "above 1 a run is faster and its latency figures are those of a shared engine")
 

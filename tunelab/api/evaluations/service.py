@@ -15,7 +15,7 @@ from ...config import Settings
 from ...deploy.deployments import Deployments
 from ...deploy.limits import RateLimited
 from ...errors import InvalidRequest
-from ...evaluate import checks
+from ...evaluate.checks import choose
 from ...evaluate.compare import Answer, Prompt, Spec, compare, validation_loss
 from ...evaluate.render import html, markdown
 from ...evaluate.runs import Runs
@@ -102,14 +102,10 @@ class EvaluationsService:
             raise InvalidRequest("each candidate may appear once", param="candidates")
         body = {**body, **self._files_of_fine_tunes(body)}
         paths = {key: self.files.path(body[key]) for key in ("validation_file", "style_file") if body.get(key)}
-        if body.get("checks"):
-            unknown = [name for name in body["checks"] if name not in {c.name for c in checks.checks()}]
-            if unknown:
-                raise InvalidRequest(f"no check named {unknown[0]!r}; known checks: "
-                                     f"{', '.join(c.name for c in checks.checks())}", param="checks")
         spec = Spec(candidates=body["candidates"], system=body.get("system"), seed=body["seed"],
-                    temperature=body["temperature"], max_tokens=body["max_tokens"], checks=body.get("checks"),
-                    prompts=[Prompt(p.get("id") or f"p{i}", p["messages"], p.get("kind") or "travel",
+                    temperature=body["temperature"], max_tokens=body["max_tokens"],
+                    checks=choose(body.get("checks"), self.settings.checks),  # an unknown check: a 400
+                    prompts=[Prompt(p.get("id") or f"p{i}", p["messages"], p.get("kind") or "general",
                                     p.get("reference")) for i, p in enumerate(body["prompts"])],
                     validation=paths.get("validation_file"), style=paths.get("style_file"),
                     parallel=body.get("parallel") or 1)
