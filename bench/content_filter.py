@@ -85,7 +85,7 @@ def tune(embedder: Embedder) -> tuple[float, float]:
 
 def travel_chat_blocked(classifier: Classifier) -> dict:
     """Clean travel chat: how much of it the Default policy would block."""
-    from tunelab.cli.lab import SYSTEM
+    SYSTEM = (ROOT / "examples" / "travel" / "system.txt").read_text().strip()
 
     travel = ROOT / "examples" / "travel"
     turns = [m for line in (travel / "valid.jsonl").read_text().splitlines() for m in json.loads(line)["messages"]]

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
+SYSTEM = (ROOT / "examples" / "travel" / "system.txt").read_text().strip()  # the lab's system message
 sys.path.insert(0, str(ROOT))
 
 from tunelab.models.catalog import resolve_model  # noqa: E402  (no torch import: see engine_side)
@@ -46,7 +47,6 @@ from tunelab.threads import reserve_cores  # noqa: E402
 if TYPE_CHECKING:  # imported inside the functions: torch must not load before reserve_cores()
     from tunelab.inference.engine import Engine
 
-from tunelab.cli.lab import SYSTEM  # noqa: E402  (the lab's system message)
 
 
 def run_generate(model, prompt: list[int], tokens: int) -> dict:

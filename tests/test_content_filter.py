@@ -54,7 +54,7 @@ def test_travel_questions_behind_the_lab_system_message_are_rarely_blocked(class
     """The prompt filter sees the system message and the question together. The filter holds no travel data
     (its everyday chat exemplars cover many topics), so this is chat it was not built from: docs/benchmarks.md
     has the measured 4 of 73 (0 when a travel corpus cut from train.jsonl was part of the filter)."""
-    from tunelab.cli.lab import SYSTEM
+    SYSTEM = (TRAVEL / "system.txt").read_text().strip()
 
     questions = [m["content"] for line in (TRAVEL / "valid.jsonl").read_text().splitlines()
                  for m in json.loads(line)["messages"] if m["role"] == "user"]

@@ -25,6 +25,7 @@ def test_the_travel_walkthrough_runs_every_step(capsys, tiny_model, tmp_path, mo
     prompts = [json.loads(line) for line in (TRAVEL / "prompts.jsonl").read_text().splitlines()]
     write_jsonl(data / "prompts.jsonl", prompts[:3] + [p for p in prompts if p["kind"] == "off_topic"][:1])
     shutil.copy(TRAVEL / "checks.py", data / "checks.py")  # the example's own checks, found beside its data
+    shutil.copy(TRAVEL / "system.txt", data / "system.txt")
     monkeypatch.setenv("TUNELAB_LEASE_SECONDS", "3")
     code, output = tunelab(capsys, "lab", "travel", "--model", "tiny", "--data", str(data), "--out",
                            str(tmp_path / "reports"))
@@ -51,7 +52,7 @@ def test_the_walkthrough_says_what_is_missing(capsys, tmp_path):
 
 def test_a_check_that_does_not_load_stops_the_lab_and_the_server_before_they_start(capsys, tmp_path, home,
                                                                                   monkeypatch):
-    for name in ("train.jsonl", "valid.jsonl", "prompts.jsonl"):
+    for name in ("train.jsonl", "valid.jsonl", "prompts.jsonl", "system.txt"):
         shutil.copy(TRAVEL / name, tmp_path / name)
     (tmp_path / "checks.py").write_text("policy = 'not a check'\n")
     code, output = tunelab(capsys, "lab", "travel", "--data", str(tmp_path))

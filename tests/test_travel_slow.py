@@ -11,8 +11,9 @@ import pytest
 
 from conftest import TRAVEL, serve_in_thread, wait_for
 from test_real_model import installed
-from tunelab.cli.lab import SYSTEM
 from tunelab.evaluate.checks import Case, get
+
+SYSTEM = (TRAVEL / "system.txt").read_text().strip()
 
 
 @pytest.mark.slow

@@ -28,10 +28,6 @@ from .compare import compare, read_prompts
 
 lab_app = typer.Typer(help="Walk through a lab end to end on this machine.", no_args_is_help=True)
 
-SYSTEM = ("You are an AI travel assistant that helps people plan their trips. Your objective is to offer support for "
-          "travel-related inquiries, such as visa requirements, weather forecasts, local attractions, and cultural "
-          "norms. You should not provide any hotel, flight, rental car or restaurant recommendations. Ask engaging "
-          "questions to help someone plan their trip and think about what they want to do on their holiday.")
 BASE = "SmolLM2-135M-Instruct"
 
 
@@ -45,8 +41,8 @@ def step(title: str):
 
 @lab_app.command("travel")
 def travel(
-    data: Path = typer.Option(Path("examples/travel"), "--data", help="Folder with train.jsonl, valid.jsonl and "
-                              "prompts.jsonl."),
+    data: Path = typer.Option(Path("examples/travel"), "--data", help="Folder with train.jsonl, valid.jsonl, "
+                              "prompts.jsonl and system.txt (the system message)."),
     report_dir: Path = typer.Option(Path("reports"), "--out", help="Where the comparison's reports are written."),
     model: str = typer.Option(BASE, "--model", help="The base model to fine-tune."),
     checks: Optional[List[str]] = typer.Option(None, "--checks", help="Checks the comparison adds, as module:name "
@@ -56,11 +52,12 @@ def travel(
 ) -> None:
     """The travel lab end to end: upload, fine-tune, deploy both models, ask the lab's questions side by side,
     compare on the prompt set and write the report."""
-    for name in ("train.jsonl", "valid.jsonl", "prompts.jsonl"):
+    for name in ("train.jsonl", "valid.jsonl", "prompts.jsonl", "system.txt"):
         if not (data / name).is_file():
             raise InvalidRequest(f"{data / name}: no such file (run from the tunelab folder or pass --data)",
                                  param="--data")
     prompts = read_prompts(data / "prompts.jsonl")
+    system = (data / "system.txt").read_text(encoding="utf-8").strip()
     started = time.monotonic()
     server = nullcontext((base_url, api_key))
     if base_url is None:
@@ -104,12 +101,12 @@ def travel(
                     deploy(served, name=name, tpm=5, content_filter="Default", wait=True, base_url=url, api_key=key,
                            as_json=False)
             with step("4. Ask the lab's questions to both, with the lab's system message"):
-                _side_by_side(api, [p for p in prompts if str(p.get("id", "")).startswith("lab-")])
+                _side_by_side(api, [p for p in prompts if str(p.get("id", "")).startswith("lab-")], system)
             with step(f"5. Compare both on {len(prompts)} prompts ({data / 'prompts.jsonl'})"):
                 # The models behind base-travel and ft-travel: an evaluation is not the app's traffic, so it is
                 # not paced by the deployments' 5K-tokens-per-minute limit (through them it takes minutes more).
                 out.print(f"base-travel serves {model}, ft-travel serves {fine_tuned}", highlight=False)
-                compare([model, fine_tuned], prompts=data / "prompts.jsonl", system=SYSTEM, seed=42,
+                compare([model, fine_tuned], prompts=data / "prompts.jsonl", system=system, seed=42,
                         temperature=0.7, max_tokens=256, parallel=8, validation=None, style=None,
                         report_dir=report_dir, checks=checks, base_url=url, api_key=key, as_json=False)
     out.print(f"[bold]The lab took {(time.monotonic() - started) / 60:.1f} minutes.[/bold] "
@@ -128,7 +125,7 @@ def _replace_deployment(api, name: str) -> None:
         pass
 
 
-def _side_by_side(api, questions: list[dict]) -> None:
+def _side_by_side(api, questions: list[dict], system: str) -> None:
     """Each question to both deployments at once, as the playground's compare view does."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -139,7 +136,7 @@ def _side_by_side(api, questions: list[dict]) -> None:
         return choice.message.content if choice.finish_reason != "content_filter" else "(filtered)"
 
     table = Table("question", "base-travel (base + system message)", "ft-travel (fine-tuned)", show_lines=True)
-    asks = [(deployment, [{"role": "system", "content": SYSTEM}, *prompt["messages"]])
+    asks = [(deployment, [{"role": "system", "content": system}, *prompt["messages"]])
             for prompt in questions for deployment in ("base-travel", "ft-travel")]
     with ThreadPoolExecutor(6) as pool:  # 3 questions at a time: within each deployment's requests per minute
         answers = list(pool.map(lambda a: ask(*a), asks))
