@@ -3,7 +3,7 @@ objects whose optional fields leave the JSON when they were never set (as the cl
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, model_serializer
 
@@ -19,6 +19,24 @@ class Wire(BaseModel):
         for name in self.optional - self.model_fields_set:
             data.pop(name, None)
         return data
+
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """A list page, as the cloud pages jobs, events and most lists."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+    has_more: bool
+
+
+class CursorPage(Page[Item], Generic[Item]):
+    """A page that also names its first and last ids (files, checkpoints)."""
+
+    first_id: str | None
+    last_id: str | None
 
 
 class ErrorBody(BaseModel):

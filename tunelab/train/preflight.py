@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from typing_extensions import TypedDict  # pydantic reads typing's own only from Python 3.12
+
 from ..data.render import RenderedChat
 from ..data.review import review
 from ..data.samples import render_examples
@@ -23,8 +25,13 @@ HISTOGRAM_BINS = 10
 EFFICIENCY = 0.7
 
 
+HistogramBin = TypedDict("HistogramBin", {"from": int, "to": int, "count": int})
+
+
 @dataclass
 class TokenStats:
+    """Token counts of one file (the API's report carries this type as it is)."""
+
     examples: int
     total: int
     min: int
@@ -33,7 +40,7 @@ class TokenStats:
     max: int
     trained_total: int  # assistant tokens with weight != 0: what the loss covers
     trained_median: float
-    histogram: list[dict]  # [{"from": a, "to": b, "count": n}]
+    histogram: list[HistogramBin]
     over_limit: list[int]  # lines longer than the context, truncated from the end when training
     context_limit: int
 

@@ -118,16 +118,22 @@ class PromptFilterResult(BaseModel):
     content_filter_results: dict[str, Any]
 
 
-class ChatCompletion(Wire):
+class ChatObject(Wire):
+    """What a whole answer and each of its chunks carry: the answer's id and time, the model asked."""
+
     optional = frozenset({"prompt_filter_results"})
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: str
     created: int
     model: str
     system_fingerprint: str = FINGERPRINT
+    prompt_filter_results: list[PromptFilterResult] | None = None  # where a deployment filters prompts
+
+
+class ChatCompletion(ChatObject):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
-    prompt_filter_results: list[PromptFilterResult] | None = None
 
 
 class ChunkDelta(Wire):
@@ -145,16 +151,11 @@ class ChunkChoice(Wire):
     content_filter_results: dict[str, Any] | None = None
 
 
-class ChatCompletionChunk(Wire):
+class ChatCompletionChunk(ChatObject):
     """One server-sent event of a streamed answer. `usage` is null on every chunk but the last when the client
     asked for it (`stream_options.include_usage`), and absent otherwise."""
 
     optional = frozenset({"usage", "prompt_filter_results"})
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str = FINGERPRINT
     choices: list[ChunkChoice]
     usage: Usage | None = None
-    prompt_filter_results: list[PromptFilterResult] | None = None

@@ -8,6 +8,8 @@ the event loop never blocks; a stream that is abandoned cancels its generations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncio
 import re
 import secrets
@@ -82,11 +84,11 @@ class Answering:
         return [PromptFilterResult(content_filter_results=self.prompt_results)]
 
 
+@dataclass
 class ChatService:
-    def __init__(self, deployments: Deployments, policies: Policies, pool: EnginePool):
-        self.deployments = deployments
-        self.policies = policies
-        self.pool = pool
+    deployments: Deployments
+    policies: Policies
+    pool: EnginePool
 
     async def begin(self, request: ChatRequest, name: str, *, explicit: bool = False) -> Answering:
         """Start answering `request` with `name`: a deployment (its model, under its rate limit and content

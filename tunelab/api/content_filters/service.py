@@ -3,6 +3,8 @@ deployment still uses the policy."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ...deploy.deployments import Deployments
 from ...errors import InvalidRequest
 from ...safety.policy import Policies
@@ -10,11 +12,11 @@ from ...store.db import Database
 from .protocol import NO_POLICY, PolicyBody, PolicyList, PolicyObject
 
 
+@dataclass
 class ContentFiltersService:
-    def __init__(self, db: Database, policies: Policies, deployments: Deployments):
-        self.db = db
-        self.policies = policies
-        self.deployments = deployments
+    db: Database
+    policies: Policies
+    deployments: Deployments
 
     def put(self, name: str, body: PolicyBody) -> PolicyObject:
         return PolicyObject(**self.policies.put(name, body.prompt.model_dump(), body.completion.model_dump(),

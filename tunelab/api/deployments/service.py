@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ...deploy.deployments import Deployments
 from .protocol import Deployment, DeploymentCreate, DeploymentList
 
 
+@dataclass
 class DeploymentsService:
-    def __init__(self, deployments: Deployments):
-        self.deployments = deployments
+    deployments: Deployments
 
     def create(self, name: str, body: DeploymentCreate) -> Deployment:
         return Deployment.of(self.deployments.create(name, body.properties.model.name, body.sku.capacity,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..protocol import Wire
+from ..protocol import Page, Wire
 
 
 class PromptItem(BaseModel):
@@ -68,7 +68,5 @@ class Evaluation(Wire):
         return made
 
 
-class EvaluationList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Evaluation]
-    has_more: bool
+class EvaluationList(Page[Evaluation]):
+    pass

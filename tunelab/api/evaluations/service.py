@@ -4,6 +4,8 @@ comparison a job with a validation file gets when it succeeds."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import asyncio
 import json
 import logging
@@ -36,14 +38,14 @@ RATE_LIMIT_PATIENCE = 300.0  # seconds a candidate's answer may wait out 429s be
 log = logging.getLogger("tunelab.evaluate")
 
 
+@dataclass
 class ServedCandidates:
     """A comparison's candidates as the service serves them: answers through the chat service, streamed, waiting
     out a deployment's rate limit like a patient client; losses on the engine that serves each."""
 
-    def __init__(self, chat: ChatService, deployments: Deployments, pool: EnginePool):
-        self.chat = chat
-        self.deployments = deployments
-        self.pool = pool
+    chat: ChatService
+    deployments: Deployments
+    pool: EnginePool
 
     async def ask(self, candidate: str, messages: list[dict], spec: Spec) -> Answer:
         request = ChatRequest(model=candidate, messages=messages, temperature=spec.temperature, seed=spec.seed,
@@ -78,19 +80,18 @@ class ServedCandidates:
         return validation_loss(self.deployments, self.pool, candidate, path)
 
 
+@dataclass
 class EvaluationsService:
-    def __init__(self, db: Database, runs: Runs, files: Files, queue: Queue, registry: Registry,
-                 deployments: Deployments, candidates: ServedCandidates, settings: Settings):
-        self.db = db
-        self.runs = runs
-        self.files = files
-        self.queue = queue
-        self.registry = registry
-        self.deployments = deployments
-        self.candidates = candidates
-        self.settings = settings
-        self._tasks: set[asyncio.Task] = set()  # held so that running comparisons are not garbage-collected
-        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once it runs
+    db: Database
+    runs: Runs
+    files: Files
+    queue: Queue
+    registry: Registry
+    deployments: Deployments
+    candidates: ServedCandidates
+    settings: Settings
+    _tasks: set[asyncio.Task] = field(default_factory=set, init=False)  # running comparisons, held from the GC
+    loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)  # the server's, once it runs
 
     def create(self, body: EvaluationCreate | dict) -> Evaluation:
         """Check the request, resolve its files, store it and start it (call from the event loop)."""

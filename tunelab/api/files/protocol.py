@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from ...train.preflight import TokenStats
+from ..protocol import CursorPage
 
 
 class FileObject(BaseModel):
@@ -24,12 +27,8 @@ class FileObject(BaseModel):
                    filename=record["filename"], purpose=record["purpose"], status=record["status"])
 
 
-class FileList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FileObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+class FileList(CursorPage[FileObject]):
+    pass
 
 
 class Problem(BaseModel):
@@ -37,27 +36,6 @@ class Problem(BaseModel):
     line: int = Field(description="1-based; 0 for the file as a whole")
     rule: str
     message: str
-
-
-class HistogramBin(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    from_: int = Field(alias="from")
-    to: int
-    count: int
-
-
-class TokenStats(BaseModel):
-    examples: int
-    total: int
-    min: int
-    median: float
-    p95: int
-    max: int
-    trained_total: int
-    trained_median: float
-    histogram: list[HistogramBin]
-    over_limit: list[int]
-    context_limit: int
 
 
 class FileCheck(BaseModel):

@@ -54,7 +54,7 @@ def file_content(file_id: str, svc: FilesService = Depends(files)) -> FileRespon
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
 
 
-@router.get("/files/{file_id}/report", response_model=FileReport, response_model_by_alias=True)
+@router.get("/files/{file_id}/report", response_model=FileReport)
 def file_report(file_id: str, model: str | None = Query(None, max_length=256, description="the base model whose "
                                                          "tokenizer counts the tokens (default: TUNELAB_DEFAULT_MODEL)"),
                 validation_file: str | None = Query(None, max_length=64, description="a validation file to check "

@@ -3,6 +3,8 @@ file, and deletion unless an unfinished job still reads the file."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
@@ -22,13 +24,13 @@ from .protocol import FileList, FileObject, FileReport
 UPLOAD_OVERHEAD = 64 * 1024  # room for the form's other fields and boundaries beyond the file cap
 
 
+@dataclass
 class FilesService:
-    def __init__(self, db: Database, files: Files, queue: Queue, registry: Registry, settings: Settings):
-        self.db = db
-        self.files = files
-        self.queue = queue
-        self.registry = registry
-        self.settings = settings
+    db: Database
+    files: Files
+    queue: Queue
+    registry: Registry
+    settings: Settings
 
     async def upload(self, request: Request, idempotency_key: str | None) -> FileObject:
         """Stream a multipart upload into a new file; anything but a completed upload leaves nothing behind."""

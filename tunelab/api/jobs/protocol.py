@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...train.config import check_bounds
+from ..protocol import CursorPage, Page
 
 Auto = Literal["auto"]
 SHOWN = ("n_epochs", "batch_size", "learning_rate_multiplier")
@@ -127,10 +128,8 @@ class FineTuningJob(BaseModel):
             hyperparameters=shown, method={"type": "supervised", "supervised": {"hyperparameters": shown}})
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FineTuningJob]
-    has_more: bool
+class JobList(Page[FineTuningJob]):
+    pass
 
 
 class JobEvent(BaseModel):
@@ -148,10 +147,8 @@ class JobEvent(BaseModel):
                    type=event["type"], data=event["data"])
 
 
-class EventList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[JobEvent]
-    has_more: bool
+class EventList(Page[JobEvent]):
+    pass
 
 
 class Checkpoint(BaseModel):
@@ -170,12 +167,8 @@ class Checkpoint(BaseModel):
                    metrics={"step": record["step"], **record["metrics"]})
 
 
-class CheckpointList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Checkpoint]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+class CheckpointList(CursorPage[Checkpoint]):
+    pass
 
 
 class Default(BaseModel):

@@ -6,6 +6,8 @@ The worker (`jobs/worker.py`) moves jobs along; this service only records what c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import hashlib
 import random
 import shutil
@@ -44,17 +46,22 @@ RULES = {
 }
 
 
+@dataclass
 class JobsService:
-    def __init__(self, db: Database, queue: Queue, files: Files, registry: Registry, deployments: Deployments,
-                 settings: Settings):
-        self.db = db
-        self.queue = queue
-        self.files = files
-        self.registry = registry
-        self.deployments = deployments
-        self.settings = settings
-        self.runs_root = settings.state_dir / "jobs"
-        self.owner = settings.owner
+    db: Database
+    queue: Queue
+    files: Files
+    registry: Registry
+    deployments: Deployments
+    settings: Settings
+
+    @property
+    def runs_root(self) -> Path:
+        return self.settings.state_dir / "jobs"
+
+    @property
+    def owner(self) -> str:
+        return self.settings.owner
 
     def create(self, body: JobCreate, idempotency_key: str | None = None) -> FineTuningJob:
         """Check the request (model, files, method) and record the job in `validating_files`."""

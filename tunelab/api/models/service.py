@@ -3,6 +3,8 @@ serves it or an unfinished job continues from it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ...deploy.deployments import Deployments
 from ...errors import InvalidRequest
 from ...inference.pool import EnginePool
@@ -12,13 +14,13 @@ from ...store.db import Database
 from .protocol import Model, ModelList
 
 
+@dataclass
 class ModelsService:
-    def __init__(self, db: Database, registry: Registry, queue: Queue, deployments: Deployments, pool: EnginePool):
-        self.db = db
-        self.registry = registry
-        self.queue = queue
-        self.deployments = deployments
-        self.pool = pool
+    db: Database
+    registry: Registry
+    queue: Queue
+    deployments: Deployments
+    pool: EnginePool
 
     def list(self) -> ModelList:
         """Base models of the catalog, then fine-tuned models."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 
 from ...store.db import Database
@@ -9,10 +11,10 @@ from ...store.usage import usage
 from .protocol import Compaction, Storage
 
 
+@dataclass
 class StorageService:
-    def __init__(self, db: Database, models_dir: Path):
-        self.db = db
-        self.models_dir = models_dir
+    db: Database
+    models_dir: Path
 
     def report(self) -> Storage:
         return Storage(**usage(self.db, self.models_dir))
