@@ -26,7 +26,7 @@ from tunelab.inference.detokenize import IncrementalText  # noqa: E402
 from tunelab.inference.kernels import INT4_MAX_ROWS, amx_kernels  # noqa: E402
 from tunelab.inference.weights import GROUP, int4_grid  # noqa: E402
 from tunelab.models.catalog import resolve_model  # noqa: E402
-from tunelab.models.llama import PROJECTIONS, base_linear  # noqa: E402
+from tunelab.models.llama_block import PROJECTIONS, base_linear  # noqa: E402
 from tunelab.models.load import load_causal_lm, load_tokenizer  # noqa: E402
 
 ROWS = (1, 3, 8, 16, 32, 80, 160, 400)

@@ -292,7 +292,7 @@ def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model
 
 
 def test_the_lean_forward_computes_what_transformers_and_peft_compute(tiny_model, data):
-    """Loss and every LoRA gradient, with and without a shared prefix, through train/llama.py and through
+    """Loss and every LoRA gradient, with and without a shared prefix, through train/lean_forward.py and through
     transformers + PEFT (fp32)."""
     model = random_lora_model(tiny_model, data)
     lean = model.lean_forward

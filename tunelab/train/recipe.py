@@ -34,8 +34,8 @@ from ..models.load import load_causal_lm, load_tokenizer
 from . import checkpoints
 from .config import Hyperparameters, TrainConfig, resolve
 from .metrics import Reporter, ResultsCsv, StepMetrics
-from ..models.llama import unsupported
-from .llama import lean_forward
+from ..models.llama_block import unsupported
+from .lean_forward import lean_forward
 from .loss import head_loss
 from .precision import use_bf16_matmuls
 from .prefix import SharedPrefix, compute_prefix
@@ -146,7 +146,7 @@ def setup_model(base: LocalModel, hp: Hyperparameters) -> torch.nn.Module:
     model.config.use_cache = False
     if hp.method == "full":
         return model
-    lean = unsupported(model) is None  # a Llama: the lean forward (train/llama.py) runs it
+    lean = unsupported(model) is None  # a Llama: the lean forward (lean_forward.py) runs it
     if hp.matmul_precision == "bf16":
         use_bf16_matmuls(model, head_only=lean)
     lora = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=0.0, target_modules="all-linear",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..models.llama import PROJECTIONS, base_linear
+from ..models.llama_block import PROJECTIONS, base_linear
 from .kv import KVCache
 from .prompt_cache import BLOCK, PromptCache
 from .weights import Matrix

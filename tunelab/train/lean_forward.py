@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..models.llama import PROJECTIONS, base_linear, unsupported
+from ..models.llama_block import PROJECTIONS, base_linear, unsupported
 
 
 def lean_forward(model, precision: str):
