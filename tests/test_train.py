@@ -75,7 +75,7 @@ def test_loss_falls_lora_changes_and_base_weights_stay_identical(tiny_model, dat
     torch.manual_seed(hp.seed)
     model = setup_model(resolve_model(str(tiny_model)), hp)
     products = torch.float32 if precision == "fp32" else torch.bfloat16
-    fused = {weight.dtype for _, _, layer in model.lean_forward.layers for weight, _, _ in layer.values()}
+    fused = {weight.dtype for layer in model.lean_forward.layers for weight, _, _ in layer.values()}
     assert fused == {products} and model.get_base_model().lm_head.weight.dtype == products
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}  # what trains stays fp32
     base_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
