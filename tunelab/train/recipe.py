@@ -35,7 +35,7 @@ from . import checkpoints
 from .config import Hyperparameters, TrainConfig, resolve
 from .metrics import Reporter, ResultsCsv, StepMetrics
 from ..models.llama_block import unsupported
-from .lean_forward import lean_forward
+from .lean_forward import LeanForward, lean_forward
 from .loss import head_loss
 from .precision import use_bf16_matmuls
 from .prefix import SharedPrefix, compute_prefix
@@ -70,7 +70,7 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     out = config.out or get_settings().runs_dir / f"{base.name}-{config.suffix or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
     hp = _hyperparameters(out, config, resolve(config, len(train_set), len(valid_set)), resume)
     torch.manual_seed(hp.seed)
-    model = setup_model(base, hp)
+    model, lean = setup_model(base, hp)
     if not resume:  # only now, so a run that could not start leaves no directory behind
         out.mkdir(parents=True, exist_ok=True)
         data = {"config": json.loads(config.model_dump_json()), "hyperparameters": hp.model_dump()}
@@ -108,7 +108,7 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
             batch = [train_set[i] for i in order[position]]
             model.train()
             started = time.perf_counter()
-            loss, accuracy, tokens = train_step(model, batch, optimizer, scheduler)
+            loss, accuracy, tokens = train_step(model, lean, batch, optimizer, scheduler)
             clock.tick(tokens, time.perf_counter() - started)
             step += 1
             metrics = StepMetrics(step, hp.total_steps, epoch + 1, loss, accuracy, tokens, clock.tokens_per_second,
@@ -116,10 +116,10 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
             if valid_set and step % hp.eval_every == 0:
                 k = step // hp.eval_every - 1
                 chunk = [valid_set[(k * hp.batch_size + j) % len(valid_set)] for j in range(hp.batch_size)]
-                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, chunk)
+                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, lean, chunk)
             epoch_done = step % hp.steps_per_epoch == 0 or step == hp.total_steps
             if valid_set and epoch_done:
-                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, valid_set)
+                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, lean, valid_set)
             results.write(metrics)
             reporter.step(metrics)
             last = metrics.openai()
@@ -135,9 +135,11 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     return RunResult(out, weights, step, trained_tokens if not stopped else 0, last, stopped)
 
 
-def setup_model(base: LocalModel, hp: Hyperparameters) -> torch.nn.Module:
+def setup_model(base: LocalModel, hp: Hyperparameters) -> tuple[torch.nn.Module, LeanForward | None]:
     """Load the base model in fp32 (on the GPU when there is one); for LoRA, wrap every linear layer but the
-    LM head with rank-r adapters (the frozen base weights bf16 where the run multiplies in bf16)."""
+    LM head with rank-r adapters (the frozen base weights bf16 where the run multiplies in bf16). Returns the
+    model and the forward that trains it: the lean forward (lean_forward.py) where it applies, else None for
+    transformers' own."""
     from peft import LoraConfig, get_peft_model
 
     model = load_causal_lm(base.path)
@@ -145,15 +147,14 @@ def setup_model(base: LocalModel, hp: Hyperparameters) -> torch.nn.Module:
         model.to("cuda")
     model.config.use_cache = False
     if hp.method == "full":
-        return model
-    lean = unsupported(model) is None  # a Llama: the lean forward (lean_forward.py) runs it
+        return model, None
+    llama = unsupported(model) is None  # the lean forward will run it, with base weights of its own
     if hp.matmul_precision == "bf16":
-        use_bf16_matmuls(model, head_only=lean)
+        use_bf16_matmuls(model, head_only=llama)
     lora = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    model.lean_forward = lean_forward(model, hp.matmul_precision) if lean else None
-    return model
+    return model, lean_forward(model, hp.matmul_precision)
 
 
 def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
@@ -168,19 +169,19 @@ def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
 PACK_TOKENS = 2048
 
 
-def loss_step(model: torch.nn.Module, samples: list[Sample], prefix: SharedPrefix | None = None,
-              ) -> tuple[torch.Tensor, int]:
+def loss_step(model: torch.nn.Module, lean: LeanForward | None, samples: list[Sample],
+              prefix: SharedPrefix | None = None) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the trained tokens of `samples`, and how many of them the model predicts right.
 
-    The decoder runs over each conversation (after `prefix`, when they share one): the lean forward packs them
-    all into one pass, transformers' forward takes them one by one. The vocabulary projection (a 49k × 576
+    The decoder runs over each conversation (after `prefix`, when they share one): the `lean` forward packs them
+    all into one pass; without it, transformers' forward takes them one by one. The vocabulary projection (a 49k × 576
     matmul per token for SmolLM2) runs only at positions whose next token is trained.
     """
     causal = _causal(model)
     device = causal.device
     start = prefix.length if prefix else 0
     cached = list(zip(prefix.keys, prefix.values)) if prefix else None
-    if lean := getattr(model, "lean_forward", None):
+    if lean:
         lengths = [s.length - start for s in samples]
         hidden = lean(torch.cat([s.input_ids[start:] for s in samples]).to(device), cached, lengths=lengths)
         offsets = [0, *itertools.accumulate(lengths)][:-1]
@@ -197,16 +198,17 @@ def loss_step(model: torch.nn.Module, samples: list[Sample], prefix: SharedPrefi
                      getattr(causal.config, "final_logit_softcapping", None))
 
 
-def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float, float, int]:
+def train_step(model, lean: LeanForward | None, batch: list[Sample], optimizer, scheduler,
+               ) -> tuple[float, float, int]:
     """One optimizer step over `batch`; the loss is the mean over all trained tokens of the batch."""
     n_trained = sum(s.n_trained for s in batch)
     total, correct = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    prefix = compute_prefix(model, batch)
+    prefix = compute_prefix(model, lean, batch)
     # No padding either way: the lean forward packs the batch into passes of up to PACK_TOKENS tokens;
     # transformers' forward takes one conversation at a time. The gradients accumulate.
-    for part in _packs(batch, PACK_TOKENS if getattr(model, "lean_forward", None) else 0):
-        loss, right = loss_step(model, part, prefix)
+    for part in _packs(batch, PACK_TOKENS if lean else 0):
+        loss, right = loss_step(model, lean, part, prefix)
         (loss / n_trained).backward()
         total += loss.item()
         correct += right
@@ -219,13 +221,13 @@ def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float,
 
 
 @torch.no_grad()
-def evaluate(model, samples: list[Sample]) -> tuple[float, float]:
+def evaluate(model, lean: LeanForward | None, samples: list[Sample]) -> tuple[float, float]:
     """Mean token loss and accuracy over `samples`, weighted by trained tokens."""
     model.eval()
     total, correct = 0.0, 0
-    prefix = compute_prefix(model, samples)
-    for part in _packs(samples, 2 * PACK_TOKENS if getattr(model, "lean_forward", None) else 0):
-        loss, right = loss_step(model, part, prefix)  # without gradients nothing is held for a backward pass
+    prefix = compute_prefix(model, lean, samples)
+    for part in _packs(samples, 2 * PACK_TOKENS if lean else 0):
+        loss, right = loss_step(model, lean, part, prefix)  # without gradients nothing is held for a backward pass
         total += loss.item()
         correct += right
     model.train()
