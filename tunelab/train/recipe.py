@@ -1,4 +1,5 @@
-"""The fine-tuning recipe, top to bottom: setup_model → setup_data → train (loss_step, evaluate, checkpoints) → save.
+"""The fine-tuning recipe, top to bottom: setup_data → setup_model → setup_optimizer → restore → the loop
+(train_step over loss_step, evaluate, checkpoints) → save.
 
     tunelab train --model SmolLM2-135M-Instruct --train examples/travel/train.jsonl --suffix ft-travel
 
@@ -56,43 +57,16 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     """Fine-tune `config.model` on `config.train_file`; `stop.set()` (or Ctrl-C) checkpoints and returns early."""
     stop = stop or threading.Event()
     base = resolve_model(config.model)
-    tokenizer = load_tokenizer(base.path)
-    max_len = config.max_seq_len or base.meta.get("context_length") or 2048
-    train_set = load_samples(config.train_file, tokenizer, max_len, param="training_file")
-    valid_set = load_samples(config.validation_file, tokenizer, max_len, param="validation_file") \
-        if config.validation_file else []
-    for name, samples in (("training", train_set), ("validation", valid_set)):
-        cut = [s.line for s in samples if s.truncated]
-        if cut:
-            reporter.message(f"{len(cut)} {name} example(s) longer than {max_len} tokens were truncated "
-                             f"(lines {', '.join(map(str, cut[:10]))}{'…' if len(cut) > 10 else ''})")
-
+    tokenizer, train_set, valid_set = setup_data(config, base, reporter)
     out = config.out or get_settings().runs_dir / f"{base.name}-{config.suffix or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
     hp = _hyperparameters(out, config, resolve(config, len(train_set), len(valid_set)), resume)
     torch.manual_seed(hp.seed)
     model, lean = setup_model(base, hp)
     if not resume:  # only now, so a run that could not start leaves no directory behind
-        out.mkdir(parents=True, exist_ok=True)
-        data = {"config": json.loads(config.model_dump_json()), "hyperparameters": hp.model_dump()}
-        (out / "config.json").write_text(json.dumps(data, indent=2))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate,
-                                  weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(hp))
-
+        _write_config(out, config, hp)
+    optimizer, scheduler = setup_optimizer(model, hp)
     ckpt_root = out / "checkpoints"
-    checkpoints.clean_partial(ckpt_root)
-    step = 0
-    if config.init_adapter and not resume:  # continued fine-tuning: start from the earlier fine-tune's weights
-        _load_weights(model, config.init_adapter, hp)
-    if resume:
-        latest = checkpoints.latest_checkpoint(ckpt_root)
-        if latest is None:
-            raise InvalidRequest(f"no complete checkpoint in {ckpt_root} to resume from", param="resume")
-        _load_weights(model, latest, hp)
-        state = checkpoints.load_training_state(latest, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
-        reporter.message(f"Resuming from {latest.name} (epoch {step // hp.steps_per_epoch + 1})")
+    step = restore(model, optimizer, scheduler, ckpt_root, config, hp, resume, reporter)
     results = ResultsCsv(out / "results.csv", resumed_at=step)
 
     reporter.start(hp.model_dump(), hp.total_steps, step)
@@ -155,6 +129,50 @@ def setup_model(base: LocalModel, hp: Hyperparameters) -> tuple[torch.nn.Module,
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     return model, lean_forward(model, hp.matmul_precision)
+
+
+def setup_data(config: TrainConfig, base: LocalModel, reporter: Reporter) -> tuple[object, list[Sample], list[Sample]]:
+    """The tokenizer and the training and validation samples, cut to the context (`max_seq_len`, else the model's);
+    the cut ones are reported by line."""
+    tokenizer = load_tokenizer(base.path)
+    max_len = config.max_seq_len or base.meta.get("context_length") or 2048
+    train_set = load_samples(config.train_file, tokenizer, max_len, param="training_file")
+    valid_set = load_samples(config.validation_file, tokenizer, max_len, param="validation_file") \
+        if config.validation_file else []
+    for name, samples in (("training", train_set), ("validation", valid_set)):
+        cut = [s.line for s in samples if s.truncated]
+        if cut:
+            reporter.message(f"{len(cut)} {name} example(s) longer than {max_len} tokens were truncated "
+                             f"(lines {', '.join(map(str, cut[:10]))}{'…' if len(cut) > 10 else ''})")
+    return tokenizer, train_set, valid_set
+
+
+def setup_optimizer(model: torch.nn.Module, hp: Hyperparameters):
+    """AdamW over the trainable parameters, without weight decay, and its learning rate schedule: linear
+    warm-up, then linear decay to zero at the last step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate,
+                                  weight_decay=0.0)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(hp))
+
+
+def restore(model, optimizer, scheduler, root: Path, config: TrainConfig, hp: Hyperparameters, resume: bool,
+            reporter: Reporter) -> int:
+    """The step the run starts after: 0 for a new run (from `config.init_adapter`'s weights when it continues an
+    earlier fine-tune), or with `resume` the latest complete checkpoint's, whose weights, optimizer and scheduler
+    state are loaded. Partial checkpoints a crash left behind are removed first."""
+    checkpoints.clean_partial(root)
+    if not resume:
+        if config.init_adapter:
+            _load_weights(model, config.init_adapter, hp)
+        return 0
+    latest = checkpoints.latest_checkpoint(root)
+    if latest is None:
+        raise InvalidRequest(f"no complete checkpoint in {root} to resume from", param="resume")
+    _load_weights(model, latest, hp)
+    state = checkpoints.load_training_state(latest, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    reporter.message(f"Resuming from {latest.name} (epoch {state['step'] // hp.steps_per_epoch + 1})")
+    return state["step"]
 
 
 def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
@@ -312,6 +330,13 @@ def _save_final(model, tokenizer, weights: Path, out: Path, base: LocalModel, co
         "final_metrics": metrics, "libraries": _library_versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _write_config(out: Path, config: TrainConfig, hp: Hyperparameters) -> None:
+    """Record the run's settings and resolved hyperparameters (what a resumed run reads back)."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"config": json.loads(config.model_dump_json()), "hyperparameters": hp.model_dump()}
+    (out / "config.json").write_text(json.dumps(data, indent=2))
 
 
 def _hyperparameters(out: Path, config: TrainConfig, hp: Hyperparameters, resume: bool) -> Hyperparameters:
