@@ -109,28 +109,6 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     return RunResult(out, weights, step, trained_tokens if not stopped else 0, last, stopped)
 
 
-def setup_model(base: LocalModel, hp: Hyperparameters) -> tuple[torch.nn.Module, LeanForward | None]:
-    """Load the base model in fp32 (on the GPU when there is one); for LoRA, wrap every linear layer but the
-    LM head with rank-r adapters (the frozen base weights bf16 where the run multiplies in bf16). Returns the
-    model and the forward that trains it: the lean forward (lean_forward.py) where it applies, else None for
-    transformers' own."""
-    from peft import LoraConfig, get_peft_model
-
-    model = load_causal_lm(base.path)
-    if torch.cuda.is_available():
-        model.to("cuda")
-    model.config.use_cache = False
-    if hp.method == "full":
-        return model, None
-    llama = unsupported(model) is None  # the lean forward will run it, with base weights of its own
-    if hp.matmul_precision == "bf16":
-        use_bf16_matmuls(model, head_only=llama)
-    lora = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
-    return model, lean_forward(model, hp.matmul_precision)
-
-
 def setup_data(config: TrainConfig, base: LocalModel, reporter: Reporter) -> tuple[object, list[Sample], list[Sample]]:
     """The tokenizer and the training and validation samples, cut to the context (`max_seq_len`, else the model's);
     the cut ones are reported by line."""
@@ -147,12 +125,39 @@ def setup_data(config: TrainConfig, base: LocalModel, reporter: Reporter) -> tup
     return tokenizer, train_set, valid_set
 
 
+def setup_model(base: LocalModel, hp: Hyperparameters) -> tuple[torch.nn.Module, LeanForward | None]:
+    """Load the base model in fp32 (on the GPU when there is one); for LoRA, wrap every linear layer but the
+    LM head with rank-r adapters (the frozen base weights bf16 where the run multiplies in bf16). Returns the
+    model and the forward that trains it: the lean forward (lean_forward.py) where it applies, else None for
+    transformers' own."""
+    from peft import LoraConfig, get_peft_model
+
+    model = load_causal_lm(base.path)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    model.config.use_cache = False
+    if hp.method == "full":
+        return model, None
+    llama = unsupported(model) is None  # the lean forward runs it and fuses the layers' base weights itself
+    if hp.matmul_precision == "bf16":
+        use_bf16_matmuls(model, head_only=llama)
+    lora = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    return model, lean_forward(model, hp.matmul_precision)
+
+
 def setup_optimizer(model: torch.nn.Module, hp: Hyperparameters):
     """AdamW over the trainable parameters, without weight decay, and its learning rate schedule: linear
     warm-up, then linear decay to zero at the last step."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate,
                                   weight_decay=0.0)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(hp))
+
+    def factor(step: int) -> float:
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        return max(0.0, (hp.total_steps - step) / max(1, hp.total_steps - hp.warmup_steps))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def restore(model, optimizer, scheduler, root: Path, config: TrainConfig, hp: Hyperparameters, resume: bool,
@@ -270,14 +275,6 @@ def _packs(samples: list[Sample], limit: int) -> list[list[Sample]]:
 def _causal(model):
     """The transformers model inside a PEFT wrapper (LoRA layers are injected into it in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _schedule(hp: Hyperparameters):
-    def factor(step: int) -> float:
-        if step < hp.warmup_steps:
-            return (step + 1) / hp.warmup_steps
-        return max(0.0, (hp.total_steps - step) / max(1, hp.total_steps - hp.warmup_steps))
-    return factor
 
 
 def _save_checkpoint(model, optimizer, scheduler, root: Path, step: int, hp: Hyperparameters, metrics: dict,
