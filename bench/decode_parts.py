@@ -26,7 +26,7 @@ from tunelab.inference.detokenize import IncrementalText  # noqa: E402
 from tunelab.inference.kernels import INT4_MAX_ROWS, amx_kernels  # noqa: E402
 from tunelab.inference.weights import GROUP, int4_grid  # noqa: E402
 from tunelab.models.catalog import resolve_model  # noqa: E402
-from tunelab.models.llama import PROJECTIONS, base_linear  # noqa: E402
+from tunelab.models.llama_block import PROJECTIONS, fused_weight, projection_modules  # noqa: E402
 from tunelab.models.load import load_causal_lm, load_tokenizer  # noqa: E402
 
 ROWS = (1, 3, 8, 16, 32, 80, 160, 400)
@@ -47,8 +47,8 @@ def projections(model) -> dict:
     kernels = amx_kernels()
     weights = []
     for layer in model.model.layers:
-        for parent, names in PROJECTIONS.values():
-            weight = torch.cat([base_linear(getattr(getattr(layer, parent), n)).weight for n in names]).detach()
+        for key in PROJECTIONS:
+            weight, _ = fused_weight(projection_modules(layer, key))
             codes, step, low = int4_grid(weight.float())
             weights.append({
                 "n": weight.shape[0], "k": weight.shape[1], "dense": weight.to(torch.bfloat16),

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tunelab.inference.llama import LlamaDecoder
+from tunelab.inference.decoder import LlamaDecoder
 from tunelab.inference.prompt_cache import BLOCK, PromptCache
-from tunelab.models.llama import unsupported
+from tunelab.models.llama_block import unsupported
 from tunelab.inference.weights import Matrix, int4_grid
 
 

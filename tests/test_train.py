@@ -73,9 +73,9 @@ def test_loss_falls_lora_changes_and_base_weights_stay_identical(tiny_model, dat
     hp = resolve(config(tiny_model, data, None, precision=precision), 12, 0)
     assert hp.matmul_precision == precision
     torch.manual_seed(hp.seed)
-    model = setup_model(resolve_model(str(tiny_model)), hp)
+    model, lean = setup_model(resolve_model(str(tiny_model)), hp)
     products = torch.float32 if precision == "fp32" else torch.bfloat16
-    fused = {weight.dtype for _, _, layer in model.lean_forward.layers for weight, _, _ in layer.values()}
+    fused = {weight.dtype for layer in lean.layers for weight, _, _ in layer.values()}
     assert fused == {products} and model.get_base_model().lm_head.weight.dtype == products
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}  # what trains stays fp32
     base_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
@@ -83,7 +83,7 @@ def test_loss_falls_lora_changes_and_base_weights_stay_identical(tiny_model, dat
     samples = load_samples(data[0], load_tokenizer(tiny_model), 1024)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    losses = [train_step(model, samples[:4], optimizer, scheduler)[0] for _ in range(20)]
+    losses = [train_step(model, lean, samples[:4], optimizer, scheduler)[0] for _ in range(20)]
 
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0] * 0.9
@@ -99,7 +99,7 @@ def test_trainable_parameters_equal_the_rank_formula(tiny_model, data):
     base = load_causal_lm(tiny_model)
     expected = sum(rank * (m.in_features + m.out_features) for name, m in base.named_modules()
                    if isinstance(m, torch.nn.Linear) and name != "lm_head")
-    model = setup_model(resolve_model(str(tiny_model)), hp)
+    model, _ = setup_model(resolve_model(str(tiny_model)), hp)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
 
 
@@ -243,27 +243,27 @@ def test_full_fine_tuning_trains_every_weight_and_resumes_exactly(tiny_model, da
 
 def random_lora_model(tiny_model, data):
     """The tiny model with LoRA in fp32 (identities hold up to fp32 rounding) and random non-zero LoRA weights,
-    so every LoRA weight gets a gradient."""
+    so every LoRA weight gets a gradient; and its lean forward."""
     hp = resolve(config(tiny_model, data, None, precision="fp32"), 12, 0)
     torch.manual_seed(0)
-    model = setup_model(resolve_model(str(tiny_model)), hp)
+    model, lean = setup_model(resolve_model(str(tiny_model)), hp)
     for p in model.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
-    return model
+    return model, lean
 
 
-def losses_and_gradients(model, batch, share: bool) -> tuple[list, dict]:
+def losses_and_gradients(model, lean, batch, share: bool) -> tuple[list, dict]:
     """Each sample's (loss, correct) and the LoRA gradients of the whole batch, with or without sharing the
     batch's prefix, as `train_step` computes them."""
     from tunelab.train.prefix import compute_prefix
     from tunelab.train.recipe import loss_step
 
     model.zero_grad(set_to_none=True)
-    prefix = compute_prefix(model, batch) if share else None
+    prefix = compute_prefix(model, lean, batch) if share else None
     losses = []
     for sample in batch:
-        loss, correct = loss_step(model, [sample], prefix)
+        loss, correct = loss_step(model, lean, [sample], prefix)
         loss.backward()
         losses.append((loss.item(), correct))
     if prefix:
@@ -275,15 +275,15 @@ def losses_and_gradients(model, batch, share: bool) -> tuple[list, dict]:
 def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model, data, forward):
     from tunelab.train.prefix import shared_length
 
-    model = random_lora_model(tiny_model, data)
-    assert model.lean_forward is not None  # a Llama
+    model, lean = random_lora_model(tiny_model, data)
+    assert lean is not None  # a Llama
     if forward == "transformers":
-        model.lean_forward = None
+        lean = None
     batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:4]
     assert shared_length(batch) > 50  # the travel system message
 
-    plain_losses, plain = losses_and_gradients(model, batch, share=False)
-    shared_losses, shared = losses_and_gradients(model, batch, share=True)
+    plain_losses, plain = losses_and_gradients(model, lean, batch, share=False)
+    shared_losses, shared = losses_and_gradients(model, lean, batch, share=True)
     assert [loss for loss, _ in shared_losses] == pytest.approx([loss for loss, _ in plain_losses], rel=1e-5)
     assert plain.keys() == shared.keys()
     for name in plain:
@@ -292,15 +292,13 @@ def test_shared_prefix_gives_the_same_gradients_as_full_conversations(tiny_model
 
 
 def test_the_lean_forward_computes_what_transformers_and_peft_compute(tiny_model, data):
-    """Loss and every LoRA gradient, with and without a shared prefix, through train/llama.py and through
+    """Loss and every LoRA gradient, with and without a shared prefix, through train/lean_forward.py and through
     transformers + PEFT (fp32)."""
-    model = random_lora_model(tiny_model, data)
-    lean = model.lean_forward
+    model, lean = random_lora_model(tiny_model, data)
     batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:3]
 
     def run(forward, share: bool):
-        model.lean_forward = forward
-        return losses_and_gradients(model, batch, share)
+        return losses_and_gradients(model, forward, batch, share)
 
     for share in (False, True):
         (ours, our_grads), (theirs, their_grads) = run(lean, share), run(None, share)
@@ -317,14 +315,14 @@ def test_a_packed_batch_computes_what_its_conversations_compute_one_by_one(tiny_
     from tunelab.train.prefix import compute_prefix
     from tunelab.train.recipe import loss_step
 
-    model = random_lora_model(tiny_model, data)
+    model, lean = random_lora_model(tiny_model, data)
     batch = load_samples(data[0], load_tokenizer(tiny_model), 1024)[:4]
     assert len({s.length for s in batch}) > 1  # conversations of different lengths
 
-    one_by_one, packed_grads = losses_and_gradients(model, batch, share)
+    one_by_one, packed_grads = losses_and_gradients(model, lean, batch, share)
     model.zero_grad(set_to_none=True)
-    prefix = compute_prefix(model, batch) if share else None
-    loss, correct = loss_step(model, batch, prefix)
+    prefix = compute_prefix(model, lean, batch) if share else None
+    loss, correct = loss_step(model, lean, batch, prefix)
     loss.backward()
     if prefix:
         prefix.backward()

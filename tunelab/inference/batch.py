@@ -1,5 +1,5 @@
 """The rows decoded together through transformers' own forward pass: the generic path, for any architecture
-(the Llama decoder in llama.py is the fast path for Llama models).
+(the Llama decoder in decoder.py is the fast path for Llama models).
 
 All rows share one transformers KV cache. Rows have different lengths, so every row is left-padded to the
 longest; the mask hides the padding and each row gets its own position ids (its count of real tokens), so a row

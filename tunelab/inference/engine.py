@@ -8,7 +8,7 @@ that decodes every active answer together, one batched forward pass per token.
 Decoding one token reads all the weights whatever the batch size, so answering eight requests in one forward pass
 costs little more than answering one. Rows of the batch may use different adapters or none, so the base model and
 any number of fine-tunes share one copy of the weights and one pass. Llama-architecture models (SmolLM2) decode
-through tunelab's lean Llama decoder (llama.py) with 4-bit weights where the model already is 4-bit; other
+through tunelab's lean Llama decoder (decoder.py) with 4-bit weights where the model already is 4-bit; other
 architectures through transformers' forward (batch.py). Scoring (validation loss) always uses transformers' fp32
 model with PEFT.
 
@@ -35,11 +35,11 @@ from typing import Callable
 import torch
 
 from ..models.catalog import LocalModel
-from ..models.llama import unsupported
+from ..models.llama_block import unsupported
 from ..models.load import load_causal_lm, load_tokenizer
 from ..threads import use_all_cores_here
-from . import llama
 from .batch import Batch
+from .decoder import LlamaBatch, LlamaDecoder
 from .detokenize import IncrementalText
 from .weights import check_format, integer_kernels_fast
 from .weights import prepare as prepare_weights
@@ -148,9 +148,9 @@ class Engine:
         if not self.generic and unsupported(self.model) is None:
             if weights == "auto":  # the integer kernels, where this CPU vectorises them
                 weights = "int4" if integer_kernels_fast() else "fp32"
-            self.decoder = llama.LlamaDecoder(self.model, weights, self.prompt_cache_mb * 2**20)
+            self.decoder = LlamaDecoder(self.model, weights, self.prompt_cache_mb * 2**20)
             self.weights = self.decoder.fmt  # what decoding reads: "int4", "int8" or "fp32"
-            self._batch = llama.LlamaBatch(self.decoder, self.context)
+            self._batch = LlamaBatch(self.decoder, self.context)
         else:
             self.weights = prepare_weights(self.model, weights)  # "int8" or "fp32"
             self._batch = Batch(self._forward)

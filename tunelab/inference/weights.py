@@ -13,7 +13,7 @@ the bytes of the weights. Three formats:
 - `fp32`: the weights as trained, for CPUs where the integer kernels are slow.
 
 The quantized formats take bf16 activations, which PyTorch's int4/int8 weight kernels need. `bench/decode.py`
-measures speed and quality. `Matrix` holds one weight for the Llama decoder (`llama.py`); `prepare()` converts
+measures speed and quality. `Matrix` holds one weight for the Llama decoder (`decoder.py`); `prepare()` converts
 a transformers model in place for the generic decoding path (`generic.py`).
 """
 

@@ -53,9 +53,10 @@ def shared_length(batch: list[Sample]) -> int:
     return length if length >= MIN_SHARED else 0
 
 
-def compute_prefix(model, batch: list[Sample]) -> SharedPrefix | None:
+def compute_prefix(model, lean, batch: list[Sample]) -> SharedPrefix | None:
     """Run the shared prefix of `batch` through the decoder once; None when sharing does not apply. `model` is
-    the model being trained (a PEFT model with a lean forward, or a transformers model)."""
+    the model being trained (a PEFT or transformers model), `lean` the lean forward that runs it (lean_forward.py)
+    or None for transformers' forward."""
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     layer_types = getattr(causal.config, "layer_types", None) or []
     if getattr(causal.config, "sliding_window", None) or any(t != "full_attention" for t in layer_types):
@@ -64,7 +65,7 @@ def compute_prefix(model, batch: list[Sample]) -> SharedPrefix | None:
     if not length:
         return None
     ids = batch[0].input_ids[:length].to(causal.device)
-    if lean := getattr(model, "lean_forward", None):
+    if lean:
         _, kept = lean(ids, keep_kv=True)
         computed_k, computed_v = [k for k, _ in kept], [v for _, v in kept]
     else:

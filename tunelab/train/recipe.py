@@ -1,4 +1,5 @@
-"""The fine-tuning recipe, top to bottom: setup_model → setup_data → train (loss_step, evaluate, checkpoints) → save.
+"""The fine-tuning recipe, top to bottom: setup_data → setup_model → setup_optimizer → restore → the loop
+(train_step over loss_step, evaluate, checkpoints) → save.
 
     tunelab train --model SmolLM2-135M-Instruct --train examples/travel/train.jsonl --suffix ft-travel
 
@@ -34,8 +35,8 @@ from ..models.load import load_causal_lm, load_tokenizer
 from . import checkpoints
 from .config import Hyperparameters, TrainConfig, resolve
 from .metrics import Reporter, ResultsCsv, StepMetrics
-from ..models.llama import unsupported
-from .llama import lean_forward
+from ..models.llama_block import unsupported
+from .lean_forward import LeanForward, lean_forward
 from .loss import head_loss
 from .precision import use_bf16_matmuls
 from .prefix import SharedPrefix, compute_prefix
@@ -56,43 +57,16 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     """Fine-tune `config.model` on `config.train_file`; `stop.set()` (or Ctrl-C) checkpoints and returns early."""
     stop = stop or threading.Event()
     base = resolve_model(config.model)
-    tokenizer = load_tokenizer(base.path)
-    max_len = config.max_seq_len or base.meta.get("context_length") or 2048
-    train_set = load_samples(config.train_file, tokenizer, max_len, param="training_file")
-    valid_set = load_samples(config.validation_file, tokenizer, max_len, param="validation_file") \
-        if config.validation_file else []
-    for name, samples in (("training", train_set), ("validation", valid_set)):
-        cut = [s.line for s in samples if s.truncated]
-        if cut:
-            reporter.message(f"{len(cut)} {name} example(s) longer than {max_len} tokens were truncated "
-                             f"(lines {', '.join(map(str, cut[:10]))}{'…' if len(cut) > 10 else ''})")
-
+    tokenizer, train_set, valid_set = setup_data(config, base, reporter)
     out = config.out or get_settings().runs_dir / f"{base.name}-{config.suffix or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
     hp = _hyperparameters(out, config, resolve(config, len(train_set), len(valid_set)), resume)
     torch.manual_seed(hp.seed)
-    model = setup_model(base, hp)
+    model, lean = setup_model(base, hp)
     if not resume:  # only now, so a run that could not start leaves no directory behind
-        out.mkdir(parents=True, exist_ok=True)
-        data = {"config": json.loads(config.model_dump_json()), "hyperparameters": hp.model_dump()}
-        (out / "config.json").write_text(json.dumps(data, indent=2))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate,
-                                  weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(hp))
-
+        _write_config(out, config, hp)
+    optimizer, scheduler = setup_optimizer(model, hp)
     ckpt_root = out / "checkpoints"
-    checkpoints.clean_partial(ckpt_root)
-    step = 0
-    if config.init_adapter and not resume:  # continued fine-tuning: start from the earlier fine-tune's weights
-        _load_weights(model, config.init_adapter, hp)
-    if resume:
-        latest = checkpoints.latest_checkpoint(ckpt_root)
-        if latest is None:
-            raise InvalidRequest(f"no complete checkpoint in {ckpt_root} to resume from", param="resume")
-        _load_weights(model, latest, hp)
-        state = checkpoints.load_training_state(latest, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
-        reporter.message(f"Resuming from {latest.name} (epoch {step // hp.steps_per_epoch + 1})")
+    step = restore(model, optimizer, scheduler, ckpt_root, config, hp, resume, reporter)
     results = ResultsCsv(out / "results.csv", resumed_at=step)
 
     reporter.start(hp.model_dump(), hp.total_steps, step)
@@ -108,7 +82,7 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
             batch = [train_set[i] for i in order[position]]
             model.train()
             started = time.perf_counter()
-            loss, accuracy, tokens = train_step(model, batch, optimizer, scheduler)
+            loss, accuracy, tokens = train_step(model, lean, batch, optimizer, scheduler)
             clock.tick(tokens, time.perf_counter() - started)
             step += 1
             metrics = StepMetrics(step, hp.total_steps, epoch + 1, loss, accuracy, tokens, clock.tokens_per_second,
@@ -116,10 +90,10 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
             if valid_set and step % hp.eval_every == 0:
                 k = step // hp.eval_every - 1
                 chunk = [valid_set[(k * hp.batch_size + j) % len(valid_set)] for j in range(hp.batch_size)]
-                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, chunk)
+                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, lean, chunk)
             epoch_done = step % hp.steps_per_epoch == 0 or step == hp.total_steps
             if valid_set and epoch_done:
-                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, valid_set)
+                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, lean, valid_set)
             results.write(metrics)
             reporter.step(metrics)
             last = metrics.openai()
@@ -135,9 +109,27 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     return RunResult(out, weights, step, trained_tokens if not stopped else 0, last, stopped)
 
 
-def setup_model(base: LocalModel, hp: Hyperparameters) -> torch.nn.Module:
+def setup_data(config: TrainConfig, base: LocalModel, reporter: Reporter) -> tuple[object, list[Sample], list[Sample]]:
+    """The tokenizer and the training and validation samples, cut to the context (`max_seq_len`, else the model's);
+    the cut ones are reported by line."""
+    tokenizer = load_tokenizer(base.path)
+    max_len = config.max_seq_len or base.meta.get("context_length") or 2048
+    train_set = load_samples(config.train_file, tokenizer, max_len, param="training_file")
+    valid_set = load_samples(config.validation_file, tokenizer, max_len, param="validation_file") \
+        if config.validation_file else []
+    for name, samples in (("training", train_set), ("validation", valid_set)):
+        cut = [s.line for s in samples if s.truncated]
+        if cut:
+            reporter.message(f"{len(cut)} {name} example(s) longer than {max_len} tokens were truncated "
+                             f"(lines {', '.join(map(str, cut[:10]))}{'…' if len(cut) > 10 else ''})")
+    return tokenizer, train_set, valid_set
+
+
+def setup_model(base: LocalModel, hp: Hyperparameters) -> tuple[torch.nn.Module, LeanForward | None]:
     """Load the base model in fp32 (on the GPU when there is one); for LoRA, wrap every linear layer but the
-    LM head with rank-r adapters (the frozen base weights bf16 where the run multiplies in bf16)."""
+    LM head with rank-r adapters (the frozen base weights bf16 where the run multiplies in bf16). Returns the
+    model and the forward that trains it: the lean forward (lean_forward.py) where it applies, else None for
+    transformers' own."""
     from peft import LoraConfig, get_peft_model
 
     model = load_causal_lm(base.path)
@@ -145,15 +137,47 @@ def setup_model(base: LocalModel, hp: Hyperparameters) -> torch.nn.Module:
         model.to("cuda")
     model.config.use_cache = False
     if hp.method == "full":
-        return model
-    lean = unsupported(model) is None  # a Llama: the lean forward (train/llama.py) runs it
+        return model, None
+    llama = unsupported(model) is None  # the lean forward runs it and fuses the layers' base weights itself
     if hp.matmul_precision == "bf16":
-        use_bf16_matmuls(model, head_only=lean)
+        use_bf16_matmuls(model, head_only=llama)
     lora = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    model.lean_forward = lean_forward(model, hp.matmul_precision) if lean else None
-    return model
+    return model, lean_forward(model, hp.matmul_precision)
+
+
+def setup_optimizer(model: torch.nn.Module, hp: Hyperparameters):
+    """AdamW over the trainable parameters, without weight decay, and its learning rate schedule: linear
+    warm-up, then linear decay to zero at the last step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate,
+                                  weight_decay=0.0)
+
+    def factor(step: int) -> float:
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        return max(0.0, (hp.total_steps - step) / max(1, hp.total_steps - hp.warmup_steps))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def restore(model, optimizer, scheduler, root: Path, config: TrainConfig, hp: Hyperparameters, resume: bool,
+            reporter: Reporter) -> int:
+    """The step the run starts after: 0 for a new run (from `config.init_adapter`'s weights when it continues an
+    earlier fine-tune), or with `resume` the latest complete checkpoint's, whose weights, optimizer and scheduler
+    state are loaded. Partial checkpoints a crash left behind are removed first."""
+    checkpoints.clean_partial(root)
+    if not resume:
+        if config.init_adapter:
+            _load_weights(model, config.init_adapter, hp)
+        return 0
+    latest = checkpoints.latest_checkpoint(root)
+    if latest is None:
+        raise InvalidRequest(f"no complete checkpoint in {root} to resume from", param="resume")
+    _load_weights(model, latest, hp)
+    state = checkpoints.load_training_state(latest, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    reporter.message(f"Resuming from {latest.name} (epoch {state['step'] // hp.steps_per_epoch + 1})")
+    return state["step"]
 
 
 def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
@@ -168,19 +192,19 @@ def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
 PACK_TOKENS = 2048
 
 
-def loss_step(model: torch.nn.Module, samples: list[Sample], prefix: SharedPrefix | None = None,
-              ) -> tuple[torch.Tensor, int]:
+def loss_step(model: torch.nn.Module, lean: LeanForward | None, samples: list[Sample],
+              prefix: SharedPrefix | None = None) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the trained tokens of `samples`, and how many of them the model predicts right.
 
-    The decoder runs over each conversation (after `prefix`, when they share one): the lean forward packs them
-    all into one pass, transformers' forward takes them one by one. The vocabulary projection (a 49k × 576
+    The decoder runs over each conversation (after `prefix`, when they share one): the `lean` forward packs them
+    all into one pass; without it, transformers' forward takes them one by one. The vocabulary projection (a 49k × 576
     matmul per token for SmolLM2) runs only at positions whose next token is trained.
     """
     causal = _causal(model)
     device = causal.device
     start = prefix.length if prefix else 0
     cached = list(zip(prefix.keys, prefix.values)) if prefix else None
-    if lean := getattr(model, "lean_forward", None):
+    if lean:
         lengths = [s.length - start for s in samples]
         hidden = lean(torch.cat([s.input_ids[start:] for s in samples]).to(device), cached, lengths=lengths)
         offsets = [0, *itertools.accumulate(lengths)][:-1]
@@ -197,16 +221,17 @@ def loss_step(model: torch.nn.Module, samples: list[Sample], prefix: SharedPrefi
                      getattr(causal.config, "final_logit_softcapping", None))
 
 
-def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float, float, int]:
+def train_step(model, lean: LeanForward | None, batch: list[Sample], optimizer, scheduler,
+               ) -> tuple[float, float, int]:
     """One optimizer step over `batch`; the loss is the mean over all trained tokens of the batch."""
     n_trained = sum(s.n_trained for s in batch)
     total, correct = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    prefix = compute_prefix(model, batch)
+    prefix = compute_prefix(model, lean, batch)
     # No padding either way: the lean forward packs the batch into passes of up to PACK_TOKENS tokens;
     # transformers' forward takes one conversation at a time. The gradients accumulate.
-    for part in _packs(batch, PACK_TOKENS if getattr(model, "lean_forward", None) else 0):
-        loss, right = loss_step(model, part, prefix)
+    for part in _packs(batch, PACK_TOKENS if lean else 0):
+        loss, right = loss_step(model, lean, part, prefix)
         (loss / n_trained).backward()
         total += loss.item()
         correct += right
@@ -219,13 +244,13 @@ def train_step(model, batch: list[Sample], optimizer, scheduler) -> tuple[float,
 
 
 @torch.no_grad()
-def evaluate(model, samples: list[Sample]) -> tuple[float, float]:
+def evaluate(model, lean: LeanForward | None, samples: list[Sample]) -> tuple[float, float]:
     """Mean token loss and accuracy over `samples`, weighted by trained tokens."""
     model.eval()
     total, correct = 0.0, 0
-    prefix = compute_prefix(model, samples)
-    for part in _packs(samples, 2 * PACK_TOKENS if getattr(model, "lean_forward", None) else 0):
-        loss, right = loss_step(model, part, prefix)  # without gradients nothing is held for a backward pass
+    prefix = compute_prefix(model, lean, samples)
+    for part in _packs(samples, 2 * PACK_TOKENS if lean else 0):
+        loss, right = loss_step(model, lean, part, prefix)  # without gradients nothing is held for a backward pass
         total += loss.item()
         correct += right
     model.train()
@@ -250,14 +275,6 @@ def _packs(samples: list[Sample], limit: int) -> list[list[Sample]]:
 def _causal(model):
     """The transformers model inside a PEFT wrapper (LoRA layers are injected into it in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _schedule(hp: Hyperparameters):
-    def factor(step: int) -> float:
-        if step < hp.warmup_steps:
-            return (step + 1) / hp.warmup_steps
-        return max(0.0, (hp.total_steps - step) / max(1, hp.total_steps - hp.warmup_steps))
-    return factor
 
 
 def _save_checkpoint(model, optimizer, scheduler, root: Path, step: int, hp: Hyperparameters, metrics: dict,
@@ -310,6 +327,13 @@ def _save_final(model, tokenizer, weights: Path, out: Path, base: LocalModel, co
         "final_metrics": metrics, "libraries": _library_versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _write_config(out: Path, config: TrainConfig, hp: Hyperparameters) -> None:
+    """Record the run's settings and resolved hyperparameters (what a resumed run reads back)."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"config": json.loads(config.model_dump_json()), "hyperparameters": hp.model_dump()}
+    (out / "config.json").write_text(json.dumps(data, indent=2))
 
 
 def _hyperparameters(out: Path, config: TrainConfig, hp: Hyperparameters, resume: bool) -> Hyperparameters:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..models.llama import PROJECTIONS, base_linear, unsupported
+from ..models.llama_block import (PROJECTIONS, Dims, fused_lora, fused_weight, layer_norms, projection_modules,
+                                  rms_norm, rotary_tables, run_layers, unsupported)
 
 
 def lean_forward(model, precision: str):
@@ -34,28 +35,21 @@ def lean_forward(model, precision: str):
 class LeanForward:
     def __init__(self, model, precision: str):
         inner = model.get_base_model().model
-        config = model.config
-        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.hidden = config.hidden_size
+        self.dims = Dims.of(model.config)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.adapter = model.active_adapter
         self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
         self.norm = (inner.norm.weight.detach(), inner.norm.variance_epsilon)
+        self.norms = [layer_norms(layer) for layer in inner.layers]
+        # per layer, key -> (fused base weight and bias in the run's precision, the PEFT modules they come from)
         self.layers = []
         for layer in inner.layers:
             fused = {}
-            for key, (parent, names) in PROJECTIONS.items():
-                modules = [getattr(getattr(layer, parent), name) for name in names]
-                weight = torch.cat([base_linear(m).weight.detach() for m in modules]).to(self.dtype)
-                bias = [base_linear(m).bias for m in modules]
-                fused[key] = (weight, torch.cat(bias).detach().to(self.dtype) if bias[0] is not None else None,
-                              modules)
-            norms = [(n.weight.detach(), n.variance_epsilon) for n in (layer.input_layernorm,
-                                                                         layer.post_attention_layernorm)]
-            self.layers.append((*norms, fused))
-        half = self.head_dim // 2
-        self.rotation_sign = torch.cat([-torch.ones(half), torch.ones(half)])
+            for key in PROJECTIONS:
+                modules = projection_modules(layer, key)
+                weight, bias = fused_weight(modules)
+                fused[key] = (weight.to(self.dtype), None if bias is None else bias.to(self.dtype), modules)
+            self.layers.append(fused)
 
     def __call__(self, ids: torch.Tensor, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
                  keep_kv: bool = False, lengths: list[int] | None = None):
@@ -69,22 +63,16 @@ class LeanForward:
         arithmetic; attention runs per conversation, so no FLOPs go to pairs that never see each other."""
         start = prefix[0][0].shape[2] if prefix else 0
         lengths = lengths or [ids.shape[0]]
-        total = ids.shape[0]
         x = self.embed(ids[None])
         positions = torch.cat([torch.arange(start, start + n, device=ids.device) for n in lengths])[None]
-        cos, sin = self.rotary(x, positions)
-        cos, sin = cos[:, :, None], (sin * self.rotation_sign.to(sin))[:, :, None]
+        cos, sin = rotary_tables(self.rotary, x, positions)
         # each new token sees the prefix and its own conversation up to itself
         masks = [torch.arange(start + n, device=ids.device)[None, :]
                  <= torch.arange(start, start + n, device=ids.device)[:, None] if start else None for n in lengths]
-        heads, kv, dim = self.heads, self.kv_heads, self.head_dim
+        gqa = self.dims.kv_heads != self.dims.heads
         kept = []
-        for i, (norm1, norm2, fused) in enumerate(self.layers):
-            qkv = self._project(fused["qkv"], self._norm(x, norm1))
-            qk = qkv[..., :(heads + kv) * dim].view(1, total, heads + kv, dim)
-            qk = torch.addcmul(qk * cos, qk.roll(dim // 2, -1), sin)  # rotary: x·cos + rotate_half(x)·sin
-            q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
-            v = qkv[..., (heads + kv) * dim:].view(1, total, kv, dim).transpose(1, 2)
+
+        def attend(i, q, k, v):  # per conversation, after the prefix: autograd flows into the prefix's leaves
             if keep_kv:
                 kept.append((k, v))
             parts = []
@@ -92,24 +80,16 @@ class LeanForward:
                 if prefix:
                     k_, v_ = torch.cat([prefix[i][0], k_], dim=2), torch.cat([prefix[i][1], v_], dim=2)
                 parts.append(F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, is_causal=mask is None,
-                                                            enable_gqa=kv != heads))
-            attention = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-            x = x + self._project(fused["o"], attention.transpose(1, 2).reshape(1, total, heads * dim))
-            gate, up = self._project(fused["gate_up"], self._norm(x, norm2)).chunk(2, dim=-1)
-            x = x + self._project(fused["down"], F.silu(gate) * up)
-        hidden = self._norm(x, self.norm)[0]
+                                                            enable_gqa=gqa))
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+        hidden = rms_norm(run_layers(x, self.norms, self.dims, cos, sin, self._project, attend), self.norm)[0]
         return (hidden, kept) if keep_kv else hidden
 
-    def _norm(self, x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
-        return F.rms_norm(x, (self.hidden,), norm[0], norm[1])
-
-    def _project(self, fused, x: torch.Tensor) -> torch.Tensor:
-        """The fused base product (in the run's precision) plus the fused LoRA update (fp32)."""
-        weight, bias, modules = fused
+    def _project(self, i: int, key: str, x: torch.Tensor) -> torch.Tensor:
+        """The fused base product (in the run's precision) plus the fused LoRA update (fp32), computed from PEFT's
+        parameters on every call so that autograd reaches them (the decoder's are fixed and per row)."""
+        weight, bias, modules = self.layers[i][key]
         y = F.linear(x.to(self.dtype), weight, bias).to(x.dtype)
-        name = self.adapter
-        downs = [m.lora_A[name].weight for m in modules]
-        ups = [m.lora_B[name].weight * m.scaling[name] for m in modules]
-        down = downs[0] if len(downs) == 1 else torch.cat(downs)
-        up = ups[0] if len(ups) == 1 else torch.block_diag(*ups)
+        down, up = fused_lora(modules, self.adapter)
         return y + F.linear(F.linear(x, down), up)

@@ -2,10 +2,11 @@
 
 transformers' forward serves every model and every feature: one decode step of SmolLM2-135M runs thousands
 of small tensor operations through it, and on a 2-core CPU their overhead costs as much as reading the
-weights. This pass does only what a Llama layer does, with fewer, larger operations: q, k and v come from one
-fused matrix and gate and up from another (`weights.Matrix`, int4/int8/fp32), rotary embeddings are applied to
-q and k together, keys and values go into preallocated buffers (`kv.KVCache`), and a decode step's attention is
-one `scaled_dot_product_attention` call per layer over all rows. Prompts are processed several at once
+weights. This pass does only what a Llama layer does, with fewer, larger operations (the layers are the Llama
+block the training forward runs too, models/llama_block.py): q, k and v come from one fused matrix and gate and
+up from another (here `weights.Matrix`, int4/int8/fp32), rotary embeddings are applied to q and k together, keys
+and values go into preallocated buffers (`kv.KVCache`), and a decode step's attention is one
+`scaled_dot_product_attention` call per layer over all rows. Prompts are processed several at once
 (`prefill_rows`): their tokens share the matrix products, and each prompt attends over its own row.
 
 LoRA adapters stay separate from the shared base weights: each row of a batch may use its own fine-tune. For
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..models.llama import PROJECTIONS, base_linear
+from ..models.llama_block import (PROJECTIONS, Dims, base_linear, fused_lora, fused_weight, layer_norms,
+                                  projection_modules, rms_norm, rotary_tables, run_layers)
 from .kv import KVCache
 from .prompt_cache import BLOCK, PromptCache
 from .weights import Matrix
@@ -39,41 +41,29 @@ class LoRA:
 
 class Layer:
     def __init__(self, layer, fmt: str):
-        self.matrices = {}
-        for key, (parent, names) in PROJECTIONS.items():
-            modules = [getattr(getattr(layer, parent), name) for name in names]
-            weight = torch.cat([base_linear(m).weight for m in modules])
-            biases = [base_linear(m).bias for m in modules]
-            bias = torch.cat(biases) if all(b is not None for b in biases) else None
-            self.matrices[key] = Matrix(weight, bias, fmt)
+        self.matrices = {key: Matrix(*fused_weight(projection_modules(layer, key)), fmt) for key in PROJECTIONS}
         self.dtype = self.matrices["qkv"].dtype
-        self.norms = [n.weight.detach().to(self.dtype) for n in (layer.input_layernorm,
-                                                               layer.post_attention_layernorm)]
-        self.eps = layer.input_layernorm.variance_epsilon
+        self.norms = tuple((weight.to(self.dtype), eps) for weight, eps in layer_norms(layer))
         self.adapters: dict[str, dict[str, LoRA]] = {}
 
 
 class LlamaDecoder:
     def __init__(self, model, fmt: str, prompt_cache_bytes: int = 0):
-        config = model.config
-        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.hidden = config.hidden_size
+        self.dims = Dims.of(model.config)
         inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
         self.layers = [Layer(layer, fmt) for layer in inner.layers]
+        self.norms = [layer.norms for layer in self.layers]
         self.dtype = self.layers[0].dtype
         self.fmt = self.layers[0].matrices["qkv"].fmt
         self.embed = inner.embed_tokens.weight.detach().to(self.dtype)
-        self.norm, self.eps = inner.norm.weight.detach().to(self.dtype), inner.norm.variance_epsilon
+        self.norm = (inner.norm.weight.detach().to(self.dtype), inner.norm.variance_epsilon)
         head = model.get_output_embeddings()
         self.head = Matrix(base_linear(head).weight, base_linear(head).bias, "int8" if fmt == "int4" else fmt)
         self.rotary = inner.rotary_emb
-        half = self.head_dim // 2
-        self.rotation_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.dtype)
         self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
 
     def new_cache(self, limit: int, **sizes) -> KVCache:
-        return KVCache(len(self.layers), self.kv_heads, self.head_dim, self.dtype, limit=limit, **sizes)
+        return KVCache(len(self.layers), self.dims.kv_heads, self.dims.head_dim, self.dtype, limit=limit, **sizes)
 
     @property
     def weight_bytes(self) -> int:
@@ -82,6 +72,7 @@ class LlamaDecoder:
 
     # --- adapters ---
 
+    @torch.no_grad()
     def add_adapter(self, name: str, peft_model) -> None:
         """Take adapter `name`'s LoRA weights from a PeftModel that has it loaded."""
         config = peft_model.peft_config[name]
@@ -93,11 +84,10 @@ class LlamaDecoder:
             raise ValueError("adapters on the embeddings or the LM head are not supported by the Llama decoder")
         for ours, theirs in zip(self.layers, inner.layers):
             updates = {}
-            for key, (parent, names) in PROJECTIONS.items():
-                modules = [getattr(getattr(theirs, parent), n) for n in names]
-                lora = _fused_lora(modules, name)
-                if lora is not None:
-                    updates[key] = lora
+            for key in PROJECTIONS:
+                lora = fused_lora(projection_modules(theirs, key), name)
+                if lora is not None:  # laid out for x @ down @ up
+                    updates[key] = LoRA(lora[0].t().contiguous(), lora[1].t().contiguous())
             ours.adapters[name] = updates
 
     def remove_adapter(self, name: str) -> None:
@@ -185,7 +175,7 @@ class LlamaDecoder:
                 keys, values = cache.view(i, slice(row, row + 1), start + size)
                 out.append(F.scaled_dot_product_attention(q[:, :, part], keys, values, attn_mask=mask,
                                                           is_causal=mask is None,
-                                                          enable_gqa=self.kv_heads != self.heads))
+                                                          enable_gqa=self.dims.kv_heads != self.dims.heads))
             return torch.cat(out, dim=2) if len(out) > 1 else out[0]
 
         adapters = [adapter for (_, _, adapter), size in zip(segments, sizes) for _ in range(size)]
@@ -213,7 +203,7 @@ class LlamaDecoder:
             cache.write_step(i, k, v, columns)
             keys, values = cache.view(i, rows, width)
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                                  enable_gqa=self.kv_heads != self.heads)
+                                                  enable_gqa=self.dims.kv_heads != self.dims.heads)
 
         positions = torch.tensor(lengths)[:, None]
         logits = self._forward(F.embedding(torch.tensor(ids)[:, None], self.embed), positions, attend,
@@ -226,33 +216,22 @@ class LlamaDecoder:
         """x [rows, T, hidden] through every layer; logits [rows, vocab] at each row's last position, or at the
         positions `last` (indices over rows × T; None without `logits`: a pass that only fills the KV cache).
         `invariant`: each position computes what it would alone (see Matrix)."""
-        n, length = x.shape[:2]
-        heads, kv, dim = self.heads, self.kv_heads, self.head_dim
-        cos, sin = self.rotary(x, positions)
-        cos, sin = cos[:, :, None], (sin * self.rotation_sign)[:, :, None]  # broadcast over the heads
-        for i, layer in enumerate(self.layers):
-            m = layer.matrices
-            h = F.rms_norm(x, (self.hidden,), layer.norms[0], layer.eps)
-            qkv = _project(m["qkv"], h, layer.adapters, "qkv", groups, invariant)
-            qk = qkv[..., :(heads + kv) * dim].view(n, length, heads + kv, dim)
-            qk = torch.addcmul(qk * cos, qk.roll(dim // 2, -1), sin)  # rotary: x·cos + rotate_half(x)·sin
-            q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
-            v = qkv[..., (heads + kv) * dim:].view(n, length, kv, dim).transpose(1, 2)
-            attention = attend(i, q, k, v).transpose(1, 2).reshape(n, length, heads * dim)
-            x = x + _project(m["o"], attention, layer.adapters, "o", groups, invariant)
-            h = F.rms_norm(x, (self.hidden,), layer.norms[1], layer.eps)
-            gate, up = _project(m["gate_up"], h, layer.adapters, "gate_up", groups, invariant).chunk(2, dim=-1)
-            x = x + _project(m["down"], F.silu(gate) * up, layer.adapters, "down", groups, invariant)
+        def project(i, key, h):
+            layer = self.layers[i]
+            return _project(layer.matrices[key], h, layer.adapters, key, groups, invariant)
+
+        x = run_layers(x, self.norms, self.dims, *rotary_tables(self.rotary, x, positions), project, attend)
         if not logits:
             return None
-        final = x[:, -1] if last is None else x.reshape(-1, self.hidden)[last]
-        return self.head(F.rms_norm(final, (self.hidden,), self.norm, self.eps), torch.float32)
+        final = x[:, -1] if last is None else x.reshape(-1, self.dims.hidden)[last]
+        return self.head(rms_norm(final, self.norm), torch.float32)
 
 
 def _project(matrix: Matrix, x: torch.Tensor, adapters: dict, key: str, groups: dict,
              invariant: bool = False) -> torch.Tensor:
     """`matrix(x)` plus each group's LoRA update (groups: adapter name → indices of the positions of x, flattened
-    over its batch and sequence, or None for all of them)."""
+    over its batch and sequence, or None for all of them). Not the training forward's projection: rows may use
+    different adapters, and nothing here needs autograd, so updates are added in place."""
     y = matrix(x, invariant=invariant)
     inputs, outputs = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])
     for name, positions in groups.items():
@@ -275,32 +254,6 @@ def _groups(adapters: list[str | None]) -> dict:
         name = names.pop()
         return {name: None} if name else {}
     return {name: torch.tensor([i for i, a in enumerate(adapters) if a == name]) for name in names if name}
-
-
-def _fused_lora(modules, name: str) -> LoRA | None:
-    """One adapter's LoRA update of a fused matrix (the `modules`' outputs side by side), or None if the adapter
-    does not touch any of them."""
-    downs, ups, widths = [], [], []
-    for module in modules:
-        widths.append(base_linear(module).weight.shape[0])
-        if name in getattr(module, "lora_A", {}):
-            downs.append(module.lora_A[name].weight.detach().float())
-            ups.append(module.lora_B[name].weight.detach().float() * module.scaling[name])
-        else:
-            downs.append(None)
-            ups.append(None)
-    if all(d is None for d in downs):
-        return None
-    rank = sum(d.shape[0] for d in downs if d is not None)
-    down = torch.cat([d for d in downs if d is not None]).t().contiguous()
-    up = torch.zeros(rank, sum(widths))
-    r = column = 0
-    for d, u, width in zip(downs, ups, widths):
-        if d is not None:
-            up[r:r + d.shape[0], column:column + width] = u.t()
-            r += d.shape[0]
-        column += width
-    return LoRA(down, up)
 
 
 class LlamaBatch:
