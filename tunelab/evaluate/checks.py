@@ -12,9 +12,9 @@ and is available to every comparison when it is registered:
 - each `tunelab.checks` entry point of an installed package (`[project.entry-points."tunelab.checks"]`);
 - `register(obj)`, in this process.
 
-A comparison adds the checks of the TUNELAB_CHECKS setting and those its request names (`choose`): that is how
-the travel example's `policy` and `redirect` (examples/travel/checks.py) reach `tunelab lab travel`,
-`tunelab compare --checks` and the service. docs/evaluate.md describes each check and how to add one.
+A service adds the checks of its TUNELAB_CHECKS setting, and a comparison request chooses among them all
+(`choose`; a request never makes the service import code): that is how the travel example's `policy` and
+`redirect` (examples/travel/checks.py) reach `tunelab lab travel`, `tunelab compare` and the service. docs/evaluate.md describes each check and how to add one.
 
 The cheap checks (engagement, length) are regular expressions or counts; `style` and `reference` load the
 all-MiniLM-L6-v2 sentence embedder on first use only, so a run without them never loads a model.

@@ -174,7 +174,9 @@ class EvaluationsService:
         if found["report"] is None:
             raise InvalidRequest(f"the evaluation {evaluation_id} is {found['status']}; its report comes when it "
                                  "completes", param="evaluation_id")
-        return {"markdown": markdown, "html": html}[format](found) if format != "json" else found["report"]
+        if format == "markdown":
+            return markdown(found)
+        return html(found) if format == "html" else found["report"]
 
     def delete(self, evaluation_id: str) -> dict:
         self.runs.delete(evaluation_id)
