@@ -119,7 +119,8 @@ def test_serve_prints_a_new_key_once_stores_it_hashed_and_keeps_one_server_per_h
                 time.sleep(0.1)
         assert response.status_code == 200
         signed_in = httpx.get(link.group(1), follow_redirects=False)  # the printed link signs the browser in
-        assert signed_in.status_code == 303 and f"tunelab_key_{port}={studio_token}" in signed_in.headers["set-cookie"]
+        assert signed_in.status_code == 303 and f"tunelab_session_{port}=" in signed_in.headers["set-cookie"]
+        assert studio_token not in signed_in.headers["set-cookie"]  # the cookie holds a session, not the key
         assert studio_token not in stored  # kept in memory only, for as long as this server runs
         second = subprocess.run([TUNELAB, "serve", "--port", str(free_port())], capture_output=True, text=True,
                                 timeout=60)

@@ -283,7 +283,8 @@ def test_every_route_but_health_needs_a_valid_key(service):
                 assert response.status_code == 401, (method, path, headers)
                 assert response.json()["error"]["code"] == "invalid_api_key"
     assert checked >= 3 * 34  # every API route, under /v1, /openai and /openai/v1 (and /openapi.json)
-    assert opened == {"/health", "/"}  # and the studio's static files under /studio/: a page shell, no data
+    # and the studio's static files under /studio/ (a page shell, no data); signing in checks the key it is given
+    assert opened == {"/health", "/", "/studio/session"}
     assert httpx.get(f"{root}/v1/files?api_key=test-key").status_code == 401
     assert httpx.get(f"{root}/v1/models", headers={"api-key": "test-key"}).status_code == 200
     spec = httpx.get(f"{root}/openapi.json", headers={"Authorization": "Bearer test-key"}).json()

@@ -110,20 +110,36 @@ def points(page, canvas: str) -> int:
 
 
 def test_sign_in_asks_for_the_key_and_the_printed_link_sets_it(page, server):
+    port = server.root.rsplit(":", 1)[1]
     page.goto(server.root + "/")
     page.get_by_text("Open the link `tunelab serve` printed").wait_for()
     page.fill("input[name=key]", "wrong-key")
     page.click("button[type=submit]")
     page.get_by_text("That key is not valid for this service.").wait_for()
+    page.fill("input[name=key]", KEY)  # the form: a session, and the key kept nowhere in the browser
+    page.click("button[type=submit]")
+    page.locator("#nav a.current", has_text="Data").wait_for()
+    assert page.evaluate("localStorage.length + sessionStorage.length") == 0
+    assert page.evaluate("document.cookie") == ""  # the session cookie is HttpOnly: no script reads it
+    cookie = {c["name"]: c for c in page.context.cookies()}[f"tunelab_session_{port}"]
+    assert cookie["value"] != KEY and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+    page.click("#signout")  # ends the session on the server, not only in this browser
+    page.get_by_text("Open the link `tunelab serve` printed").wait_for()
+    replayed = httpx.get(server.base_url + "/models", headers={"Cookie": f"tunelab_session_{port}={cookie['value']}",
+                                                               "X-Requested-With": "tunelab-studio"})
+    assert replayed.status_code == 401
+    page.goto(server.root + "/")
+    page.get_by_text("Open the link `tunelab serve` printed").wait_for()
+
     page.goto(server.root + "/?token=not-the-key")
     page.get_by_text("That sign-in link is not valid for this server").wait_for()
-
     page.goto(server.root + f"/?token={KEY}")
     page.locator("#nav a.current", has_text="Data").wait_for()
     assert "token" not in page.url  # the redirect took the key out of the address bar
-    port = server.root.rsplit(":", 1)[1]
-    cookies = {c["name"]: c for c in page.context.cookies()}
-    assert cookies[f"tunelab_key_{port}"]["value"] == KEY and cookies[f"tunelab_key_{port}"]["sameSite"] == "Strict"
+    assert page.evaluate("localStorage.length + sessionStorage.length") == 0
+    cookie = {c["name"]: c for c in page.context.cookies()}[f"tunelab_session_{port}"]
+    assert cookie["value"] != KEY and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
 
 def test_upload_a_file_and_review_its_examples_and_report(page, server, tmp_path):

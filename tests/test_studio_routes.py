@@ -1,5 +1,5 @@
 """The routes the studio needs, over HTTP against the real app: the page shell and its assets (no key, no data),
-the sign-in link and its cookie, the session key of `tunelab serve`, a stored file's pre-flight report and the
+signing in (the link and the form) to an HttpOnly session and signing out, the session key of `tunelab serve`, a stored file's pre-flight report and the
 fine-tuning defaults."""
 
 from __future__ import annotations
@@ -30,19 +30,73 @@ def test_the_shell_and_its_assets_need_no_key_and_hold_no_data(service):
     assert httpx.get(root + "/studio/../v1/models").status_code == 401
 
 
-def test_the_sign_in_link_sets_a_cookie_that_only_the_pages_use(service):
+STUDIO = {"X-Requested-With": "tunelab-studio"}
+
+
+def session_cookie(response, port: str) -> tuple[str, str]:
+    """The studio's cookie from a sign-in answer: (its value, the whole Set-Cookie line)."""
+    line = response.headers["set-cookie"]
+    name, _, rest = line.partition("=")
+    assert name == f"tunelab_session_{port}", line
+    return rest.split(";")[0], line
+
+
+def test_the_sign_in_link_gives_an_httponly_session_that_is_not_the_key(service):
     root = service.base_url.removesuffix("/v1")
     port = root.rsplit(":", 1)[1]
     signed = httpx.get(root + "/?token=test-key", follow_redirects=False)
     assert signed.status_code == 303 and signed.headers["location"] == "/"
-    cookie = signed.headers["set-cookie"]
-    assert cookie.startswith(f"tunelab_key_{port}=test-key;") and "SameSite=strict" in cookie and "Path=/" in cookie
+    token, line = session_cookie(signed, port)
+    assert "test-key" not in line and len(token) >= 32  # a random session token, never the key
+    assert "HttpOnly" in line and "SameSite=strict" in line and "Path=/" in line
     refused = httpx.get(root + "/?token=wrong", follow_redirects=False)
     assert refused.status_code == 303 and refused.headers["location"] == "/#signin=invalid-link"
     assert "set-cookie" not in refused.headers
-    # The API reads keys from headers only: the cookie alone (or a key in the query) gets nothing.
-    by_cookie = httpx.get(service.base_url + "/models", headers={"Cookie": f"tunelab_key_{port}=test-key"})
-    assert by_cookie.status_code == 401 and by_cookie.json()["error"]["code"] == "invalid_api_key"
+    cookie = {"Cookie": f"tunelab_session_{port}={token}"}
+    assert httpx.get(service.base_url + "/models", headers={**cookie, **STUDIO}).status_code == 200
+    # Without the pages' header (a form or link of another site sends the cookie, not the header): nothing.
+    forged = httpx.get(service.base_url + "/models", headers=cookie)
+    assert forged.status_code == 401 and forged.json()["error"]["code"] == "invalid_api_key"
+    # The key itself in a cookie opens nothing: only sessions the server started count.
+    by_key = httpx.get(service.base_url + "/models", headers={"Cookie": f"tunelab_session_{port}=test-key", **STUDIO})
+    assert by_key.status_code == 401
+
+
+def test_the_sign_in_form_starts_a_session_and_signing_out_ends_it_on_the_server(service):
+    root = service.base_url.removesuffix("/v1")
+    port = root.rsplit(":", 1)[1]
+    wrong = httpx.post(root + "/studio/session", json={"key": "wrong"}, headers=STUDIO)
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    assert httpx.post(root + "/studio/session", json={"key": "test-key"}).status_code == 401  # not from the pages
+    signed = httpx.post(root + "/studio/session", json={"key": "test-key"}, headers=STUDIO)
+    assert signed.status_code == 200 and signed.json() == {"signed_in": True}
+    token, line = session_cookie(signed, port)
+    assert "test-key" not in line and "HttpOnly" in line and "SameSite=strict" in line
+    cookie = {"Cookie": f"tunelab_session_{port}={token}", **STUDIO}
+    assert httpx.get(root + "/studio/session", headers=cookie).json() == {"signed_in": True}
+    assert httpx.get(service.base_url + "/files", headers=cookie).status_code == 200
+
+    out = httpx.delete(root + "/studio/session", headers=cookie)
+    assert out.status_code == 204 and "Max-Age=0" in out.headers["set-cookie"]
+    # The token is dead on the server, not only forgotten by the browser: replaying it gets nothing.
+    again = httpx.get(service.base_url + "/files", headers=cookie)
+    assert again.status_code == 401 and "not signed in" in again.json()["error"]["message"]
+    assert httpx.get(root + "/studio/session", headers=cookie).json() == {"signed_in": False}
+
+
+def test_studio_sessions_end_when_unused_and_with_the_process():
+    from tunelab.api.auth import Sessions
+
+    now = [1000.0]
+    sessions = Sessions(idle_seconds=60, clock=lambda: now[0])
+    token = sessions.start()
+    now[0] += 59
+    assert sessions.valid(token)  # each use keeps it alive
+    now[0] += 59
+    assert sessions.valid(token)
+    now[0] += 61
+    assert not sessions.valid(token)
+    assert not Sessions().valid(sessions.start())  # another process (a restarted server) knows none of them
 
 
 def test_a_session_key_lives_in_memory_only(tmp_path):

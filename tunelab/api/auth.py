@@ -5,6 +5,10 @@ the prefix is a plain key, for scripts that write their own). `TUNELAB_API_KEY` 
 On first start, with no key anywhere, one is generated, stored hashed and shown once. `tunelab serve` also makes
 a session key for the studio's sign-in link, held in memory only, valid until the server stops (as Jupyter's
 token is). Comparisons run in constant time, and keys are never logged.
+
+The studio does not hold a key: signing in exchanges one for a studio session (`Sessions`), a random token that
+is not a key, held hashed in memory, that ends when the studio signs out, after a day unused, or when the server
+stops.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import hmac
 import ipaddress
 import os
 import secrets
+import time
 from pathlib import Path
 
 from ..errors import AuthenticationFailed
 
 KEYS_FILE = "api_keys"
+SESSION_IDLE_SECONDS = 24 * 3600  # a studio session unused this long ends
 
 
 def _hash(key: str) -> str:
@@ -30,6 +36,7 @@ class Keys:
         self.path = home.expanduser() / KEYS_FILE
         self.env_key = env_key
         self.session: list[str] = []  # hashes of keys that live as long as this process
+        self.sessions = Sessions()
 
     def hashes(self) -> list[str]:
         return self.stored() + self.session
@@ -72,6 +79,41 @@ class Keys:
             ok |= hmac.compare_digest(digest, known)
         if not ok:
             raise AuthenticationFailed("the API key is not valid for this tunelab service")
+
+
+class Sessions:
+    """The studio's signed-in browsers: each holds a random token (in an HttpOnly cookie), never a key. Only the
+    tokens' hashes are kept, in this process, so a restart signs every browser out."""
+
+    def __init__(self, idle_seconds: float = SESSION_IDLE_SECONDS, clock=time.monotonic):
+        self.idle_seconds = idle_seconds
+        self.clock = clock
+        self._last_used: dict[str, float] = {}  # token hash -> when it was last presented
+
+    def start(self) -> str:
+        now = self.clock()
+        for digest, used in list(self._last_used.items()):  # forget the expired while we are here
+            if now - used > self.idle_seconds:
+                del self._last_used[digest]
+        token = "tlsess-" + secrets.token_urlsafe(32)
+        self._last_used[_hash(token)] = now
+        return token
+
+    def valid(self, token: str | None) -> bool:
+        """True for a live session's token; each use keeps it alive for another idle period."""
+        if not token:
+            return False
+        digest, now = _hash(token), self.clock()
+        used = self._last_used.get(digest)  # a lookup by hash: the time taken reveals nothing of the token
+        if used is None or now - used > self.idle_seconds:
+            self._last_used.pop(digest, None)
+            return False
+        self._last_used[digest] = now
+        return True
+
+    def end(self, token: str | None) -> None:
+        if token:
+            self._last_used.pop(_hash(token), None)
 
 
 def presented_key(headers) -> str | None:

@@ -1,5 +1,11 @@
-"""The ASGI middleware in front of every route: API keys, one value per query parameter, the cap on JSON bodies,
-and an `x-request-id` on every answer."""
+"""The ASGI middleware in front of every route: API keys (or a studio session), one value per query parameter, the
+cap on JSON bodies, and an `x-request-id` on every answer.
+
+A request is let in by an API key in a header (`Authorization: Bearer`, `api-key`; never in the query string) or,
+for the studio's pages, by a live session cookie together with the studio's `X-Requested-With` header. A page of
+another origin cannot add that header without a CORS preflight, which this service never grants, so a cookie sent
+along with a forged form or link gets nothing.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,11 @@ from .errors import error
 
 OPEN_PATHS = {"/health"}
 MAX_JSON_BYTES = 1 << 20  # request bodies other than file uploads
+# The one route whose body is a file, under each prefix the API is mounted at (see app.py): it streams the body
+# into a capped blob writer itself.
+UPLOAD_PATHS = {f"{prefix}/files" for prefix in ("/v1", "/openai", "/openai/v1")}
+SESSION_COOKIE = "tunelab_session_"  # + the port: the studio's session cookie (set by web/routes.py)
+STUDIO_HEADER = ("x-requested-with", "tunelab-studio")
 
 
 class Guard:
@@ -37,7 +48,8 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if scope["path"] not in OPEN_PATHS and not self.is_open(scope["method"], scope["path"]):
             try:
-                self.keys.check(presented_key(headers))
+                if not self._studio_session(headers):
+                    self.keys.check(presented_key(headers))
             except AuthenticationFailed as exc:
                 response = error(401, exc.message, type="authentication_error", code=exc.code)
                 return await response(scope, receive, send_with_id)
@@ -60,6 +72,26 @@ class Guard:
         await self.app(scope, receive, send_with_id)
 
 
+    def _studio_session(self, headers: dict) -> bool:
+        """A request of the studio's pages: no key, the studio's header and a live session cookie."""
+        if presented_key(headers) is not None or headers.get(STUDIO_HEADER[0]) != STUDIO_HEADER[1]:
+            return False
+        if not any(self.keys.sessions.valid(value) for value in session_cookies(headers.get("cookie", ""))):
+            raise AuthenticationFailed("this browser is not signed in to the studio (signed out, unused for a "
+                                       "day, or the server restarted)")
+        return True
+
+
+def session_cookies(cookie_header: str) -> list[str]:
+    """The values of every studio session cookie the browser sent (one per port it signed in to)."""
+    found = []
+    for pair in cookie_header.split(";"):
+        name, _, value = pair.strip().partition("=")
+        if name.startswith(SESSION_COOKIE) and value:
+            found.append(value)
+    return found
+
+
 def _repeated_query_parameter(scope) -> str | None:
     seen = set()
     for key, _ in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
@@ -70,7 +102,7 @@ def _repeated_query_parameter(scope) -> str | None:
 
 
 def _is_upload(scope) -> bool:
-    return scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/files")
+    return scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS
 
 
 async def _read_capped(receive) -> bytes | None:

@@ -1,32 +1,16 @@
-// The studio's only way to the service: tunelab's public HTTP API under /v1, with the key the SDK would send.
+// The studio's only way to the service: tunelab's public HTTP API under /v1.
 //
-// The key comes from the cookie the sign-in link sets (named for the port) or from the sign-in form (kept in
-// localStorage); it is sent as `Authorization: Bearer`. Errors arrive in the OpenAI envelope
+// The pages never hold a key. Signing in (the link `tunelab serve` prints, or the form) gives this browser a
+// session cookie that scripts cannot read (HttpOnly); every call carries the studio's `X-Requested-With` header,
+// without which the service ignores that cookie. Errors arrive in the OpenAI envelope
 // {"error": {"message", "type", "param", "code"}} and are thrown as ApiError with that message.
 
-const PORT = location.port || (location.protocol === "https:" ? "443" : "80");
-export const COOKIE = `tunelab_key_${PORT}`;
-const STORED = `tunelab_key_${PORT}`;
+const STUDIO = { "X-Requested-With": "tunelab-studio" };
 
 // A random id for an Idempotency-Key header (crypto.randomUUID exists only on https or loopback pages).
 export function randomId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-export function currentKey() {
-  const found = document.cookie.split("; ").find((c) => c.startsWith(COOKIE + "="));
-  if (found) return decodeURIComponent(found.slice(COOKIE.length + 1));
-  return localStorage.getItem(STORED);
-}
-
-export function rememberKey(key) {
-  localStorage.setItem(STORED, key);
-}
-
-export function forgetKey() {
-  document.cookie = `${COOKIE}=; Max-Age=0; Path=/; SameSite=Strict`;
-  localStorage.removeItem(STORED);
 }
 
 export class ApiError extends Error {
@@ -40,14 +24,14 @@ export class ApiError extends Error {
   }
 }
 
-// Listeners told when the key is missing or refused (the app shows the sign-in form).
+// Listeners told when the session is missing or has ended (the app shows the sign-in form).
 const onUnauthorized = new Set();
 export function whenSignedOut(listener) {
   onUnauthorized.add(listener);
 }
 
-function headers(extra = {}, key = currentKey()) {
-  return key ? { Authorization: `Bearer ${key}`, ...extra } : { ...extra };
+function headers(extra = {}) {
+  return { ...STUDIO, ...extra };
 }
 
 async function errorOf(response) {
@@ -67,12 +51,12 @@ function unreachable(cause) {
   return error;
 }
 
-export async function request(method, path, { body, query, key, extraHeaders, raw, signal } = {}) {
-  const url = new URL(`/v1${path}`, location.origin);
+export async function request(method, path, { body, query, extraHeaders, raw, signal, root = "/v1", quiet = false } = {}) {
+  const url = new URL(`${root}${path}`, location.origin);
   for (const [name, value] of Object.entries(query || {})) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
   }
-  const init = { method, headers: headers(extraHeaders, key ?? currentKey()), signal };
+  const init = { method, headers: headers(extraHeaders), signal, credentials: "same-origin" };
   if (body !== undefined) {
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
@@ -86,11 +70,24 @@ export async function request(method, path, { body, query, key, extraHeaders, ra
   }
   if (!response.ok) {
     const error = await errorOf(response);
-    if (response.status === 401 && key === undefined) onUnauthorized.forEach((listener) => listener(error));
+    if (response.status === 401 && !quiet) onUnauthorized.forEach((listener) => listener(error));
     throw error;
   }
   if (raw) return response;
   return response.status === 204 ? null : response.json();
+}
+
+// Signing in and out: the server keeps the session; this page only learns whether it has one.
+export async function signIn(key) {
+  await request("POST", "/session", { body: { key }, root: "/studio", quiet: true });
+}
+
+export async function signOut() {
+  await request("DELETE", "/session", { root: "/studio", quiet: true });
+}
+
+export async function signedIn() {
+  return (await request("GET", "/session", { root: "/studio", quiet: true })).signed_in;
 }
 
 export const get = (path, query, options = {}) => request("GET", path, { query, ...options });
@@ -115,8 +112,7 @@ export function upload(file, onProgress, purpose = "fine-tune") {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/files");
-    const key = currentKey();
-    if (key) xhr.setRequestHeader("Authorization", `Bearer ${key}`);
+    for (const [name, value] of Object.entries(STUDIO)) xhr.setRequestHeader(name, value);
     xhr.upload.onprogress = (event) => event.lengthComputable && onProgress && onProgress(event.loaded, event.total);
     xhr.onerror = () => reject(unreachable(null));
     xhr.onload = () => {

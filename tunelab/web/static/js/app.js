@@ -1,7 +1,7 @@
 // The studio's shell: navigation between the pages (hash routes, so a page can be bookmarked and reloaded),
-// and the sign-in form shown when no key is known or the service refuses it.
+// and the sign-in form shown when this browser has no session or the service has ended it.
 
-import { currentKey, forgetKey, get, rememberKey, whenSignedOut } from "./api.js";
+import { signIn, signOut, signedIn, whenSignedOut } from "./api.js";
 import { h, replace, errorText } from "./ui.js";
 import * as data from "./data.js";
 import * as finetune from "./finetune.js";
@@ -23,6 +23,7 @@ const PAGES = [
 const main = document.getElementById("page");
 const nav = document.getElementById("nav");
 let leave = null; // the current page's clean-up (timers, charts)
+let session = null; // whether the service knows this browser: asked once, then kept up to date
 
 function parse() {
   const [path, search] = location.hash.replace(/^#\/?/, "").split("?");
@@ -34,7 +35,15 @@ function parse() {
 async function route() {
   if (leave) leave();
   leave = null;
-  if (location.hash.startsWith("#signin") || !currentKey()) return signIn();
+  if (location.hash.startsWith("#signin")) return showSignIn();
+  if (session === null) {
+    try {
+      session = await signedIn();
+    } catch (error) {
+      return replace(main, h("div", { class: "error", role: "alert" }, errorText(error)));
+    }
+  }
+  if (!session) return showSignIn();
   const { page, id, query } = parse();
   const found = PAGES.find(([name]) => name === page) || PAGES[0];
   for (const link of nav.querySelectorAll("a")) link.classList.toggle("current", link.dataset.page === found[0]);
@@ -49,7 +58,7 @@ async function route() {
   }
 }
 
-function signIn(reason) {
+function showSignIn(reason) {
   document.body.classList.add("signed-out");
   document.title = "Sign in · tunelab studio";
   const why = reason || (location.hash.includes("invalid-link")
@@ -59,15 +68,15 @@ function signIn(reason) {
   const message = h("p", { class: "hint" }, why);
   const form = h("form", { class: "signin card", onsubmit: async (event) => {
     event.preventDefault();
-    const key = input.value.trim();
     try {
-      await get("/models", {}, { key });
+      await signIn(input.value.trim());
     } catch (error) {
       message.className = "error";
       message.textContent = error.status === 401 ? "That key is not valid for this service." : errorText(error);
       return;
     }
-    rememberKey(key);
+    input.value = "";
+    session = true;
     location.hash = "#/data";
     route();
   } },
@@ -79,8 +88,13 @@ function signIn(reason) {
 
 function buildNav() {
   replace(nav, PAGES.map(([name, title]) => h("a", { href: `#/${name}`, dataset: { page: name } }, title)));
-  document.getElementById("signout").addEventListener("click", () => {
-    forgetKey();
+  document.getElementById("signout").addEventListener("click", async () => {
+    try {
+      await signOut();
+    } catch {
+      // the service is gone: its sessions ended with it
+    }
+    session = false;
     location.hash = "#signin";
   });
 }
@@ -88,8 +102,8 @@ function buildNav() {
 whenSignedOut((error) => {
   if (leave) leave();
   leave = null;
-  forgetKey();
-  signIn(`${error.message}. Sign in again: open the link \`tunelab serve\` printed, or enter an API key.`);
+  session = false;
+  showSignIn(`${error.message}. Sign in again: open the link \`tunelab serve\` printed, or enter an API key.`);
 });
 
 buildNav();
