@@ -1,11 +1,18 @@
 """The OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`: every error leaves the API in it,
-translated here and nowhere else."""
+translated here and nowhere else.
+
+Clients get a stable message and code; what went wrong inside (an SQLite message, an exception's text) goes to
+the server's log only. Trouble that passes by itself (the database busy past its timeout, a full disk) is a 503
+the SDK retries; anything unexpected is a programming error: 500 `server_error`, marked not worth retrying.
+"""
 
 from __future__ import annotations
 
+import errno
 import math
 import sqlite3
 import sys
+import traceback
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -70,17 +77,51 @@ def add_error_handlers(app: FastAPI) -> None:
         return error(exc.status_code, messages.get(exc.status_code, str(exc.detail)),
                       code="not_found" if exc.status_code == 404 else None, headers=headers)
 
-    @app.exception_handler(sqlite3.OperationalError)
-    async def store_unavailable(request: Request, exc: sqlite3.OperationalError):
-        # Locked past the busy timeout, or the disk is full: transient, and the SDK retries a 503.
-        print(f"tunelab: {request.method} {request.url.path}: state database: {exc}", file=sys.stderr)
-        return error(503, f"the state database is unavailable ({exc}); try again shortly", type="server_error",
-                      code="store_unavailable")
+    @app.exception_handler(sqlite3.Error)
+    async def store_failed(request: Request, exc: sqlite3.Error):
+        _log(request, exc)
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return unavailable("the state database is busy; try again shortly", "store_unavailable")
+        if name.startswith("SQLITE_FULL"):
+            return unavailable(DISK_FULL, "disk_full")
+        if name.startswith("SQLITE_IOERR"):
+            return unavailable("the service could not read or write its state database; try again shortly",
+                               "store_unavailable")
+        traceback.print_exception(exc, file=sys.stderr)  # a bug (a bad statement, a broken constraint)
+        return unexpected_error()
+
+    @app.exception_handler(OSError)
+    async def os_failed(request: Request, exc: OSError):
+        _log(request, exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return unavailable(DISK_FULL, "disk_full")
+        traceback.print_exception(exc, file=sys.stderr)
+        return unexpected_error()
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        print(f"tunelab: {request.method} {request.url.path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return error(500, "the server hit an unexpected error; see its log", type="server_error")
+        _log(request, exc)  # the server re-raises it after this answer, and its log shows the traceback
+        return unexpected_error()
+
+
+DISK_FULL = "the service's disk is full; nothing was saved. Try again once space has been freed"
+
+
+def unavailable(message: str, code: str) -> JSONResponse:
+    """A 503 that passes by itself: the SDK retries it after Retry-After."""
+    return error(503, message, type="server_error", code=code, headers={"Retry-After": "1", "x-should-retry": "true"})
+
+
+def unexpected_error() -> JSONResponse:
+    """A programming error: retrying the same request would fail the same way."""
+    return error(500, "the server hit an unexpected error; see its log", type="server_error", code="server_error",
+                 headers={"x-should-retry": "false"})
+
+
+def _log(request: Request, exc: BaseException) -> None:
+    """The details, for the server's log only."""
+    print(f"tunelab: {request.method} {request.url.path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _allowed_methods(request: Request) -> list[str]:

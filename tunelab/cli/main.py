@@ -23,6 +23,8 @@ from rich.table import Column, Table
 from .. import __version__
 from ..config import get_settings
 from ..errors import ModelNotFound, TunelabError
+from ..store.db import StoreCorrupt
+from ..store.home import private_files
 from .clean import clean
 from .compare import compare
 from .lab import lab_app
@@ -203,6 +205,8 @@ def serve(host: Optional[str] = typer.Option(None, "--host", help="Address to bi
 def main(argv: list[str] | None = None) -> None:
     import warnings
 
+    private_files()  # training data, logs, adapters and the database: readable by their owner only
+
     from transformers.utils import logging as hf_logging
 
     # Library chatter (deprecation notices, per-file loading bars) hides tunelab's own progress and report.
@@ -212,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     try:
         app(args=argv)
+    except StoreCorrupt as exc:  # nothing can run on a damaged database: a failure, not a usage error
+        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except TunelabError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)

@@ -18,6 +18,8 @@ from .. import __version__
 from ..api.auth import Keys, is_loopback
 from ..config import Settings
 from ..errors import InvalidRequest
+from ..store.db import Database
+from ..store.home import private_home
 from ..threads import reserve_cores
 
 
@@ -33,7 +35,9 @@ def serve(settings: Settings, console: Console) -> None:
     if not is_loopback(settings.host) and not keys.configured():
         raise InvalidRequest(f"refusing to listen on {settings.host} without an API key: set TUNELAB_API_KEY (or "
                              f"write one to {keys.path}) first", param="host")
+    private_home(settings.home)
     lock = _lock(settings)  # held until the process exits
+    check_database(settings)
     new_key = None if keys.configured() else keys.generate()
     url = f"http://{settings.host if ':' not in settings.host else f'[{settings.host}]'}:{settings.port}"
     def say(text: str) -> None:  # whole lines, never wrapped: the key and the export line are copied
@@ -77,7 +81,9 @@ def embedded(settings: Settings) -> Iterator[tuple[str, str]]:
     from ..app import create_app
 
     key = f"tl-lab-{secrets.token_urlsafe(18)}"
+    private_home(settings.home)
     lock = _lock(settings)
+    check_database(settings)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -96,6 +102,16 @@ def embedded(settings: Settings) -> Iterator[tuple[str, str]]:
         server.should_exit = True
         thread.join(30)
         del lock
+
+
+def check_database(settings: Settings) -> None:
+    """Refuse to start on a damaged state database (StoreCorrupt names the file and what to do)."""
+    db = Database(settings.state_dir / "tunelab.db")
+    if db.path.exists():
+        try:
+            db.check_integrity()
+        finally:
+            db.close()
 
 
 def _lock(settings: Settings):

@@ -79,9 +79,13 @@ class BlobWriter:
         self.committed = True
 
     def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            if not self._file.closed:
+                self._file.close()  # flushes what is buffered: on a full disk that fails too
+        except OSError:
+            pass
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "BlobWriter":
         return self

@@ -40,11 +40,15 @@ class Database:
             # isolation_level=None: no implicit transactions; `write()` opens them explicitly.
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                    check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            try:
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+            except BaseException:  # not a database, or a damaged one: no half-set-up connection kept
+                conn.close()
+                raise
             self._local.conn = conn
         return conn
 
@@ -96,15 +100,20 @@ class Database:
                                               self.path.with_name(self.path.name + "-shm")) if p.is_file())
 
     def check_integrity(self) -> None:
-        """Refuse to serve on a damaged database, naming the file."""
+        """Refuse to serve on a damaged database, naming the file and what to do. `quick_check` reads every page
+        (what a torn or overwritten file breaks) without the full check's index comparison, so it stays quick."""
         try:
-            result = self.connection().execute("PRAGMA integrity_check").fetchone()[0]
+            result = self.connection().execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise StoreCorrupt(f"the state database {self.path} is damaged ({exc}); restore it from a backup or "
-                               "move it aside to start empty") from None
+            self.close()
+            raise StoreCorrupt(f"the state database {self.path} is damaged ({exc}). {self._what_to_do()}") from None
         if result != "ok":
-            raise StoreCorrupt(f"the state database {self.path} failed its integrity check ({result}); restore "
-                               "it from a backup or move it aside to start empty")
+            raise StoreCorrupt(f"the state database {self.path} failed its integrity check ({result.splitlines()[0]})."
+                               f" {self._what_to_do()}")
+
+    def _what_to_do(self) -> str:
+        return (f"Stop tunelab, then restore the file from a backup, or move it aside (with its -wal and -shm "
+                f"files) to start with an empty one: mv {self.path} {self.path}.damaged")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
