@@ -9,13 +9,14 @@ token instead of ~23 ms for SmolLM2-135M).
 So the server process starts with one OpenMP thread per Python thread (`reserve_cores()`, before torch is
 imported), and only the inference engine's scheduler thread takes all the cores (`use_all_cores_here()`).
 Request threads (the content filter, loading a model) run single-threaded, and the training child process gets
-the environment the user started the server with.
+the environment the user started the server with, less the reservation and any secret (`child_environment`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,11 +32,15 @@ def reserve_cores() -> None:
     _reserved = True
 
 
+# Names of variables that hold credentials (TUNELAB_API_KEY, OPENAI_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...).
+SECRET_NAME = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH_SOCK)(_|$)", re.I)
+
+
 def child_environment(env: dict[str, str]) -> dict[str, str]:
-    """The environment for a child process (a training run): without the reservation, so it uses every core."""
-    if _reserved:
-        env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
-    return env
+    """The environment for a child process (a training run): without the reservation, so it uses every core, and
+    without credentials, which a training run never needs (it reads local files and its own database)."""
+    drop = {"OMP_NUM_THREADS"} if _reserved else set()
+    return {k: v for k, v in env.items() if k not in drop and not SECRET_NAME.search(k)}
 
 
 def use_all_cores_here() -> None:

@@ -1,4 +1,5 @@
-"""One fine-tuning job's training process: `python -m tunelab.jobs.runner JOB_ID LEASE_TOKEN`, started by the worker.
+"""One fine-tuning job's training process: `python -m tunelab.jobs.runner JOB_ID`, started by the worker, which
+writes the job's lease token to its standard input (never on the command line, where any user could read it).
 
 It builds the job's training config, runs the recipe with a `JobReporter`, and records the outcome under its
 lease: succeeded (a fine-tuned model and results.csv), failed (the error, naming the file and line), paused
@@ -165,4 +166,7 @@ def _exit_with_parent() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    from ..store.home import private_files
+
+    private_files()  # checkpoints, adapters, results.csv and the log: readable by their owner only
+    sys.exit(main(sys.argv[1], sys.stdin.readline().strip()))

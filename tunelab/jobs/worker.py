@@ -164,9 +164,15 @@ class Run:
         with (run_dir.parent / f"{self.lease.job_id}.log").open("ab") as log:
             # Its output (library warnings, a traceback if it crashes) goes to the job's log, not the console;
             # its own session keeps a Ctrl-C on the server from reaching it except through us.
-            self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.jobs.runner", self.lease.job_id,
-                                          self.lease.token], stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            # The lease token goes through a pipe: a command line is readable by every user of the machine.
+            self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.jobs.runner", self.lease.job_id],
+                                         stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=env)
+        try:
+            with self.proc.stdin:
+                self.proc.stdin.write(self.lease.token.encode() + b"\n")
+        except BrokenPipeError:  # it died at once; watching it records why
+            pass
         self._thread.start()
         return self
 
