@@ -173,7 +173,11 @@ def _copy_model_dir(source: Path, target: Path) -> str:
     """Copy everything but pickle files; give the tokenizer the default template if it has none."""
     work = target.parent / f".{target.name}-import"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(source, work, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)))
+    # Plain copies: the files take this process's umask (the home is private), not the source's modes.
+    shutil.copytree(source, work, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)),
+                    copy_function=shutil.copyfile)
+    for folder in (work, *(p for p in work.rglob("*") if p.is_dir())):
+        folder.chmod(0o700)
     try:
         tokenizer = load_tokenizer(work)
         template = "model"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import unicodedata
 from pathlib import Path
 
 from ..errors import InvalidRequest, NotFound
@@ -139,7 +140,8 @@ def _record(row) -> dict:
 
 
 def clean_filename(name: str) -> str:
-    """The name a client sent, as metadata only: no directories, no control characters, at most 255 chars."""
-    name = re.split(r"[\\/]", name or "")[-1]
+    """The name a client sent, as metadata only: no directories, no control characters, at most 255 chars.
+    Look-alikes (full-width slashes and dots, the two-dot leader) are folded first (NFKC), so none survives."""
+    name = re.split(r"[\\/]", unicodedata.normalize("NFKC", name or ""))[-1]
     name = re.sub(r"[\x00-\x1f\x7f]", "", name).strip().lstrip(".")
     return name[:255] or "upload.jsonl"
