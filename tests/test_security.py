@@ -74,6 +74,10 @@ def test_a_big_json_body_to_any_other_path_ending_in_files_is_refused(server):
                                      content=content, headers={**AUTH, **headers})
             assert response.status_code == 413, (path, response.status_code, response.text)
             assert response.json()["error"]["code"] == "request_too_large"
+    big_file = b'{"messages": [{"role": "user", "content": "%s"}]}\n' % (b"x" * 1000) * 1500  # 1.5 MB
+    for upload in ("/v1/files", "/openai/files", "/openai/v1/files"):  # the upload route and its Azure mirrors
+        response = httpx.post(server.origin + upload, content=multipart(b"big.jsonl", big_file), headers=FORM)
+        assert response.status_code == 200 and response.json()["bytes"] == len(big_file), (upload, response.text)
 
 
 # --- uploads ----------------------------------------------------------------------------------------------------
