@@ -3,7 +3,7 @@
 SQLite the boring way: plain SQL; migrations are files `migrations/NNNN_name.sql`, applied in order and recorded
 in `PRAGMA user_version`, never edited once shipped; every write takes the write lock up front (a deferred
 transaction that upgrades from read to write fails at once with SQLITE_BUSY instead of waiting); `synchronous=FULL`
-so a record acknowledged to a client survives a crash; `integrity_check` before serving.
+so a record acknowledged to a client survives a crash; `quick_check` before serving (a damaged file stops the start).
 """
 
 from __future__ import annotations
