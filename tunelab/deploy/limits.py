@@ -4,8 +4,9 @@ A deployment of capacity C allows C × 1,000 tokens per minute and 6 × C reques
 checked when it arrives, on an estimate (its prompt tokens plus `max_tokens`), then charged what it really used
 once it is done. So that a flood costs nothing, a request is first admitted on a bound known before any work
 (`max_tokens` alone) and grown to the full estimate once its prompt is rendered (`resize`); a request refused or
-failing on the way is let go, uncharged (`release`). Tokens count over a sliding minute; requests over sliding 10-second windows (C per window), so a
-burst is refused without waiting for the minute to turn. Over the limit: 429 with how long to wait.
+failing on the way is let go, uncharged (`release`). Tokens count over a sliding minute; requests over sliding
+10-second windows (C per window), so a burst is refused without waiting for the minute to turn. Over the limit:
+429 with how long to wait.
 """
 
 from __future__ import annotations

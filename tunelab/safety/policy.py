@@ -74,7 +74,8 @@ class Policy:
             results = {"error": dict(NOT_FILTERED)}
         else:
             worst = {c: max((f[c] for f in found), key=SEVERITIES.index, default="safe") for c in CATEGORIES}
-            results = {c: {"filtered": limits[c] != "off" and SEVERITIES.index(worst[c]) >= SEVERITIES.index(limits[c]),
+            results = {c: {"filtered": limits[c] != "off"
+                           and SEVERITIES.index(worst[c]) >= SEVERITIES.index(limits[c]),
                            "severity": worst[c]} for c in CATEGORIES}
         if self.blocklist:
             flat = [normalise(text).lower() for text in texts]

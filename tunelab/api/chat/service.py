@@ -1,9 +1,10 @@
 """The chat service: request → prompt → generations on the engine pool → a `chat.completion` or its chunks.
 
 `begin()` checks the request (a deployment's rate limit first, before any work, then its content filter) and
-submits its generations; `complete()` then builds the whole `chat.completion`, `stream()` yields `chat.completion.chunk`s as the tokens
-come, for the route to send as server-sent events. Both wait on an asyncio queue fed by the engine's thread, so
-the event loop never blocks; a stream that is abandoned cancels its generations.
+submits its generations; `complete()` then builds the whole `chat.completion`, `stream()` yields
+`chat.completion.chunk`s as the tokens come, for the route to send as server-sent events. Both wait on an
+asyncio queue fed by the engine's thread, so the event loop never blocks; a stream that is abandoned cancels its
+generations.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class ChatService:
         being generated."""
         n = request.n or 1
         limit = request.max_completion_tokens or request.max_tokens
-        charge = headers = None
+        charge = headers = state = None
         if limiter is not None:  # before any work, on what is known without the model: a flood costs nothing
             charge, headers = limiter.admit(n * (limit or 1), what=f"deployment {deployment}")
         try:
@@ -148,16 +149,11 @@ class ChatService:
             if limiter is not None:  # Azure's admission estimate: the prompt plus what may be generated
                 estimate = len(prompt) + n * (limit or min(room, DEFAULT_COMPLETION_ESTIMATE))
                 headers = limiter.resize(charge, estimate, what=f"deployment {deployment}")
-        except BaseException:
+            stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+            state = Answering(n, len(prompt))
+            state.policy, state.prompt_results = policy, prompt_results
             if limiter is not None:
-                limiter.release(charge)
-            raise
-        stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-        state = Answering(n, len(prompt))
-        state.policy, state.prompt_results = policy, prompt_results
-        if limiter is not None:
-            state.limiter, state.charge, state.headers = limiter, charge, headers
-        try:
+                state.limiter, state.charge, state.headers = limiter, charge, headers
             for i in range(n):
                 params = SamplingParams(
                     max_tokens=limit or room, temperature=1.0 if request.temperature is None else request.temperature,
@@ -167,8 +163,9 @@ class ChatService:
                     logprobs=bool(request.logprobs), top_logprobs=request.top_logprobs or 0)
                 state.generations.append(target.engine.submit(prompt, params, adapter=target.adapter,
                                                               end_ids=target.end_ids, on_event=state.listener(i)))
-        except BaseException:  # nothing half-started: the answers begun stop, and the window is charged nothing
-            state.cancel()
+        except BaseException:  # refused or failed before its answer started: nothing runs, nothing is charged
+            if state is not None:
+                state.cancel()
             if limiter is not None:
                 limiter.release(charge)
             raise
