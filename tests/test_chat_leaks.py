@@ -197,6 +197,12 @@ def test_internal_error_text_stays_in_the_log(service, caplog):
     assert "unloaded" in caplog.text  # the detail is logged
 
     client.chat.completions.create(model="tiny", messages=ASK, max_tokens=1)  # loaded again
+    with pytest.raises(openai.APIError) as caught:  # the SDK raises on the event instead of hanging
+        for _ in client.chat.completions.create(**long, stream=True):
+            pool.forget("tiny")
+    assert caught.value.message == error["message"] and caught.value.body["code"] == "server_error"
+
+    client.chat.completions.create(model="tiny", messages=ASK, max_tokens=1)  # loaded again
     engine, submitted = pool.engines["tiny"], []
     submit = engine.submit
     engine.submit = lambda *a, **k: submitted.append(submit(*a, **k)) or submitted[-1]  # observe, not replace
