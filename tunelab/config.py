@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     checks: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Answer checks every comparison of the service runs besides the "
         "registered ones, comma-separated: module:name (an importable module) or path/to/file.py:name.")
+    content_filter_outage: Literal["fail_closed", "annotate"] = Field(
+        default="fail_closed", description="When a deployment's content filter cannot judge (its encoder missing or "
+        "failing): fail_closed answers 503 content_filter_error; annotate answers unfiltered and says so in "
+        "content_filter_results.error, as Azure does.")
 
     @field_validator("checks", mode="before")
     @classmethod

@@ -57,7 +57,7 @@ class Services:
         queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
         registry = Registry(db, settings.owner)
         pool = EnginePool(registry, settings.decode_weights, settings.prompt_cache_mb)
-        policies = Policies(db)
+        policies = Policies(db, settings.content_filter_outage)
         deployments = Deployments(db, registry, pool, policies)
         runs = Runs(db)
         chat = ChatService(deployments, policies, pool)

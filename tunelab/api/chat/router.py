@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ...errors import TunelabError
 from ..protocol import ERRORS, ErrorBody, ErrorResponse
 from ..services import services
 from .protocol import ChatCompletion, ChatRequest
@@ -13,6 +16,10 @@ from .service import ChatService
 
 router = APIRouter(tags=["chat"], responses=ERRORS)
 STREAMED = {200: {"content": {"text/event-stream": {}}}, 429: {"model": ErrorResponse}}
+UNEXPECTED = ErrorBody(message="the server hit an unexpected error; see its log", type="server_error", param=None,
+                       code="server_error")
+
+log = logging.getLogger("tunelab.chat")
 
 
 def chat(request: Request) -> ChatService:
@@ -43,10 +50,18 @@ async def _answer(svc: ChatService, body: ChatRequest, name: str, *, explicit: b
             async for chunk in svc.stream(state, body):
                 yield f"data: {chunk.model_dump_json()}\n\n"
         except Exception as exc:  # after the first byte an HTTP error is impossible: an error event, then the end
-            error = ErrorResponse(error=ErrorBody(message=f"generation failed: {exc}", type="server_error",
-                                                  param=None, code=None))
-            yield f"data: {error.model_dump_json()}\n\n"
+            yield f"data: {ErrorResponse(error=_event_error(exc)).model_dump_json()}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", **state.headers})
+
+
+def _event_error(exc: Exception) -> ErrorBody:
+    """What a stream's error event says: tunelab's own errors as they are written for a person; anything else a
+    stable message, its details in the server's log only."""
+    if isinstance(exc, TunelabError):
+        return ErrorBody(message=exc.message, type="server_error" if exc.status >= 500 else exc.type,
+                         param=exc.param, code=exc.code)
+    log.exception("a streamed answer failed")
+    return UNEXPECTED

@@ -1,9 +1,10 @@
 """The chat service: request → prompt → generations on the engine pool → a `chat.completion` or its chunks.
 
-`begin()` checks the request (and a deployment's content filter and rate limit) and submits its generations;
-`complete()` then builds the whole `chat.completion`, `stream()` yields `chat.completion.chunk`s as the tokens
-come, for the route to send as server-sent events. Both wait on an asyncio queue fed by the engine's thread, so
-the event loop never blocks; a stream that is abandoned cancels its generations.
+`begin()` checks the request (a deployment's rate limit first, before any work, then its content filter) and
+submits its generations; `complete()` then builds the whole `chat.completion`, `stream()` yields
+`chat.completion.chunk`s as the tokens come, for the route to send as server-sent events. Both wait on an
+asyncio queue fed by the engine's thread, so the event loop never blocks; a stream that is abandoned cancels its
+generations.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncio
+import json
+import logging
 import re
 import secrets
 import time
@@ -21,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from ...data.render import render_prompt
 from ...deploy.deployments import Deployments
 from ...deploy.limits import RateLimiter
-from ...errors import InvalidRequest, NotFound
+from ...errors import InvalidRequest, NotFound, TunelabError
 from ...inference.engine import SamplingParams
 from ...inference.pool import EnginePool, Target
 from ...safety.policy import ContentFiltered, Policies, Policy
@@ -32,6 +35,19 @@ SENTENCE_END = re.compile(r"[.!?\n]")
 # Without max_tokens, a rate-limited request is admitted on its prompt plus this many tokens (or the room left in
 # the context, if less), then charged what it really produced.
 DEFAULT_COMPLETION_ESTIMATE = 512
+
+log = logging.getLogger("tunelab.chat")
+
+
+class GenerationFailed(TunelabError):
+    """The engine could not finish an answer. What went wrong is in the server's log, not in the answer."""
+
+    code = "server_error"
+    type = "server_error"
+    status = 500
+
+    def __init__(self):
+        super().__init__("the model failed while answering; see the server's log")
 
 
 class Answering:
@@ -61,7 +77,8 @@ class Answering:
         while len(done) < self.n:
             index, kind, payload = await self.queue.get()
             if kind == "error":
-                raise RuntimeError(payload)
+                log.error("answer %s: generation %d failed: %s", self.id, index, payload)
+                raise GenerationFailed()
             if kind == "done":
                 done.add(index)
             yield index, kind, payload
@@ -104,55 +121,70 @@ class ChatService:
 
     async def _start(self, request: ChatRequest, *, model_id: str, limiter: RateLimiter | None = None,
                      deployment: str | None = None, policy: Policy | None = None) -> Answering:
-        """Check the request against the model (and a deployment's rate limit), render the prompt and submit its
-        generations. Errors here are ordinary HTTP errors; once this returns, the answer is being generated."""
-        target: Target = await run_in_threadpool(self.pool.target, model_id)
-        messages = _messages(request)
-        prompt_results = None
-        if policy is not None:  # nothing is generated for a prompt the policy blocks
-            asked = "\n".join(m["content"] for m in messages if m["role"] in ("system", "user") and m.get("content"))
-            blocked, prompt_results = await run_in_threadpool(policy.check, asked, "prompt")
-            if blocked:
-                raise ContentFiltered(prompt_results)
-        prompt = render_prompt(target.tokenizer, messages, request.tools)
-        room = target.engine.context - len(prompt)
-        if room < 1:
-            raise InvalidRequest(f"the messages take {len(prompt)} tokens; the model's context is "
-                                 f"{target.engine.context}", param="messages")
-        limit = request.max_completion_tokens or request.max_tokens
-        if limit is not None and limit > room:
-            raise InvalidRequest(f"max_tokens is {limit}, but only {room} tokens fit after the {len(prompt)}-token "
-                                 f"prompt in the model's {target.engine.context}-token context", param="max_tokens")
-        stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        """Check the request against the model (and a deployment's rate limit and content filter), render the
+        prompt and submit its generations. Errors here are ordinary HTTP errors; once this returns, the answer is
+        being generated."""
         n = request.n or 1
-        state = Answering(n, len(prompt))
-        state.policy, state.prompt_results = policy, prompt_results
-        if limiter is not None:  # Azure's admission estimate: the prompt plus what may be generated
-            estimate = len(prompt) + n * (limit or min(room, DEFAULT_COMPLETION_ESTIMATE))
-            state.charge, state.headers = limiter.admit(estimate, what=f"deployment {deployment}")
-            state.limiter = limiter
-        for i in range(n):
-            params = SamplingParams(
-                max_tokens=limit or room, temperature=1.0 if request.temperature is None else request.temperature,
-                top_p=request.top_p or 1.0, presence_penalty=request.presence_penalty or 0.0,
-                frequency_penalty=request.frequency_penalty or 0.0,
-                seed=None if request.seed is None else request.seed + i, stop=stops + target.end_strings,
-                logprobs=bool(request.logprobs), top_logprobs=request.top_logprobs or 0)
-            state.generations.append(target.engine.submit(prompt, params, adapter=target.adapter,
-                                                          end_ids=target.end_ids, on_event=state.listener(i)))
+        limit = request.max_completion_tokens or request.max_tokens
+        charge = headers = state = None
+        if limiter is not None:  # before any work, on what is known without the model: a flood costs nothing
+            charge, headers = limiter.admit(n * (limit or 1), what=f"deployment {deployment}")
+        try:
+            messages = _messages(request)
+            target: Target = await run_in_threadpool(self.pool.target, model_id)
+            prompt_results = None
+            if policy is not None:  # nothing is generated for a prompt the policy blocks
+                blocked, prompt_results = await run_in_threadpool(policy.check, _screened(request), "prompt")
+                if blocked:
+                    raise ContentFiltered(prompt_results)
+            prompt = render_prompt(target.tokenizer, messages, request.tools)
+            room = target.engine.context - len(prompt)
+            if room < 1:
+                raise InvalidRequest(f"the messages take {len(prompt)} tokens; the model's context is "
+                                     f"{target.engine.context}", param="messages")
+            if limit is not None and limit > room:
+                raise InvalidRequest(f"max_tokens is {limit}, but only {room} tokens fit after the {len(prompt)}-"
+                                     f"token prompt in the model's {target.engine.context}-token context",
+                                     param="max_tokens")
+            if limiter is not None:  # Azure's admission estimate: the prompt plus what may be generated
+                estimate = len(prompt) + n * (limit or min(room, DEFAULT_COMPLETION_ESTIMATE))
+                headers = limiter.resize(charge, estimate, what=f"deployment {deployment}")
+            stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+            state = Answering(n, len(prompt))
+            state.policy, state.prompt_results = policy, prompt_results
+            if limiter is not None:
+                state.limiter, state.charge, state.headers = limiter, charge, headers
+            for i in range(n):
+                params = SamplingParams(
+                    max_tokens=limit or room, temperature=1.0 if request.temperature is None else request.temperature,
+                    top_p=request.top_p or 1.0, presence_penalty=request.presence_penalty or 0.0,
+                    frequency_penalty=request.frequency_penalty or 0.0,
+                    seed=None if request.seed is None else request.seed + i, stop=stops + target.end_strings,
+                    logprobs=bool(request.logprobs), top_logprobs=request.top_logprobs or 0)
+                state.generations.append(target.engine.submit(prompt, params, adapter=target.adapter,
+                                                              end_ids=target.end_ids, on_event=state.listener(i)))
+        except BaseException:  # refused or failed before its answer started: nothing runs, nothing is charged
+            if state is not None:
+                state.cancel()
+            if limiter is not None:
+                limiter.release(charge)
+            raise
         return state
 
     async def complete(self, state: Answering, request: ChatRequest) -> ChatCompletion:
         texts = [""] * state.n
         logprobs: list[list] = [[] for _ in range(state.n)]
         finish = [None] * state.n
-        async for index, kind, payload in state.events():
-            if kind == "delta":
-                texts[index] += payload[0]
-                logprobs[index] += payload[1]
-            else:
-                finish[index] = payload
-        state.settle()
+        try:
+            async for index, kind, payload in state.events():
+                if kind == "delta":
+                    texts[index] += payload[0]
+                    logprobs[index] += payload[1]
+                else:
+                    finish[index] = payload
+        finally:  # one choice failed, or the request is dropped: the others stop too
+            state.cancel()
+            state.settle()
         choices = []
         for i in range(state.n):
             choice = ChatChoice(index=i, message=ChatChoiceMessage(content=texts[i]), finish_reason=finish[i],
@@ -160,8 +192,8 @@ class ChatService:
             if state.policy is not None:
                 blocked, results = await run_in_threadpool(state.policy.check, texts[i], "completion")
                 choice.content_filter_results = results
-                if blocked:  # as Azure: the choice says why, and carries no content
-                    choice.message.content, choice.finish_reason = None, "content_filter"
+                if blocked:  # as Azure: the choice says why, and carries nothing of its text
+                    choice.message.content, choice.finish_reason, choice.logprobs = None, "content_filter", None
             choices.append(choice)
         response = ChatCompletion(id=state.id, created=state.created, model=request.model, choices=choices,
                                   usage=state.usage())
@@ -231,6 +263,39 @@ class ChatService:
             state.settle()
         if include_usage:
             yield chunk([], usage=state.usage())
+
+
+def _screened(request: ChatRequest) -> list[str]:
+    """Every text of the conversation the model will read, each judged on its own: every message of every role,
+    each text part and the parts joined (as the prompt joins them), tool calls' arguments and the tools offered."""
+    texts = []
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, str):
+            texts.append(content)
+        elif content:
+            parts = [part.get("text", "") for part in content]
+            texts += parts + (["".join(parts)] if len(parts) > 1 else [])
+        extra = message.model_extra or {}
+        calls = [c.get("function", c) for c in extra.get("tool_calls") or [] if isinstance(c, dict)]
+        texts += _strings(calls + ([extra["function_call"]] if extra.get("function_call") else []))
+    texts += _strings(request.tools or [])
+    return [t for t in texts if t.strip()]
+
+
+def _strings(value) -> list[str]:
+    """The strings inside JSON values, and inside strings that are JSON themselves (a tool call's arguments)."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if not isinstance(value, str):
+        return []
+    try:
+        inner = json.loads(value)
+    except ValueError:
+        return [value]
+    return [value, *_strings(inner)] if isinstance(inner, (dict, list)) else [value]
 
 
 def _messages(request: ChatRequest) -> list[dict]:
