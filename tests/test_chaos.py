@@ -34,7 +34,8 @@ SEED = int(os.environ.get("TUNELAB_CHAOS_SEED", "15"))
 # the whole validation set at each epoch's end, a checkpoint every 4 steps and at each epoch's end (4, 6, 8, 12).
 STEPS, CHECKPOINTS, EVALUATIONS = 12, 4, 14
 CREATE = dict(model="tiny", seed=11, hyperparameters={"n_epochs": 2, "batch_size": 2})
-ENV = {"TUNELAB_API_KEY": "test-key", "TUNELAB_LEASE_SECONDS": "3", "TUNELAB_CHECKPOINT_EVERY_STEPS": "4"}
+ENV = {"TUNELAB_API_KEY": "test-key", "TUNELAB_LEASE_SECONDS": "3", "TUNELAB_CHECKPOINT_EVERY_STEPS": "4",
+       "TUNELAB_AUTO_COMPARE": "false"}
 
 # (process, point, how many times one uninterrupted job reaches it)
 POINTS = [
@@ -172,7 +173,10 @@ def reference(tmp_path_factory, data, tiny_model) -> dict:
     server, job = run_job(home, data, {}, tiny_model)
     try:
         assert job.status == "succeeded", job.error
-        return {"adapter": adapter_bytes(home, job.id), "results": server.client().files.content(job.result_files[0]).text}
+        checkpoint = home / "state" / "jobs" / job.id / "checkpoints" / "step-000012"
+        return {"adapter": adapter_bytes(home, job.id),
+                "results": server.client().files.content(job.result_files[0]).text,
+                "checkpoint_bytes": sum(p.stat().st_blocks * 512 for p in checkpoint.iterdir())}
     finally:
         server.stop()
         os.environ.pop("TUNELAB_HOME")
@@ -219,5 +223,86 @@ def test_a_job_killed_on_every_attempt_fails_after_the_last_one_with_its_cause(h
         assert "exited with code -9 on each of 2 attempts" in job.error.message
         events = [e.message for e in server.client().fine_tuning.jobs.list_events(job.id, limit=100).data]
         assert sum("queued again" in m for m in events) == 1 and any("too many times" in m for m in events)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A real filesystem of its own, small enough to fill: a tmpfs (we are root) or none, and the test skips."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Write a filler file until `leave` bytes stay free on `disk`."""
+    stat = os.statvfs(disk)
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        f.truncate(0)
+        remaining = stat.f_bavail * stat.f_frsize - leave
+        while remaining > 0:
+            chunk = min(remaining, 1 << 24)
+            f.write(b"\0" * chunk)  # real blocks: tmpfs does not allocate the holes of a sparse file
+            remaining -= chunk
+    return filler
+
+
+def test_a_disk_full_while_checkpointing_fails_the_job_keeps_the_previous_checkpoint_and_the_service(
+        small_disk, data, reference, tiny_model):
+    from tunelab.train.checkpoints import latest_checkpoint
+
+    home = small_disk / "home"
+    os.environ["TUNELAB_HOME"] = str(home)
+    from tunelab.models.catalog import import_model
+
+    import_model(tiny_model, "tiny")
+    server = Server(home, {}).start()
+    try:
+        train, valid = upload(server, data / "train.jsonl"), upload(server, data / "valid.jsonl")
+        # Room for the first checkpoint and what the run writes besides it, not for a second one beside it.
+        filler = fill(small_disk, reference["checkpoint_bytes"] * 3 // 2 + (96 << 10))
+        client = server.client()
+        job = finished(server, client.fine_tuning.jobs.create(**CREATE, training_file=train,
+                                                              validation_file=valid).id)
+        assert job.status == "failed" and job.error.code == "disk_full", job.error
+        assert "free some space" in job.error.message.lower()
+        assert client.models.list().data and client.fine_tuning.jobs.retrieve(job.id).status == "failed"
+        root = home / "state" / "jobs" / job.id / "checkpoints"
+        assert latest_checkpoint(root).name == "step-000004"  # verified against its manifest
+        assert [p.name for p in root.iterdir()] == ["step-000004"]  # nothing half-written
+
+        filler.unlink()  # space is back: the same job created again runs to the end
+        again = finished(server, client.fine_tuning.jobs.create(**CREATE, training_file=train,
+                                                                validation_file=valid).id)
+        assert again.status == "succeeded", again.error
+        assert adapter_bytes(home, again.id) == reference["adapter"]
+    finally:
+        server.stop()
+
+
+def test_a_run_out_of_memory_fails_with_a_hint_and_the_next_job_runs(home, tmp_path, data):
+    from conftest import build_tiny_model, chat
+    from tunelab.models.catalog import import_model
+
+    import_model(build_tiny_model(tmp_path / "long", context=8192), "tiny")
+    text = " ".join(f"Lisbon has wonderful trams and steep hills, number {i}." for i in range(400))
+    long = write_jsonl(tmp_path / "long.jsonl", [chat(f"Tell me all about Lisbon ({i})", text) for i in range(10)])
+    server = Server(home, {"TUNELAB_TRAINER_MEMORY_LIMIT_MB": "1600"}).start()
+    try:
+        client = server.client()
+        job = finished(server, client.fine_tuning.jobs.create(
+            model="tiny", training_file=upload(server, long), hyperparameters={"batch_size": 10}).id)
+        assert job.status == "failed" and job.error.code == "out_of_memory", job.error
+        assert "smaller batch_size" in job.error.message and "shorter examples" in job.error.message
+        nxt = finished(server, client.fine_tuning.jobs.create(
+            model="tiny", training_file=upload(server, data / "train.jsonl"),
+            hyperparameters={"n_epochs": 1, "batch_size": 2}).id)
+        assert nxt.status == "succeeded", nxt.error  # under the same limit
     finally:
         server.stop()

@@ -81,19 +81,19 @@ def main(job_id: str, token: str) -> int:
         _fail(db, queue, lease, exc.code, _named(exc.message, blob_names), exc.param)
     except Exception as exc:  # a bug or resource failure: the job fails with the cause; the traceback goes to the log
         traceback.print_exc()
-        code, hint = _resource_failure(exc)
-        _fail(db, queue, lease, code, f"{type(exc).__name__}: {_named(str(exc), blob_names)}{hint}", None)
+        code, message = _failure(exc)
+        _fail(db, queue, lease, code, _named(message, blob_names), None)
     return 0
 
 
-def _resource_failure(exc: Exception) -> tuple[str, str]:
-    """The error code and hint for what stopped training: memory, disk space, or anything else."""
+def _failure(exc: Exception) -> tuple[str, str]:
+    """The error code and message for what stopped training: memory, disk space, or anything else."""
     if out_of_memory(exc):
-        return "out_of_memory", (" — the training ran out of memory: try a smaller batch_size, or shorter examples "
+        return "out_of_memory", ("the training ran out of memory: try a smaller batch_size, or shorter examples "
                                  "(split long conversations), then create the job again")
     if disk_full(exc):
-        return "disk_full", " — the disk is full: free some space, then create the job again"
-    return "training_failed", ""
+        return "disk_full", "the disk is full: free some space, then create the job again"
+    return "training_failed", f"{type(exc).__name__}: {exc}"
 
 
 def _stop_when_paused(queue: Queue, job_id: str) -> None:
