@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
 from ..crashpoints import crash_point
 from ..errors import CheckpointError, TunelabError
@@ -41,9 +41,9 @@ def save_checkpoint(root: Path, step: int, *, write_weights, optimizer: torch.op
         write_weights(work)
         crash_point("checkpoint.after_weights")
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
-        _write(work / "optimizer.safetensors", save(tensors))
+        save_file(tensors, work / "optimizer.safetensors")
         crash_point("checkpoint.after_optimizer")
-        _write(work / "rng.safetensors", save({"torch": torch.get_rng_state()}))
+        save_file({"torch": torch.get_rng_state()}, work / "rng.safetensors")
         crash_point("checkpoint.after_rng")
         (work / "state.json").write_text(json.dumps({**state, "optimizer_param_groups": groups}, indent=2))
         crash_point("checkpoint.after_state")
@@ -62,8 +62,9 @@ def save_checkpoint(root: Path, step: int, *, write_weights, optimizer: torch.op
         shutil.rmtree(work, ignore_errors=True)  # also gives back the space a save that ran out of it took
         if disk_full(exc):
             raise TunelabError(
-                f"the disk is full: the checkpoint at step {step} could not be written ({root}); the previous "
-                "checkpoint is intact. Free some space, then create the job again (or `tunelab train --resume`)",
+                f"the disk is full: the checkpoint at step {step} could not be written; the previous checkpoint is "
+                "intact. Free some space, then create the job again (or `tunelab train --resume` for a run started "
+                "from the command line)",
                 code="disk_full") from None
         raise
     verify(final)  # read back before anything older goes: the previous checkpoint stays until this one is good
@@ -134,11 +135,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = tensor
     return {"state": state, "param_groups": groups}
-
-
-def _write(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
 
 
 def _sha256(path: Path) -> str:
