@@ -7,7 +7,8 @@ left behind. Also: a job that dies on every attempt fails after the last one wit
     TUNELAB_CHAOS_SEED=7 make chaos              # other hits of each point
 
 `make test` runs three of them: a checkpoint renamed into place but not yet recorded, metrics recorded for steps
-the resumed run repeats, and the server dying while it supervises a training process.
+the resumed run repeats, and the server dying while it supervises a training process; plus disk full and out of
+memory. `make chaos` adds every other point, the job that dies on every attempt, and recovery once space is back.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ POINTS = [
     ("server", "worker.after_trainer_exit", 1),
 ]
 DEFAULT = {("trainer", "checkpoint.after_rename"), ("trainer", "metrics.after_event"), ("server", "worker.heartbeat")}
+FULL = os.environ.get("TUNELAB_CHAOS") == "all"
 CASES = [(role, point, random.Random(f"{SEED}:{point}").randint(1, hits)) for role, point, hits in POINTS
-         if os.environ.get("TUNELAB_CHAOS") == "all" or (role, point) in DEFAULT]
+         if FULL or (role, point) in DEFAULT]
 
 
 class Server:
@@ -120,19 +122,19 @@ def call(server: Server, action):
 
 
 def upload(server: Server, path: Path) -> str:
-    def once(client):
+    def create():
         with path.open("rb") as f:
-            return client.files.create(file=f, purpose="fine-tune").id
-    for _ in range(3):
-        before = server.starts
-        file_id = call(server, once)
-        if server.starts == before:
-            return file_id
-        # The upload died with the server: after the restart no row and no bytes of it may remain.
-        assert [f.id for f in server.client().files.list().data if f.id == file_id] == []
-        assert not list((server.home / "state" / "files").glob(".tmp-*"))
-        assert len(list((server.home / "state" / "files").glob("file-*"))) == len(server.client().files.list().data)
-    raise AssertionError("the upload never went through")
+            return server.client().files.create(file=f, purpose="fine-tune").id
+    try:
+        return create()
+    except (openai.APIConnectionError, openai.InternalServerError):
+        server.proc.wait(10)
+    # The upload died with the server: after the restart no row and no bytes of it may remain.
+    server.start()
+    blobs = server.home / "state" / "files"
+    assert not list(blobs.glob(".tmp-*"))
+    assert sorted(p.name for p in blobs.glob("file-*")) == sorted(f.id for f in server.client().files.list().data)
+    return create()
 
 
 def finished(server: Server, job_id: str, timeout: float = 240):
@@ -213,6 +215,7 @@ def test_killed_at_a_crash_point_the_job_still_ends_as_if_never_interrupted(role
         server.stop()
 
 
+@pytest.mark.skipif(not FULL, reason="`make chaos` runs it (TUNELAB_CHAOS=all)")
 def test_a_job_killed_on_every_attempt_fails_after_the_last_one_with_its_cause(home, data, tiny_model):
     env = {"TUNELAB_CRASH_AT": "trainer:step.after_optimizer:3", "TUNELAB_CRASH_REPEAT": "1",
            "TUNELAB_MAX_ATTEMPTS": "2"}
@@ -277,11 +280,12 @@ def test_a_disk_full_while_checkpointing_fails_the_job_keeps_the_previous_checkp
         assert latest_checkpoint(root).name == "step-000004"  # verified against its manifest
         assert [p.name for p in root.iterdir()] == ["step-000004"]  # nothing half-written
 
-        filler.unlink()  # space is back: the same job created again runs to the end
-        again = finished(server, client.fine_tuning.jobs.create(**CREATE, training_file=train,
-                                                                validation_file=valid).id)
-        assert again.status == "succeeded", again.error
-        assert adapter_bytes(home, again.id) == reference["adapter"]
+        if FULL:  # space is back: the same job created again runs to the end
+            filler.unlink()
+            again = finished(server, client.fine_tuning.jobs.create(**CREATE, training_file=train,
+                                                                    validation_file=valid).id)
+            assert again.status == "succeeded", again.error
+            assert adapter_bytes(home, again.id) == reference["adapter"]
     finally:
         server.stop()
 
