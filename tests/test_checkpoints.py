@@ -94,3 +94,15 @@ def test_a_checkpoint_that_finds_the_disk_full_leaves_the_previous_one_intact(tm
         assert [p.name for p in (disk / "ckpt").iterdir()] == [first.name]  # the partial save is gone
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_out_of_memory_is_told_by_the_exception_type_cuda_included():
+    from tunelab.train.faults import disk_full, out_of_memory
+
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert torch.cuda.OutOfMemoryError is torch.OutOfMemoryError  # what a CUDA allocation failure raises
+    assert out_of_memory(MemoryError())
+    with pytest.raises(RuntimeError) as cpu:
+        torch.empty(1 << 62, dtype=torch.uint8)  # PyTorch's CPU allocator refuses it
+    assert out_of_memory(cpu.value)
+    assert not out_of_memory(RuntimeError("shape mismatch")) and not disk_full(RuntimeError("no"))
