@@ -63,7 +63,6 @@ POINTS = [
     ("server", "worker.after_validate", 1),
     ("server", "worker.after_claim", 1),
     ("server", "worker.heartbeat", 3),
-    ("server", "worker.after_trainer_exit", 1),
 ]
 DEFAULT = {("trainer", "checkpoint.after_rename"), ("trainer", "metrics.after_event"), ("server", "worker.heartbeat")}
 FULL = os.environ.get("TUNELAB_CHAOS") == "all"
