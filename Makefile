@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRAVEL := examples/travel
 
-.PHONY: install browser demo test test-slow bench gemma clean
+.PHONY: install browser demo test test-slow chaos bench gemma clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ test: install browser
 
 test-slow: install browser  # the slow tests only: full fine-tunes of the real model (the lab, the studio)
 	$(BIN)/python -m pytest -m slow
+
+# Every crash point: the server or a job's training process killed with SIGKILL at each (tests/test_chaos.py;
+# `make test` runs three). TUNELAB_CHAOS_SEED picks other hits of each point.
+chaos: install
+	TUNELAB_CHAOS=all $(BIN)/python -m pytest tests/test_chaos.py -v
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -29,6 +29,14 @@ class Settings(BaseSettings):
                                  "heartbeat before another worker takes it over.")
     max_attempts: int = Field(default=3, ge=1, description="Times a job is started after its worker died before "
                               "it fails.")
+    checkpoint_every_steps: int = Field(default=0, ge=0, description="A training checkpoint every this many steps, "
+                                        "besides the one at the end of each epoch; 0: none.")
+    checkpoint_every_minutes: float = Field(default=10.0, ge=0, description="A training checkpoint once this many "
+                                            "minutes have passed since the last one, so a long epoch is never lost "
+                                            "whole; 0: none.")
+    trainer_memory_limit_mb: int = Field(default=0, ge=0, description="Address space a job's training process may "
+                                         "use, in MiB (RLIMIT_AS); a run that needs more fails with "
+                                         "`out_of_memory` instead of pushing the machine into swap. 0: no limit.")
     decode_weights: Literal["auto", "int4", "int8", "fp32"] = Field(
         default="auto", description="Weights the server decodes with on the CPU: int4 (exactly the 4-bit weights "
         "of a model converted from a 4-bit GGUF, int8 for the rest), int8 rows (4x fewer bytes than fp32), fp32, or "

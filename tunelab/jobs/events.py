@@ -1,7 +1,9 @@
 """Job events, the way the cloud reports them: lifecycle messages and one metrics event per training step.
 
 `JobReporter` is the recipe's `Reporter` inside a job's training process: every write it makes names the job's
-lease token, so a process that lost its lease (the job was reaped and taken over) cannot write any more.
+lease token, so a process that lost its lease (the job was reaped and taken over) cannot write any more. A resumed
+run repeats the steps after its checkpoint: their metrics events from the interrupted attempt are dropped as it
+resumes, so each step has exactly one, matching results.csv.
 This module owns the `job_events` table.
 """
 
@@ -11,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from ..crashpoints import crash_point
 from ..errors import InvalidRequest
 from ..models.registry import Registry
 from ..store.blobs import new_id
@@ -83,6 +86,9 @@ class JobReporter:
         shown = {k: hyperparameters[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
         with self.db.write() as conn:
             self.queue.record(conn, self.lease, hyperparameters={**shown, "resolved": hyperparameters})
+            # Steps an interrupted attempt ran past its last checkpoint (or before its first) run again.
+            conn.execute("DELETE FROM job_events WHERE job_id = ? AND type = 'metrics' AND "
+                         "json_extract(data, '$.step') > ?", (self.lease.job_id, first_step))
             if first_step:
                 add_event(conn, self.lease.job_id, f"Fine-tuning job resumed at step {first_step}/{total_steps}")
             else:
@@ -95,6 +101,7 @@ class JobReporter:
         with self.db.write() as conn:
             self.queue.record(conn, self.lease, estimated_finish=int(time.time() + metrics.eta_seconds))
             add_event(conn, self.lease.job_id, metrics_message(data), type="metrics", data=data)
+        crash_point("metrics.after_event")
 
     def message(self, text: str) -> None:
         with self.db.write() as conn:
@@ -103,10 +110,14 @@ class JobReporter:
 
     def checkpoint(self, step: int, path: Path, metrics: dict) -> None:
         model = f"{self.output_model}:ckpt-step-{step}"
+        crash_point("checkpoint.before_record")
         with self.db.write() as conn:
             self.queue.assert_lease(conn, self.lease)
+            if model in self.registry.checkpoint_models(conn, self.lease.job_id):
+                return  # recorded before the run was interrupted (a resumed run reports it again)
             self.registry.add_checkpoint(conn, self.lease.job_id, step, model, path, metrics)
             add_event(conn, self.lease.job_id, f"Checkpoint created at step {step} with Snapshot ID: {model}")
+        crash_point("checkpoint.after_record")
 
     def finish(self) -> None:
         pass

@@ -5,6 +5,8 @@ It builds the job's training config, runs the recipe with a `JobReporter`, and r
 lease: succeeded (a fine-tuned model and results.csv), failed (the error, naming the file and line), paused
 (SIGTERM after a pause request: checkpoint, then stop) or back in the queue (SIGTERM when the server stops).
 A job that already has a complete checkpoint resumes from it. If the server dies, this process exits too.
+Running out of memory or disk fails the job at once with `out_of_memory` or `disk_full` and what to do about it:
+another attempt would only fail the same way.
 """
 
 from __future__ import annotations
@@ -19,18 +21,22 @@ signal.signal(signal.SIGTERM, lambda *_: STOP.set())
 
 import json  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from .. import crashpoints  # noqa: E402
 from ..config import get_settings  # noqa: E402
+from ..crashpoints import crash_point  # noqa: E402
 from ..errors import TunelabError  # noqa: E402
 from ..models.registry import Registry  # noqa: E402
 from ..store.db import Database  # noqa: E402
 from ..store.files import Files  # noqa: E402
 from ..train.config import TrainConfig  # noqa: E402
+from ..train.faults import disk_full, out_of_memory  # noqa: E402
 from .events import JobReporter, add_event, note_outcome  # noqa: E402
 from .queue import Lease, LeaseLost, Queue  # noqa: E402
 
@@ -39,7 +45,11 @@ PAUSE_POLL_SECONDS = 0.5
 
 def main(job_id: str, token: str) -> int:
     _exit_with_parent()
+    crashpoints.role = "trainer"
     settings = get_settings()
+    if settings.trainer_memory_limit_mb:  # before torch loads, so every allocation counts against it
+        limit = settings.trainer_memory_limit_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     db = Database(settings.state_dir / "tunelab.db")
     queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
     files = Files(db, settings.state_dir / "files", settings.max_file_bytes)
@@ -72,10 +82,19 @@ def main(job_id: str, token: str) -> int:
         _fail(db, queue, lease, exc.code, _named(exc.message, blob_names), exc.param)
     except Exception as exc:  # a bug or resource failure: the job fails with the cause; the traceback goes to the log
         traceback.print_exc()
-        code = "out_of_memory" if "out of memory" in str(exc).lower() else "training_failed"
-        hint = " (try a smaller batch_size)" if code == "out_of_memory" else ""
-        _fail(db, queue, lease, code, f"{type(exc).__name__}: {_named(str(exc), blob_names)}{hint}", None)
+        code, message = _failure(exc)
+        _fail(db, queue, lease, code, _named(message, blob_names), None)
     return 0
+
+
+def _failure(exc: Exception) -> tuple[str, str]:
+    """The error code and message for what stopped training: memory, disk space, or anything else."""
+    if out_of_memory(exc):
+        return "out_of_memory", ("the training ran out of memory: try a smaller batch_size, or shorter examples "
+                                 "(split long conversations), then create the job again")
+    if disk_full(exc):
+        return "disk_full", "the disk is full: free some space, then create the job again"
+    return "training_failed", f"{type(exc).__name__}: {exc}"
 
 
 def _stop_when_paused(queue: Queue, job_id: str) -> None:
@@ -110,6 +129,7 @@ def _config(request: dict, run_dir: Path, files: Files, registry: Registry) -> t
 
 def _succeeded(db, queue: Queue, files: Files, registry: Registry, lease: Lease, result, request: dict,
                model_id: str, owner: str) -> None:
+    crash_point("final.before_record")
     with db.write() as conn:
         queue.assert_lease(conn, lease)
         results = files.add_path(result.out / "results.csv", "results.csv", "fine-tune-results", conn=conn)
@@ -119,6 +139,7 @@ def _succeeded(db, queue: Queue, files: Files, registry: Registry, lease: Lease,
         queue.finish(lease, "succeeded", conn=conn, trained_tokens=result.trained_tokens, result_file=results)
         add_event(conn, lease.job_id, f"New fine-tuned model created: {model_id}")
         add_event(conn, lease.job_id, "The job has successfully completed")
+    crash_point("final.after_record")
 
 
 def _stopped(db, queue: Queue, registry: Registry, lease: Lease, step: int) -> None:

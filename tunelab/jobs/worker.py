@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Settings
+from ..crashpoints import crash_point
 from ..data.validate import MIN_EXAMPLES, validate_file
 from ..errors import NotFound
 from ..store.db import Database
@@ -83,6 +84,7 @@ class Worker:
             lease = self.queue.claim(self.owner)
             if lease is None:
                 break
+            crash_point("worker.after_claim")
             self.runs[lease.job_id] = Run(lease, self.queue, self.db, self.settings, self.on_finished).start()
 
     def validate(self, job_id: str) -> None:
@@ -107,6 +109,7 @@ class Worker:
                 more = f" (and {len(result.errors) - 1} more problems)" if len(result.errors) > 1 else ""
                 error = {"code": code, "param": param, "message": f"{first}{more}"}
                 break
+        crash_point("worker.after_validate")
         self._checked(job_id, error)
 
     def _checked(self, job_id: str, error: dict | None) -> None:
@@ -205,6 +208,7 @@ class Run:
             try:
                 if time.monotonic() >= next_beat:
                     requested = self.queue.heartbeat(self.lease)
+                    crash_point("worker.heartbeat")
                     next_beat = time.monotonic() + beat_every
                 else:
                     requested = self.queue.requested(self.lease.job_id)
@@ -223,6 +227,7 @@ class Run:
                 self._cancel()
                 return
             time.sleep(POLL_SECONDS)
+        crash_point("worker.after_trainer_exit")
         self._after_exit(self.proc.returncode)
 
     def _kill(self) -> None:

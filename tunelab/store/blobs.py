@@ -12,6 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
+from ..crashpoints import crash_point
 from ..errors import TunelabError
 
 
@@ -66,6 +67,7 @@ class BlobWriter:
             raise FileTooLarge(f"the file is larger than the {self.limit:,}-byte limit", param="file")
         self._hash.update(chunk)
         self._file.write(chunk)
+        crash_point("upload.write")
 
     @property
     def sha256(self) -> str:

@@ -14,6 +14,7 @@ import unicodedata
 from pathlib import Path
 
 from ..errors import InvalidRequest, NotFound
+from ..crashpoints import crash_point
 from .blobs import BlobStore, BlobWriter, new_id
 from .db import Database
 from .idempotency import forget, remember
@@ -40,6 +41,7 @@ class Files:
         """
         filename = clean_filename(filename)
         writer.commit()
+        crash_point("upload.before_row")
         fingerprint = hashlib.sha256(f"{purpose}\0{filename}\0{writer.sha256}".encode()).hexdigest()
         try:
             with self.db.write() as conn:

@@ -4,7 +4,8 @@ A checkpoint is a directory `checkpoints/step-<N>/` holding the trainable weight
 adapter, deployable as it is), the optimizer state and RNG state as safetensors, the scheduler and data position
 as JSON, and `MANIFEST.json` with the sha256 of every file. It is written in a temporary directory beside it,
 fsynced and renamed into place, so a crash leaves either the whole checkpoint or none; resume only trusts a
-directory whose manifest matches its files. Nothing is ever unpickled.
+directory whose manifest matches its files. Older checkpoints are pruned only once the new one has been read back
+and verified. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ..crashpoints import crash_point
+from ..errors import CheckpointError, TunelabError
+from .faults import disk_full
 
 MANIFEST = "MANIFEST.json"
 PREFIX = "step-"
@@ -36,24 +39,38 @@ def save_checkpoint(root: Path, step: int, *, write_weights, optimizer: torch.op
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
         write_weights(work)
+        crash_point("checkpoint.after_weights")
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, work / "optimizer.safetensors")
+        crash_point("checkpoint.after_optimizer")
         save_file({"torch": torch.get_rng_state()}, work / "rng.safetensors")
+        crash_point("checkpoint.after_rng")
         (work / "state.json").write_text(json.dumps({**state, "optimizer_param_groups": groups}, indent=2))
+        crash_point("checkpoint.after_state")
         files = sorted(p for p in work.rglob("*") if p.is_file())
         manifest = {"step": step, "files": {str(p.relative_to(work)): _sha256(p) for p in files}}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for p in [*files, work / MANIFEST]:
             _fsync(p)
+        crash_point("checkpoint.before_rename")
         if final.exists():  # a checkpoint at the same step (resumed run): replace it whole
             shutil.rmtree(final)
         os.rename(work, final)
         _fsync(root)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        crash_point("checkpoint.after_rename")
+    except BaseException as exc:
+        shutil.rmtree(work, ignore_errors=True)  # also gives back the space a save that ran out of it took
+        if disk_full(exc):
+            raise TunelabError(
+                f"the disk is full: the checkpoint at step {step} could not be written; the previous checkpoint is "
+                "intact. Free some space, then create the job again (or `tunelab train --resume` for a run started "
+                "from the command line)",
+                code="disk_full") from None
         raise
+    verify(final)  # read back before anything older goes: the previous checkpoint stays until this one is good
     for old in complete_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    crash_point("checkpoint.after_prune")
     return final
 
 

@@ -68,6 +68,10 @@ class TrainConfig(BaseModel):
     eval_every: int | None = Field(default=None, ge=1, description="steps between validation batches")
     max_seq_len: int | None = Field(default=None, ge=16, description="training context; default: the model's")
     keep_checkpoints: int = Field(default=3, ge=1)
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="a checkpoint every this many steps "
+                                               "besides each epoch's; default: TUNELAB_CHECKPOINT_EVERY_STEPS")
+    checkpoint_every_minutes: float | None = Field(default=None, gt=0, description="a checkpoint after this many "
+                                                   "minutes; default: TUNELAB_CHECKPOINT_EVERY_MINUTES")
     init_adapter: Path | None = Field(default=None, description="start from this LoRA adapter (continued "
                                       "fine-tuning); its rank must equal lora_rank")
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="matrix products of the frozen "

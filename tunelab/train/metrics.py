@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
+
+from ..crashpoints import crash_point
+from ..errors import CheckpointError
 
 COLUMNS = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
            "full_valid_loss", "full_valid_mean_token_accuracy"]
@@ -48,22 +52,35 @@ class Reporter(Protocol):
 
 @dataclass
 class ResultsCsv:
-    """Append-only `results.csv`, flushed after every row so it can be read while training runs."""
+    """Append-only `results.csv`: each row flushed and fsynced as it is written, so it can be read while training
+    runs and a crash cuts at most the row being written. A resumed run keeps exactly the rows up to its
+    checkpoint: the kept lines are written beside the file and renamed over it, never rewritten in place."""
 
     path: Path
     resumed_at: int = 0
 
     def __post_init__(self):
+        header = ",".join(COLUMNS) + "\r\n"  # the csv module's line ending, as in every row
         kept = []
-        if self.resumed_at and self.path.exists():  # drop rows past the checkpoint we resume from
+        if self.resumed_at and self.path.exists():
             with self.path.open(newline="") as f:
-                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= self.resumed_at]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(kept)
+                lines = f.read().splitlines(keepends=True)[1:]
+            kept = lines[:self.resumed_at]
+            complete = [line.endswith("\n") and line.split(",", 1)[0] == str(i + 1) for i, line in enumerate(kept)]
+            if len(kept) < self.resumed_at or not all(complete):
+                raise CheckpointError(f"{self.path} does not hold the {self.resumed_at} rows of the checkpoint "
+                                      "it resumes from")
+        beside = self.path.with_name(f".{self.path.name}.tmp")
+        with beside.open("w", newline="") as f:
+            f.write(header + "".join(kept))
+            f.flush()
+            os.fsync(f.fileno())
+        crash_point("results.before_rename")
+        os.replace(beside, self.path)
 
     def write(self, metrics: StepMetrics) -> None:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=COLUMNS).writerow(
                 {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in metrics.row().items()})
+            f.flush()
+            os.fsync(f.fileno())

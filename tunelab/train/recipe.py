@@ -28,6 +28,7 @@ import torch
 
 from .. import __version__
 from ..config import get_settings
+from ..crashpoints import crash_point
 from ..data.samples import Sample, load_samples
 from ..errors import CheckpointError, InvalidRequest
 from ..models.catalog import LocalModel, resolve_model
@@ -66,11 +67,14 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
         _write_config(out, config, hp)
     optimizer, scheduler = setup_optimizer(model, hp)
     ckpt_root = out / "checkpoints"
-    step = restore(model, optimizer, scheduler, ckpt_root, config, hp, resume, reporter)
+    step, last = restore(model, optimizer, scheduler, ckpt_root, config, hp, resume, reporter)
     results = ResultsCsv(out / "results.csv", resumed_at=step)
 
     reporter.start(hp.model_dump(), hp.total_steps, step)
-    last: dict = {}
+    settings = get_settings()
+    every_steps = config.checkpoint_every_steps or settings.checkpoint_every_steps
+    every_seconds = 60 * (config.checkpoint_every_minutes or settings.checkpoint_every_minutes)
+    saved_at = time.monotonic()
     trained_tokens = sum(s.length for s in train_set) * hp.n_epochs
     clock = _Clock()
     current_epoch = -1
@@ -95,11 +99,16 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
             if valid_set and epoch_done:
                 metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, lean, valid_set)
             results.write(metrics)
+            crash_point("results.after_row")
             reporter.step(metrics)
             last = metrics.openai()
-            if epoch_done or stop.is_set():
+            # Every epoch, and within a long one every `every_steps` steps or `every_seconds` of training.
+            due = ((every_steps and step % every_steps == 0)
+                   or (every_seconds and time.monotonic() - saved_at >= every_seconds))
+            if epoch_done or stop.is_set() or due:
                 path = _save_checkpoint(model, optimizer, scheduler, ckpt_root, step, hp, last, config.keep_checkpoints)
                 reporter.checkpoint(step, path, last)
+                saved_at = time.monotonic()
 
     stopped = step < hp.total_steps
     weights = out / ("adapter" if hp.method == "lora" else "model")
@@ -161,15 +170,16 @@ def setup_optimizer(model: torch.nn.Module, hp: Hyperparameters):
 
 
 def restore(model, optimizer, scheduler, root: Path, config: TrainConfig, hp: Hyperparameters, resume: bool,
-            reporter: Reporter) -> int:
-    """The step the run starts after: 0 for a new run (from `config.init_adapter`'s weights when it continues an
-    earlier fine-tune), or with `resume` the latest complete checkpoint's, whose weights, optimizer and scheduler
-    state are loaded. Partial checkpoints a crash left behind are removed first."""
+            reporter: Reporter) -> tuple[int, dict]:
+    """The step the run starts after and that step's metrics: 0 for a new run (from `config.init_adapter`'s weights
+    when it continues an earlier fine-tune), or with `resume` the latest complete checkpoint's, whose weights,
+    optimizer and scheduler state are loaded. Partial checkpoints a crash left behind are removed first; the
+    checkpoint resumed from is reported again, in case the run stopped before it could report it."""
     checkpoints.clean_partial(root)
     if not resume:
         if config.init_adapter:
             _load_weights(model, config.init_adapter, hp)
-        return 0
+        return 0, {}
     latest = checkpoints.latest_checkpoint(root)
     if latest is None:
         raise InvalidRequest(f"no complete checkpoint in {root} to resume from", param="resume")
@@ -177,7 +187,8 @@ def restore(model, optimizer, scheduler, root: Path, config: TrainConfig, hp: Hy
     state = checkpoints.load_training_state(latest, optimizer)
     scheduler.load_state_dict(state["scheduler"])
     reporter.message(f"Resuming from {latest.name} (epoch {state['step'] // hp.steps_per_epoch + 1})")
-    return state["step"]
+    reporter.checkpoint(state["step"], latest, state["metrics"])
+    return state["step"], state["metrics"]
 
 
 def epoch_order(n: int, hp: Hyperparameters, epoch: int) -> list[list[int]]:
@@ -237,9 +248,11 @@ def train_step(model, lean: LeanForward | None, batch: list[Sample], optimizer, 
         correct += right
     if prefix:
         prefix.backward()
+    crash_point("step.before_optimizer")
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     optimizer.step()
     scheduler.step()
+    crash_point("step.after_optimizer")
     return total / n_trained, correct / n_trained, sum(s.length for s in batch)
 
 
@@ -253,6 +266,7 @@ def evaluate(model, lean: LeanForward | None, samples: list[Sample]) -> tuple[fl
         loss, right = loss_step(model, lean, part, prefix)  # without gradients nothing is held for a backward pass
         total += loss.item()
         correct += right
+        crash_point("validation.batch")
     model.train()
     n = sum(s.n_trained for s in samples)
     return total / n, correct / n
@@ -316,6 +330,7 @@ def _save_final(model, tokenizer, weights: Path, out: Path, base: LocalModel, co
         import shutil
         shutil.rmtree(weights)
     tmp.rename(weights)
+    crash_point("final.after_weights")
     manifest = {
         "tunelab_version": __version__, "created": int(time.time()), "base_model": base.name,
         "base_model_source": base.meta.get("source"), "method": hp.method, "suffix": config.suffix,
