@@ -3,6 +3,7 @@ and an `x-request-id` on every answer."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Callable
 from urllib.parse import parse_qsl
@@ -13,6 +14,7 @@ from .errors import error
 
 OPEN_PATHS = {"/health"}
 MAX_JSON_BYTES = 1 << 20  # request bodies other than file uploads
+UPLOAD_PART = re.compile(r"/uploads/[^/]+/parts$")
 
 
 class Guard:
@@ -70,7 +72,9 @@ def _repeated_query_parameter(scope) -> str | None:
 
 
 def _is_upload(scope) -> bool:
-    return scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/files")
+    """A streamed upload, whose own route caps it: a file, or a part of an upload."""
+    path = scope["path"].rstrip("/")
+    return scope["method"] == "POST" and (path.endswith("/files") or bool(UPLOAD_PART.search(path)))
 
 
 async def _read_capped(receive) -> bytes | None:
