@@ -123,6 +123,18 @@ def test_bad_requests_are_refused_with_the_field_named(running, home):
     assert response.status_code == 400 and response.json()["error"]["param"] == "data"
     response = httpx.post(f"{running.base_url}/uploads/upload_nope/parts", headers=KEY, files={"data": b"a"})
     assert response.status_code == 404 and response.json()["error"]["param"] == "upload_id"
+    # Without a Content-Length the cap is found while the part streams; a part cut short is not kept either.
+    def part(size: int, close: bool = True):
+        yield b"--b\r\nContent-Disposition: form-data; name=\"data\"; filename=\"blob\"\r\n\r\n"
+        yield b"y" * size
+        if close:
+            yield b"\r\n--b--\r\n"
+
+    multipart = {**KEY, "Content-Type": "multipart/form-data; boundary=b"}
+    response = httpx.post(url, headers=multipart, content=part(11))
+    assert response.status_code == 413 and response.json()["error"]["param"] == "data"
+    response = httpx.post(url, headers=multipart, content=part(5, close=False))
+    assert response.status_code == 400 and response.json()["error"]["param"] == "data"
     # Still pending and empty; cancelled, it takes nothing more.
     assert kept(home)["parts"] in ([], [upload.id])
     assert client.uploads.cancel(upload.id).status == "cancelled"
@@ -193,3 +205,17 @@ def test_a_part_may_be_larger_than_a_json_body(monkeypatch, home):
                                                   part_size=(1 << 20) + len(data) // 3)
         assert done.file.bytes == len(data)
         assert hashlib.sha256(client.files.content(done.file.id).content).digest() == hashlib.sha256(data).digest()
+
+
+def test_an_upload_expires_after_its_hour(running, home):
+    import sqlite3
+
+    client = running.client(max_retries=0)
+    upload = client.uploads.create(bytes=6, filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    part = client.uploads.parts.create(upload.id, data=b"abc")
+    with sqlite3.connect(home / "state" / "tunelab.db") as db:  # the hour has passed
+        db.execute("UPDATE uploads SET expires_at = created_at - 1 WHERE id = ?", (upload.id,))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.uploads.complete(upload.id, part_ids=[part.id])
+    assert caught.value.body["code"] == "upload_not_pending" and "expired" in caught.value.body["message"]
+    assert kept(home) == {"files": [], "parts": []}

@@ -65,7 +65,10 @@ class Uploads:
         """Keep a received part: its bytes and its row together, unless all parts would pass the declared size."""
         if writer.size == 0:
             raise InvalidRequest("the part is empty", param="data")
-        writer.commit()
+        try:
+            writer.commit()
+        except FileNotFoundError:  # the upload was cancelled (its folder removed) while this part arrived
+            raise UploadClosed(f"upload {upload_id} ended while this part arrived", param="upload_id") from None
         try:
             with self.db.write() as conn:
                 upload = self._pending(conn, upload_id)
@@ -112,7 +115,8 @@ class Uploads:
                 try:
                     source = parts.path(part_id).open("rb")
                 except FileNotFoundError:  # cancelled (or expired) while we assembled
-                    raise UploadClosed(f"upload {upload_id} ended before it was complete", param="upload_id")
+                    raise UploadClosed(f"upload {upload_id} ended before it was complete",
+                                       param="upload_id") from None
                 with source:
                     while chunk := source.read(1 << 20):
                         digest.update(chunk)
