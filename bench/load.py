@@ -49,6 +49,7 @@ class Outcome:
     chunks: int = 0
     status: int | None = None
     detail: str = ""
+    remaining: int | None = None  # x-ratelimit-remaining-tokens: the server's own count once it admitted this
 
 
 @dataclass
@@ -91,6 +92,19 @@ class Report:
         low = sum(1 for x in sums if x < (1 - TOLERANCE) * self.limit)
         return max(sums), min(sums), low / len(sums)
 
+    def refused_in(self, minute: int) -> int:
+        """429s in whole minute `minute` (from the first admission; the whole run when under a minute)."""
+        first = min((o.answered for o in self.admitted()), default=0.0)
+        if self.duration < WINDOW:
+            return sum(1 for o in self.outcomes if o.kind == "refused")
+        return sum(1 for o in self.outcomes if o.kind == "refused"
+                   and first + minute * WINDOW <= o.sent < first + (minute + 1) * WINDOW)
+
+    def least_remaining(self) -> int:
+        """The fewest tokens the server said were left in its minute right after admitting a request (by its own
+        clock, which the clients' timestamps only approximate): how close to the limit admission went."""
+        return min((o.remaining for o in self.admitted() if o.remaining is not None), default=0)
+
     def counts(self) -> dict[str, int]:
         out = {"completed": 0, "refused": 0, "broken": 0, "failed": 0}
         for o in self.outcomes:
@@ -118,6 +132,10 @@ class Report:
             if abs(tokens - self.limit) > TOLERANCE * self.limit:
                 found.append(f"{tokens:,} tokens admitted in minute {k + 1}: {tokens / self.limit - 1:+.1%} off the "
                              f"limit of {self.limit:,}")
+            if not self.refused_in(k):
+                found.append(f"no request was refused in minute {k + 1}: every client was busy streaming, so the "
+                             "run measured how fast this machine generates, not the limit (lower --capacity or "
+                             "--request-tokens, or run on a machine with cores to spare)")
         highest, _, _ = self.sliding()
         if highest > (1 + TOLERANCE) * self.limit:
             found.append(f"{highest:,} tokens admitted within 60 seconds: {highest / self.limit - 1:+.1%} over the "
@@ -144,6 +162,7 @@ class Report:
             ("any 60 s window: most", f"{highest:,} ({highest / self.limit - 1:+.1%})"),
             ("any 60 s window: fewest", f"{lowest:,} ({lowest / self.limit - 1:+.1%}; {below:.1%} of windows "
                                         "under -5%)"),
+            ("tokens left at an admission, fewest", f"{self.least_remaining():,} (the server's count)"),
             ("streams completed", f"{counts['completed']}"),
             ("refused with 429 before any byte", f"{counts['refused']}"),
             ("broken after their first byte", f"{counts['broken']}"),
@@ -163,7 +182,8 @@ class Report:
         highest, lowest, below = self.sliding()
         return {"limit": self.limit, "clients": self.clients, "duration": self.duration, **self.counts(),
                 "server_errors": self.server_errors(), "minutes": self.minutes(), "highest_window": highest,
-                "lowest_window": lowest, "windows_below": below, **self.memory(), "problems": self.problems()}
+                "lowest_window": lowest, "windows_below": below,
+                "least_remaining": self.least_remaining(), **self.memory(), "problems": self.problems()}
 
 
 async def client_loop(client, deployment: str, max_tokens: int, temperature: float, stop_at: float,
@@ -190,6 +210,7 @@ async def client_loop(client, deployment: str, max_tokens: int, temperature: flo
             outcome.kind, outcome.detail = "failed", f"{type(exc).__name__}: {exc}"
             continue
         outcome.answered, outcome.status = time.monotonic() - epoch, 200
+        outcome.remaining = int(stream.response.headers.get("x-ratelimit-remaining-tokens", -1))
         finished = None
         try:
             async for chunk in stream:
@@ -363,13 +384,15 @@ def main() -> None:
     parser.add_argument("--base-url", help="a running service's /v1 URL (default: start one)")
     parser.add_argument("--deployment", default="load", help="with --base-url: an existing deployment")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
-    parser.add_argument("--dump", type=Path, help="write every request's outcome here, one JSON object a line")
+    parser.add_argument("--dump", type=Path, help="write every request's outcome here, one JSON object a line, "
+                        "then the server's memory samples")
     args = parser.parse_args()
     report = run(clients=args.clients, duration=args.duration, capacity=args.capacity, request_tokens=args.request_tokens,
                  temperature=args.temperature, base_url=args.base_url, deployment=args.deployment)
     print(report.table())
     if args.dump:
-        args.dump.write_text("".join(json.dumps(o.__dict__) + "\n" for o in report.outcomes))
+        args.dump.write_text("".join(json.dumps(o.__dict__) + "\n" for o in report.outcomes)
+                             + json.dumps({"rss_kib": report.rss_kib}) + "\n")
     if args.json:
         print(json.dumps(report.to_dict()))
     problems = report.problems()
