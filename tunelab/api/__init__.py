@@ -9,5 +9,6 @@ from .files.router import router as files
 from .jobs.router import router as jobs
 from .models.router import router as models
 from .storage.router import router as storage
+from .uploads.router import router as uploads
 
-ROUTERS = (files, jobs, models, chat, deployments, content_filters, evaluations, storage)
+ROUTERS = (files, uploads, jobs, models, chat, deployments, content_filters, evaluations, storage)

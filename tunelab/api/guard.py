@@ -9,6 +9,7 @@ along with a forged form or link gets nothing.
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Callable
 from urllib.parse import parse_qsl
@@ -21,7 +22,10 @@ OPEN_PATHS = {"/health"}
 MAX_JSON_BYTES = 1 << 20  # request bodies other than file uploads
 # The one route whose body is a file, under each prefix the API is mounted at (see app.py): it streams the body
 # into a capped blob writer itself.
-UPLOAD_PATHS = {f"{prefix}/files" for prefix in ("/v1", "/openai", "/openai/v1")}
+PREFIXES = ("/v1", "/openai", "/openai/v1")
+UPLOAD_PATHS = {f"{prefix}/files" for prefix in PREFIXES}
+# A part of an upload in parts (/uploads/{id}/parts) is capped by its own route too.
+UPLOAD_PART = re.compile(r"^(?:%s)/uploads/[^/]+/parts$" % "|".join(re.escape(p) for p in PREFIXES))
 SESSION_COOKIE = "tunelab_session_"  # + the port: the studio's session cookie (set by web/routes.py)
 STUDIO_HEADER = ("x-requested-with", "tunelab-studio")
 
@@ -102,7 +106,8 @@ def _repeated_query_parameter(scope) -> str | None:
 
 
 def _is_upload(scope) -> bool:
-    return scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS
+    path = scope["path"]
+    return scope["method"] == "POST" and (path in UPLOAD_PATHS or bool(UPLOAD_PART.match(path)))
 
 
 async def _read_capped(receive) -> bytes | None:

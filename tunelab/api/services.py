@@ -16,6 +16,7 @@ from ..models.registry import Registry
 from ..safety.policy import Policies
 from ..store.db import Database
 from ..store.files import Files
+from ..store.uploads import Uploads
 from .auth import Keys
 from .chat.service import ChatService
 from .content_filters.service import ContentFiltersService
@@ -25,6 +26,7 @@ from .files.service import FilesService
 from .jobs.service import JobsService
 from .models.service import ModelsService
 from .storage.service import StorageService
+from .uploads.service import UploadsService
 
 
 @dataclass
@@ -34,12 +36,14 @@ class Services:
     keys: Keys
     # the domain
     store: Files
+    parts: Uploads  # uploads in parts, until they become files
     queue: Queue
     registry: Registry
     pool: EnginePool
     runs: Runs
     # one service per endpoint group
     files: FilesService
+    uploads: UploadsService
     jobs: JobsService
     models: ModelsService
     chat: ChatService
@@ -54,6 +58,7 @@ class Services:
         state = settings.state_dir
         db = Database(state / "tunelab.db")
         files = Files(db, state / "files", settings.max_file_bytes)
+        parts = Uploads(db, state / "uploads", files)
         queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
         registry = Registry(db, settings.owner)
         pool = EnginePool(registry, settings.decode_weights, settings.prompt_cache_mb)
@@ -63,8 +68,9 @@ class Services:
         chat = ChatService(deployments, policies, pool)
         return cls(
             settings=settings, db=db, keys=Keys(settings.home, settings.api_key),
-            store=files, queue=queue, registry=registry, pool=pool, runs=runs,
+            store=files, parts=parts, queue=queue, registry=registry, pool=pool, runs=runs,
             files=FilesService(db, files, queue, registry, settings),
+            uploads=UploadsService(parts),
             jobs=JobsService(db, queue, files, registry, deployments, settings),
             models=ModelsService(db, registry, queue, deployments, pool),
             chat=chat,
@@ -81,6 +87,7 @@ class Services:
             self.db.check_integrity()
         self.db.migrate()
         self.store.sweep()
+        self.parts.sweep()
         self.runs.recover()
 
 

@@ -34,10 +34,11 @@ class Files:
         return file_id, self.blobs.writer(file_id, self.max_bytes)
 
     def add(self, file_id: str, writer: BlobWriter, filename: str, purpose: str,
-            idempotency_key: str | None = None) -> dict:
+            idempotency_key: str | None = None, then=None) -> dict:
         """Make an uploaded file visible: commit its bytes and its row together.
 
         With an `idempotency_key`, a repeat of the same upload returns the first file and keeps no second copy.
+        `then(conn, record)` runs inside the same transaction (an upload marks itself completed there).
         """
         filename = clean_filename(filename)
         writer.commit()
@@ -53,7 +54,10 @@ class Files:
                 conn.execute("INSERT INTO files (id, filename, purpose, bytes, sha256, status, created_at) "
                              "VALUES (?, ?, ?, ?, ?, 'processed', ?)",
                              (file_id, filename, purpose, writer.size, writer.sha256, int(time.time())))
-                return self._row(conn, file_id)
+                record = self._row(conn, file_id)
+                if then is not None:
+                    then(conn, record)
+                return record
         except BaseException:
             self.blobs.delete(file_id)
             raise
@@ -135,6 +139,23 @@ class Files:
         if row is None:
             raise NotFound(f"no file with id {file_id!r}", param="file_id")
         return _record(row)
+
+
+def check_new_file(purpose: str | None, filename: str | None, size: int, *, file_param: str = "file",
+                   size_param: str = "file") -> None:
+    """The rules every new training file meets, however it arrives (one request or an upload in parts): a purpose
+    tunelab accepts, a `.jsonl` name, at least one byte. Errors name the caller's parameters."""
+    if not purpose:
+        raise InvalidRequest("missing required parameter 'purpose' (use 'fine-tune')", param="purpose")
+    if purpose not in UPLOAD_PURPOSES:
+        raise InvalidRequest(f"purpose {purpose!r} is not supported; tunelab accepts 'fine-tune'", param="purpose")
+    if filename is None:
+        raise InvalidRequest(f"missing required parameter {file_param!r}", param=file_param)
+    if not filename.lower().endswith(".jsonl"):
+        raise InvalidRequest(f"fine-tuning files must be JSONL with a .jsonl name; got {filename!r}",
+                             param=file_param)
+    if size == 0:
+        raise InvalidRequest("the file is empty", param=size_param)
 
 
 def _record(row) -> dict:

@@ -16,9 +16,9 @@ from ...jobs.queue import Queue
 from ...models.registry import Registry
 from ...store.blobs import FileTooLarge
 from ...store.db import Database
-from ...store.files import UPLOAD_PURPOSES, Files
+from ...store.files import Files, check_new_file
 from ...train.preflight import preflight
-from ..uploads import UploadParser
+from ..multipart import UploadParser
 from .protocol import FileList, FileObject, FileReport
 
 UPLOAD_OVERHEAD = 64 * 1024  # room for the form's other fields and boundaries beyond the file cap
@@ -47,21 +47,9 @@ class FilesService:
             except ClientDisconnect:
                 raise InvalidRequest("the upload was interrupted before it finished", param="file") from None
             upload = parser.finish()
-            purpose = upload.fields.get("purpose")
-            if not purpose:
-                raise InvalidRequest("missing required parameter 'purpose' (use 'fine-tune')", param="purpose")
-            if purpose not in UPLOAD_PURPOSES:
-                raise InvalidRequest(f"purpose {purpose!r} is not supported; tunelab accepts 'fine-tune'",
-                                     param="purpose")
-            if upload.filename is None:
-                raise InvalidRequest("missing required parameter 'file'", param="file")
-            if not upload.filename.lower().endswith(".jsonl"):
-                raise InvalidRequest(f"fine-tuning files must be JSONL with a .jsonl name; got {upload.filename!r}",
-                                     param="file")
-            if writer.size == 0:
-                raise InvalidRequest("the file is empty", param="file")
-            record = await run_in_threadpool(self.files.add, file_id, writer, upload.filename, purpose,
-                                             idempotency_key)
+            check_new_file(upload.fields.get("purpose"), upload.filename, writer.size)
+            record = await run_in_threadpool(self.files.add, file_id, writer, upload.filename,
+                                             upload.fields["purpose"], idempotency_key)
         return FileObject.of(record)
 
     def list(self, *, purpose: str | None, limit: int, order: str, after: str | None) -> FileList:

@@ -1,4 +1,5 @@
-"""Streaming `multipart/form-data` for `POST /v1/files`: the file part goes straight into a capped blob writer.
+"""Streaming `multipart/form-data` for `POST /v1/files` and an upload's parts: the file part goes straight into a
+capped blob writer.
 
 The body is parsed as it arrives (python-multipart's streaming parser), so a 512 MB upload is never held in
 memory, and reading stops at the first byte past the cap. Form fields other than the file are small and few.
@@ -33,15 +34,16 @@ class Upload:
 
 
 class UploadParser:
-    """Feed it the body chunk by chunk; the part named `file` is written to `writer`."""
+    """Feed it the body chunk by chunk; the part named `file_field` is written to `writer`."""
 
-    def __init__(self, content_type: str, writer: BlobWriter):
+    def __init__(self, content_type: str, writer: BlobWriter, file_field: str = "file",
+                 expected: str = "a 'file' part and a 'purpose' field"):
         kind, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
-            raise InvalidRequest("upload the file as multipart/form-data (a 'file' part and a 'purpose' field)",
-                                 param="file")
+            raise InvalidRequest(f"upload the file as multipart/form-data ({expected})", param=file_field)
         self.writer = writer
+        self.file_field = file_field
         self.result = Upload()
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
@@ -62,15 +64,18 @@ class UploadParser:
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
-            raise InvalidRequest(f"the upload is not valid multipart/form-data: {exc}", param="file") from None
+            raise InvalidRequest(f"the upload is not valid multipart/form-data: {exc}",
+                                 param=self.file_field) from None
 
     def finish(self) -> Upload:
         try:
             self._parser.finalize()
         except MultipartParseError as exc:
-            raise InvalidRequest(f"the upload is not valid multipart/form-data: {exc}", param="file") from None
+            raise InvalidRequest(f"the upload is not valid multipart/form-data: {exc}",
+                                 param=self.file_field) from None
         if not self._ended:  # the closing boundary never came: the body was cut short
-            raise InvalidRequest("the upload ended before its closing boundary; nothing was stored", param="file")
+            raise InvalidRequest("the upload ended before its closing boundary; nothing was stored",
+                                 param=self.file_field)
         return self.result
 
     # --- parser callbacks ---
@@ -78,7 +83,7 @@ class UploadParser:
     def _part_begin(self) -> None:
         self._parts += 1
         if self._parts > MAX_PARTS:
-            raise InvalidRequest(f"too many parts in the upload (at most {MAX_PARTS})", param="file")
+            raise InvalidRequest(f"too many parts in the upload (at most {MAX_PARTS})", param=self.file_field)
         self._headers, self._field, self._value, self._header_bytes = {}, b"", b"", 0
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
@@ -96,10 +101,10 @@ class UploadParser:
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._part_name = options.get(b"name", b"").decode("utf-8", "replace")
-        self._is_file = self._part_name == "file"
+        self._is_file = self._part_name == self.file_field
         if self._is_file:
             if self.result.filename is not None:
-                raise InvalidRequest("send one file per upload", param="file")
+                raise InvalidRequest("send one file per upload", param=self.file_field)
             self.result.filename = options.get(b"filename", b"").decode("utf-8", "replace")
         self._buffer.clear()
 
@@ -122,4 +127,4 @@ class UploadParser:
     def _count_header(self, n: int) -> None:
         self._header_bytes += n
         if self._header_bytes > MAX_HEADER_BYTES:
-            raise InvalidRequest("a part of the upload has oversized headers", param="file")
+            raise InvalidRequest("a part of the upload has oversized headers", param=self.file_field)
