@@ -1,12 +1,14 @@
 """Contract fuzzing with schemathesis: every route, with generated valid and invalid input, answers as its
 OpenAPI document says — never a 5xx, always the OpenAI error envelope for errors.
 
-The examples are derandomised so CI sees the same cases every run; widen `max_examples` or drop `derandomize`
-to explore further. All of schemathesis' checks run but one: `positive_data_acceptance` expects every schema-valid request to
+The examples are derandomised so CI sees the same cases every run; `make fuzz` (TUNELAB_FUZZ=long) runs many more,
+fresh each time. The stateful chains (upload → job → pause / cancel → delete) are in test_fuzz_stateful.py. All of schemathesis' checks run but one: `positive_data_acceptance` expects every schema-valid request to
 succeed, and many cannot on meaning alone — an id that names no file, a file that is not `.jsonl`.
 """
 
 from __future__ import annotations
+
+import os
 
 import schemathesis
 from schemathesis.checks import positive_data_acceptance
@@ -16,6 +18,7 @@ from tunelab.app import create_app
 
 schema = schemathesis.openapi.from_dict(create_app(run_worker=False).openapi())
 AUTH = {"Authorization": "Bearer test-key"}
+LONG = os.environ.get("TUNELAB_FUZZ") == "long"
 
 
 def envelope(ctx, response, case) -> None:
@@ -27,7 +30,8 @@ def envelope(ctx, response, case) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=300 if LONG else 30, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=not LONG)
 def test_every_route_keeps_its_contract(case, service):
     response = case.call(base_url=service.base_url.removesuffix("/v1"), headers=AUTH)
     assert response.status_code < 500, (case.method, case.formatted_path, response.text)
