@@ -101,7 +101,7 @@ def check(tmp_path, data: bytes) -> Validation:
 
 # --- the validator ----------------------------------------------------------------------------------------------
 
-@fuzz(150, 1500)
+@fuzz(120, 1500)
 @given(data=st.binary(max_size=300) | st.lists(line(), max_size=8).map(b"\n".join)
        | st.lists(line(), max_size=8).map(b"\r\n".join).map(lambda b: BOM + b))
 def test_any_bytes_are_accepted_or_refused_by_line(tmp_path, data):
@@ -117,7 +117,7 @@ def test_any_bytes_are_accepted_or_refused_by_line(tmp_path, data):
         assert 1 <= found.line <= lines and not any(p.line == found.line for p in result.errors)
 
 
-@fuzz(60, 600)
+@fuzz(40, 600)
 @given(examples=st.lists(valid_example(), min_size=10, max_size=12), ascii=st.booleans(),
        crlf=st.booleans(), bom=st.booleans(), blank=st.sampled_from([b"", b"\n", b"\r\n", b"  \n"]))
 def test_a_valid_file_stays_valid_under_crlf_bom_and_a_blank_line(tmp_path, examples, ascii, crlf, bom, blank):
@@ -131,7 +131,7 @@ def test_a_valid_file_stays_valid_under_crlf_bom_and_a_blank_line(tmp_path, exam
     assert [e.line for e in varied.examples] == list(range(1, len(examples) + 1))
 
 
-@fuzz(100, 1000)
+@fuzz(80, 1000)
 @given(data=st.data(), lines=st.lists(line().filter(lambda b: not b.startswith(BOM)), min_size=1, max_size=12))
 def test_reordering_lines_reorders_the_errors(tmp_path, data, lines):
     order = data.draw(st.permutations(range(len(lines))))
