@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRAVEL := examples/travel
 
-.PHONY: install browser demo test test-slow chaos bench gemma clean
+.PHONY: install browser demo test test-slow chaos fuzz bench gemma clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ test-slow: install browser  # the slow tests only: full fine-tunes of the real m
 # `make test` runs three). TUNELAB_CHAOS_SEED picks other hits of each point.
 chaos: install
 	TUNELAB_CHAOS=all $(BIN)/python -m pytest tests/test_chaos.py -v
+
+# The contract and property fuzzers at length, with fresh random cases each run (`make test` runs a short,
+# fixed set of the same tests).
+fuzz: install
+	TUNELAB_FUZZ=long $(BIN)/python -m pytest tests/test_fuzz_stateful.py tests/test_properties.py \
+	  tests/test_api_contract.py --hypothesis-show-statistics
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'

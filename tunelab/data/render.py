@@ -33,7 +33,7 @@ def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
     if not template:
         raise InvalidRequest("the tokenizer has no chat template; tunelab sets a default one when a model is imported")
     messages = [_plain(m, template) for m in messages]
-    text = _apply(tokenizer, messages, tools, generation_prompt=False)
+    text = _text(_apply(tokenizer, messages, tools, generation_prompt=False))
 
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
@@ -55,13 +55,24 @@ def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
 def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     """Token ids of a conversation followed by the assistant's generation prompt (what serving feeds the model)."""
     messages = [_plain(m, tokenizer.chat_template) for m in messages]
-    text = _apply(tokenizer, messages, tools, generation_prompt=True)
+    text = _text(_apply(tokenizer, messages, tools, generation_prompt=True))
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _apply(tokenizer, messages, tools, generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                          add_generation_prompt=generation_prompt)
+
+
+def _text(rendered: str) -> str:
+    """The rendered conversation, if it is text: JSON lets a string hold a lone UTF-16 surrogate (`"\\ud800"`),
+    which no tokenizer can encode, so it is refused here as the client's error."""
+    try:
+        rendered.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("a message holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text",
+                             param="messages") from None
+    return rendered
 
 
 def _plain(message: dict, template: str) -> dict:
