@@ -30,7 +30,7 @@ def classifier() -> Classifier:
 @pytest.fixture(scope="module")
 def padding(classifier) -> list[str]:
     """Clean sentences the filter lets through one by one."""
-    return [t for t in CLEAN if not blocked(classifier, t)]
+    return [t for t in CLEAN[:30] if not blocked(classifier, t)]
 
 
 def blocked(classifier: Classifier, text: str) -> bool:
@@ -94,7 +94,10 @@ def corpus_slice(classifier: Classifier, label: str, size: int) -> dict[str, lis
     """Per trick, the items of the first `size` sources whose plain text the filter judges as labelled."""
     rows = [json.loads(line) for line in BYPASS.read_text(encoding="utf-8").splitlines()]
     sources = [r["source"] for r in rows if r["label"] == label and r["trick"] == "plain"]
-    chosen = [s for s in sources if blocked(classifier, s) == (label == "harm")][:size]
+    chosen = []
+    for source in sources:
+        if len(chosen) < size and blocked(classifier, source) == (label == "harm"):
+            chosen.append(source)
     tricks: dict[str, list[dict]] = {}
     for row in rows:
         if row["label"] == label and row["source"] in chosen:
