@@ -4,9 +4,10 @@ compared with labelled exemplars (`exemplars.jsonl`) for hate, sexual, violence 
     classifier = Classifier.default()
     classifier.classify("…")  # {"hate": "safe", "sexual": "safe", "violence": "medium", "self_harm": "safe"}
 
-Text is normalised first (NFKC, zero-width characters and soft hyphens removed, whitespace collapsed) so that
-look-alike and hidden characters do not slip past. Longer text is judged sentence by sentence and by windows of
-sentences; the worst finding counts. A category is reported when the nearest exemplar of that category is close
+Every reading of the text is judged (`reveal.py`: the plain one, with full-width and hidden characters undone, and
+those with look-alike letters, leetspeak and base64 undone), all of it, whatever its length: each line and sentence,
+windows of three sentences, and a sentence too long to judge whole in overlapping windows of tokens, so that
+nothing is cut off and one bad phrase is not drowned in a long run. The worst finding counts. A category is reported when the nearest exemplar of that category is close
 enough (`THRESHOLD`), closer than the nearest safe exemplar by `MARGIN`, and within `RIVAL` of the best-matching
 harm category; its severity is that exemplar's.
 The two numbers were chosen by leave-one-out over the exemplars; precision and recall on a separate labelled
@@ -23,11 +24,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .reveal import clean, readings
 
 CATEGORIES = ("hate", "sexual", "violence", "self_harm")
 SEVERITIES = ("safe", "low", "medium", "high")
@@ -38,14 +40,16 @@ THRESHOLD = 0.42
 MARGIN = 0.0
 MEMO_SIZE = 4096  # passages whose judgement is remembered (oldest forgotten first)
 RIVAL = 0.05  # a second category is reported only if its best match is this close to the first's
-HIDDEN = re.compile("[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
 SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+ENCODER_TOKENS = 256  # the most tokens one passage gives the encoder, its two special tokens included
+LONG = 64  # a sentence of more tokens is judged in windows: whole, one bad phrase in it would be outweighed
+WINDOW, STRIDE = 24, 8  # any phrase of up to WINDOW - STRIDE + 1 tokens lies whole inside one window
+BATCH = 64  # passages encoded at once
 
 
 def normalise(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text)
-    text = HIDDEN.sub("", text)
-    return re.sub(r"\s+", " ", text).strip()
+    """The plain reading of `text` on one line: NFKC, hidden characters removed, whitespace collapsed."""
+    return re.sub(r"\s+", " ", clean(text)).strip()
 
 
 def model_dir() -> Path:
@@ -74,6 +78,22 @@ class Embedder:
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
+    def tokens(self, texts: list[str]) -> list[list[int]]:
+        """The token ids of each text, none cut off, without the special tokens."""
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+
+    @torch.no_grad()
+    def encode(self, passages: list[tuple[int, ...]]) -> torch.Tensor:
+        """Embeddings of passages given as token ids (each at most ENCODER_TOKENS - 2), as `__call__` makes them."""
+        tokenizer = self.tokenizer
+        rows = [[tokenizer.cls_token_id, *p, tokenizer.sep_token_id] for p in passages]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        hidden = self.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        pooled = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
 
 @dataclass
 class Exemplar:
@@ -95,7 +115,7 @@ class Classifier:
         self.margin = margin
         # Judgements by passage: a streamed answer is vetted again at every sentence with all that came before,
         # so without this each check would re-encode the whole answer so far.
-        self._memo: dict[tuple[str, float, float], dict[str, str]] = {}
+        self._memo: dict[tuple[tuple[int, ...], float, float], dict[str, str]] = {}
 
     @classmethod
     def default(cls) -> "Classifier":
@@ -113,13 +133,15 @@ class Classifier:
         self.vectors = torch.cat([self.vectors, vectors.to(self.vectors.dtype)])
 
     def classify(self, text: str) -> dict[str, str]:
-        """The severity per category of the worst passage of `text`."""
-        passages = _passages(normalise(text))
+        """The severity per category of the worst passage of any reading of `text`."""
         found = {c: "safe" for c in CATEGORIES}
         with self._lock:  # the encoder is not re-entrant across threads; the memo is shared
+            passages = [p for reading in readings(text) for p in self.passages(reading)]
             new = list(dict.fromkeys(p for p in passages if (p, self.threshold, self.margin) not in self._memo))
-            if new:
-                for passage, row in zip(new, self.embed(new) @ self.vectors.T):
+            new.sort(key=len)  # batches of similar length: little padding
+            for start in range(0, len(new), BATCH):
+                batch = new[start:start + BATCH]
+                for passage, row in zip(batch, self.embed.encode(batch) @ self.vectors.T):
                     self._memo[(passage, self.threshold, self.margin)] = self._judge(row)
             judged = [self._memo[(p, self.threshold, self.margin)] for p in passages]
             while len(self._memo) > MEMO_SIZE:
@@ -129,6 +151,20 @@ class Classifier:
                 if SEVERITIES.index(severity) > SEVERITIES.index(found[category]):
                     found[category] = severity
         return found
+
+    def passages(self, reading: str) -> list[tuple[int, ...]]:
+        """The token ids of every passage judged in `reading`: each line and sentence (a long one in overlapping
+        windows) and windows of three sentences, so that both a single bad line and a spread-out one are seen.
+        Together they hold every token of the reading, and their number grows with its length, no faster."""
+        sentences = self.embed.tokens([s for s in SENTENCE.split(reading) if s.strip()])
+        passages = []
+        for ids in sentences:
+            passages += [tuple(ids)] if len(ids) <= LONG else windows(ids)
+        for i in range(len(sentences) - 2):
+            joined = sentences[i] + sentences[i + 1] + sentences[i + 2]
+            if len(joined) <= ENCODER_TOKENS - 2:  # three short sentences; a long one is judged in windows already
+                passages.append(tuple(joined))
+        return passages
 
     def _judge(self, row: torch.Tensor, skip: int | None = None) -> dict[str, str]:
         best: dict[str, tuple[float, str]] = {}
@@ -179,8 +215,7 @@ def load_exemplars(path: Path) -> list[Exemplar]:
     return [Exemplar(r["text"], r["category"], r["severity"]) for r in rows]
 
 
-def _passages(text: str) -> list[str]:
-    """Sentences, and windows of three, so that both a single bad line and a spread-out one are seen."""
-    sentences = [s for s in SENTENCE.split(text) if s.strip()]
-    windows = [" ".join(sentences[i:i + 3]) for i in range(0, max(0, len(sentences) - 2))]
-    return (sentences + windows)[:64] if len(sentences) > 1 else sentences
+def windows(ids: list[int]) -> list[tuple[int, ...]]:
+    """Overlapping windows of WINDOW tokens, STRIDE apart, the last one ending with the text."""
+    starts = [*range(0, len(ids) - WINDOW, STRIDE), max(0, len(ids) - WINDOW)]
+    return [tuple(ids[i:i + WINDOW]) for i in starts]
