@@ -268,3 +268,266 @@ def test_a_reaped_trainer_cannot_write_progress_over_the_new_owner(tmp_path):
     assert json.loads(queue.get("ftjob-f")["hyperparameters"])["n_epochs"] == 2
     fresh.step(metrics(1))  # the new owner still writes
     assert db.query("SELECT count(*) FROM job_events")[0][0] == events_before + 1
+
+
+# --- checkpoints and models: nothing is unpickled ------------------------------------------------------------------
+
+class Planted:
+    """Unpickling this touches a marker file: proof that a file was loaded as pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def plant(directory: Path, names: list[str], marker: Path) -> None:
+    for name in names:
+        (directory / name).write_bytes(pickle.dumps(Planted(marker)))
+    assert not marker.exists()
+    pickle.loads((directory / names[0]).read_bytes())  # the payload works: loading it as pickle would show
+    assert marker.exists()
+    marker.unlink()
+
+
+def test_crafted_pickles_in_a_checkpoint_are_never_loaded(tiny_model, tmp_path):
+    """Scenario 25: `rng_state.pth`, `optimizer.pt`, `scheduler.pt` and `adapter_model.bin` planted beside a real
+    checkpoint are never unpickled when the run resumes from it (tests/test_train.py proves the resume exact)."""
+    from test_train import Recorder, config
+    from tunelab.train.recipe import run
+
+    lines = (ROOT / "examples" / "travel" / "train.jsonl").read_text().splitlines()
+    data = (write_jsonl(tmp_path / "train.jsonl", lines[:12]), write_jsonl(tmp_path / "valid.jsonl", lines[12:14]))
+    out, stop = tmp_path / "run", threading.Event()
+    settings = dict(n_epochs=1)
+    run(config(tiny_model, data, out, **settings), Recorder(1, stop), stop=stop)
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    marker = tmp_path / "unpickled"
+    plant(checkpoint, ["rng_state.pth", "optimizer.pt", "scheduler.pt", "training_args.bin", "adapter_model.bin"],
+          marker)
+    resumed = Recorder()
+    run(config(tiny_model, data, out, **settings), resumed, resume=True)
+    assert [m.step for m in resumed.steps] == [2, 3] and not marker.exists()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_base_model_swapped_for_pickle_or_remote_code_is_refused_when_loaded(service, tiny_model, tmp_path, home):
+    """Scenario 46: an installed base model whose weights were replaced by a pickle, or whose config asks for
+    remote code, is refused with a message saying why when the service loads it; the pickle is never opened."""
+    import shutil
+
+    from tunelab.models.catalog import import_model
+
+    client = service.client(max_retries=0)
+    marker = tmp_path / "unpickled"
+    for name in ("pickled", "remote"):
+        import_model(tiny_model, name)
+        target = home / "models" / name
+        if name == "pickled":
+            (target / "model.safetensors").unlink()
+            plant(target, ["pytorch_model.bin"], marker)
+        else:
+            config = json.loads((target / "config.json").read_text())
+            (target / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "x.Y"}}))
+            shutil.copy(tiny_model / "model.safetensors", target / "model.safetensors")
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert refused.value.body["code"] == "model_refused"
+        assert ("pickle" if name == "pickled" else "remote code") in refused.value.message
+    assert not marker.exists()
+
+
+def test_the_package_has_no_way_to_fetch_a_url():
+    """Scenario 47, a deliberate departure: no request field takes a URL and nothing in the package opens a
+    network connection of its own (the CLI talks only to the tunelab service it is pointed at); image parts in
+    chat are refused before any model work (tests/test_chat.py). So there is nothing to turn against 127.0.0.1,
+    10/8 or 169.254.169.254."""
+    from tunelab.app import create_app
+
+    spec = json.dumps(create_app(run_worker=False).openapi())
+    assert not re.findall(r'"\w*(?:url|uri|href)"\s*:', spec, re.IGNORECASE)
+    network = re.compile(r"^\s*(?:import|from)\s+(?:httpx|requests|aiohttp|urllib\.request|urllib3|http\.client|"
+                         r"huggingface_hub)\b|hf_hub_download|snapshot_download|urlopen|create_connection",
+                         re.MULTILINE)
+    for path in (ROOT / "tunelab").rglob("*.py"):
+        if path.parent.name != "cli":
+            assert not network.search(path.read_text()), path
+
+
+# --- the state database under contention -----------------------------------------------------------------------------
+
+def _write_jobs(path: str, process: int, threads: int, writes: int, results) -> None:
+    from tunelab.jobs.queue import Queue
+    from tunelab.store.db import Database
+
+    queue = Queue(Database(Path(path)))
+    errors, latencies = [], []
+
+    def writer(thread: int) -> None:
+        for i in range(writes):
+            started = time.monotonic()
+            try:  # read, then write, in one transaction: as creating a job does
+                with queue.db.write() as conn:
+                    assert not queue.output_taken(conn, f"ft:m:local::{process}-{thread}-{i}")
+                    queue.add(f"ftjob-{process}-{thread}-{i}", {"training_file": "file-x"}, status="queued",
+                              conn=conn, output_model=f"ft:m:local::{process}-{thread}-{i}")
+            except Exception as exc:  # every one is reported and fails the test
+                errors.append(f"{type(exc).__name__}: {exc}")
+            latencies.append(time.monotonic() - started)
+
+    pool = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    results.put((errors, latencies))
+
+
+def test_fifty_writers_in_five_processes_beside_heartbeats_reaper_and_readers_never_see_a_lock(tmp_path):
+    """Scenario 30: 50 writers (5 processes x 10 threads) add jobs while this process heartbeats a lease, runs the
+    reaper and reads pages of jobs: no write fails (no 'database is locked'), the heartbeats keep the lease
+    alive through it all, and the write-ahead log stays bounded because no reader here holds a snapshot."""
+    from tunelab.jobs.queue import Queue
+    from tunelab.store.db import Database
+
+    path = tmp_path / "tunelab.db"
+    db = Database(path)
+    db.migrate()
+    queue = Queue(db, lease_seconds=2)
+    queue.add("ftjob-held", {}, status="queued")
+    lease = queue.claim("w-main")
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    writers = [context.Process(target=_write_jobs, args=(str(path), p, 10, 10, results)) for p in range(5)]
+    done, problems, beats = threading.Event(), [], [0]
+
+    def heartbeat_and_reap() -> None:
+        own = Queue(Database(path), lease_seconds=2)
+        while not done.is_set():
+            try:
+                own.heartbeat(lease)
+                own.reap()
+                beats[0] += 1
+            except Exception as exc:  # reported below
+                problems.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.05)
+
+    def read_pages() -> None:
+        own = Queue(Database(path))
+        while not done.is_set():
+            try:
+                own.page(after=None, limit=50, metadata={})
+            except Exception as exc:  # reported below
+                problems.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.005)
+
+    side = [threading.Thread(target=heartbeat_and_reap)] + [threading.Thread(target=read_pages) for _ in range(2)]
+    for t in writers + side:  # fork before this process has threads of its own
+        t.start()
+    outcomes = [results.get(timeout=120) for _ in writers]
+    for w in writers:
+        w.join(30)
+    done.set()
+    for t in side:
+        t.join()
+    errors = [e for errs, _ in outcomes for e in errs] + problems
+    assert errors == []
+    latencies = sorted(x for _, lat in outcomes for x in lat)
+    assert len(latencies) == 500 and db.query("SELECT count(*) FROM jobs")[0][0] == 501
+    assert queue.holds(lease) and beats[0] > 0
+    wal = path.with_name(path.name + "-wal")
+    assert wal.stat().st_size < 8 << 20
+    print(f"p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, p99 {latencies[int(0.99 * len(latencies))] * 1000:.0f}"
+          f" ms, max {latencies[-1] * 1000:.0f} ms, heartbeats {beats[0]}, WAL {wal.stat().st_size} bytes")
+
+
+# --- serving ---------------------------------------------------------------------------------------------------------
+
+ASK = [{"role": "user", "content": "Where should I go in May?"}]
+
+
+def test_a_model_or_deployment_that_is_not_there_is_a_404_naming_it(service):
+    """Scenario 32: a model never deployed, and a deployment that was deleted, answer 404 in the envelope:
+    `model_not_found` on the OpenAI route, Azure's `DeploymentNotFound` on the deployment route."""
+    client = service.client(max_retries=0)
+    http = httpx.Client(headers=AUTH)
+    root = service.base_url.removesuffix("/v1")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="never-deployed", messages=ASK, max_tokens=2)
+    assert missing.value.body["code"] == "model_not_found" and missing.value.body["param"] == "model"
+    assert "never-deployed" in missing.value.message
+
+    assert http.put(f"{service.base_url}/deployments/gone-soon", json={
+        "sku": {"name": "Standard", "capacity": 5},
+        "properties": {"model": {"format": "OpenAI", "name": "tiny"}}}).status_code == 201
+    deadline = time.monotonic() + 60
+    while http.get(f"{service.base_url}/deployments/gone-soon").json()["properties"]["provisioningState"] != \
+            "Succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert client.chat.completions.create(model="gone-soon", messages=ASK, max_tokens=2).choices
+    assert http.delete(f"{service.base_url}/deployments/gone-soon").status_code == 204
+    with pytest.raises(openai.NotFoundError) as deleted:
+        client.chat.completions.create(model="gone-soon", messages=ASK, max_tokens=2)
+    assert deleted.value.body["code"] == "model_not_found"
+    azure = http.post(f"{root}/openai/deployments/gone-soon/chat/completions?api-version=2024-10-21",
+                      json={"model": "gone-soon", "messages": ASK, "max_tokens": 2})
+    assert azure.status_code == 404 and azure.json()["error"]["code"] == "DeploymentNotFound", azure.text
+
+
+def test_out_of_range_chat_parameters_are_refused_before_any_model_work(service):
+    """Scenario 38: negative temperature or max_tokens, n out of its caps, wrong types and malformed fields are
+    a 400 naming the parameter, and the model is never even loaded for them."""
+    client = service.client(max_retries=0)
+    cases = [
+        (dict(temperature=-0.5), "temperature"), (dict(max_tokens=-5), "max_tokens"), (dict(max_tokens=0), "max_tokens"),
+        (dict(n=0), "n"), (dict(n=10**9), "n"), (dict(max_tokens="ten"), "max_tokens"), (dict(top_p=0), "top_p"),
+        (dict(top_logprobs=21), "top_logprobs"), (dict(presence_penalty=9), "presence_penalty"),
+        (dict(stop=["a", "b", "c", "d", "e"]), "stop"), (dict(messages="hello"), "messages"),
+        (dict(messages=[{"content": "no role"}]), "messages.0.role"), (dict(model=""), "model"),
+        (dict(max_completion_tokens=-1), "max_completion_tokens"),
+    ]
+    for extra, param in cases:
+        body = {"model": "tiny", "messages": ASK, **extra}
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.post("/chat/completions", body=body, cast_to=object)
+        error = caught.value.body
+        assert error["param"] == param and error["type"] == "invalid_request_error", (extra, error)
+    assert service.app.state.service.pool.engines == {}  # no model was loaded to refuse them
+
+
+def text_found_under(root: Path, needle: bytes) -> list[str]:
+    found = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory) / name
+            if needle in path.read_bytes():
+                found.append(str(path.relative_to(root)))
+    return found
+
+
+def test_after_delete_no_byte_of_a_training_file_remains(service, tmp_path, home):
+    """Scenario 48: a file a job used is refused while the job is unfinished; once deleted (the job and its
+    fine-tune kept), not one copy of its text is left anywhere under TUNELAB_HOME: not in the uploads, the job's
+    run directory and log, a temporary file or the database and its write-ahead log."""
+    client = service.client(max_retries=0)
+    secret = "Quokka-7f3e9b-itinerary"
+    rows = [dict(r, messages=r["messages"][:-1] + [{"role": "assistant", "content": f"{secret} {i}: enjoy it?"}])
+            for i, r in enumerate(varied_chats(12))]
+    train = upload(client, tmp_path, rows)
+    client.get(f"/files/{train.id}/report?model=tiny", cast_to=object)  # the pre-flight report reads it too
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=train.id,
+                                         hyperparameters={"n_epochs": 1, "batch_size": 4})
+    with pytest.raises(openai.BadRequestError) as in_use:
+        client.files.delete(train.id)
+    assert job.id in in_use.value.message
+    job = wait_for(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert text_found_under(home, secret.encode())  # the text was there to be found
+    assert client.files.delete(train.id).deleted
+    client.post("/storage/compact", cast_to=object)
+    assert text_found_under(home, secret.encode()) == []
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(train.id)
+    assert client.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
