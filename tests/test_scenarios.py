@@ -300,7 +300,7 @@ def test_crafted_pickles_in_a_checkpoint_are_never_loaded(tiny_model, tmp_path):
     lines = (ROOT / "examples" / "travel" / "train.jsonl").read_text().splitlines()
     data = (write_jsonl(tmp_path / "train.jsonl", lines[:12]), write_jsonl(tmp_path / "valid.jsonl", lines[12:14]))
     out, stop = tmp_path / "run", threading.Event()
-    settings = dict(n_epochs=1)
+    settings = dict(n_epochs=1, validation_file=None)
     run(config(tiny_model, data, out, **settings), Recorder(1, stop), stop=stop)
     (checkpoint,) = (out / "checkpoints").iterdir()
     marker = tmp_path / "unpickled"
@@ -335,6 +335,33 @@ def test_a_base_model_swapped_for_pickle_or_remote_code_is_refused_when_loaded(s
             client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
         assert refused.value.body["code"] == "model_refused"
         assert ("pickle" if name == "pickled" else "remote code") in refused.value.message
+    assert not marker.exists()
+
+
+def test_an_adapter_whose_weights_were_swapped_for_a_pickle_is_refused_unread(tiny_model, tmp_path, home):
+    """Scenario 25, serving side: a fine-tune's adapter directory holding `adapter_model.bin` instead of its
+    safetensors is refused by name; PEFT's fallback to unpickling the .bin is never reached."""
+    from peft import LoraConfig
+
+    from tunelab.errors import ModelRefused
+    from tunelab.inference.pool import EnginePool
+    from tunelab.models.catalog import import_model
+    from tunelab.models.registry import Registry
+    from tunelab.store.db import Database
+
+    import_model(tiny_model, "tiny")
+    adapter = tmp_path / "adapter"
+    LoraConfig(r=2, target_modules=["q_proj"], base_model_name_or_path=str(tiny_model)).save_pretrained(adapter)
+    marker = tmp_path / "unpickled"
+    plant(adapter, ["adapter_model.bin"], marker)
+    db = Database(tmp_path / "tunelab.db")
+    db.migrate()
+    registry = Registry(db, "local")
+    with db.write() as conn:
+        registry.add_fine_tuned(conn, "ft:tiny:local::swapped", job_id="ftjob-x", base="tiny", parent="tiny",
+                                method="lora", path=adapter, owned_by="local")
+    with pytest.raises(ModelRefused, match="adapter_model.safetensors.*pickle weights"):
+        EnginePool(registry).target("ft:tiny:local::swapped")
     assert not marker.exists()
 
 
