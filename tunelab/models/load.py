@@ -26,6 +26,15 @@ def check_model_dir(path: Path) -> dict:
     return config
 
 
+def check_adapter_dir(path: Path) -> None:
+    """Refuse a LoRA adapter directory without safetensors weights: PEFT would fall back to unpickling a .bin."""
+    if not (path / "adapter_model.safetensors").is_file():
+        pickles = sorted(p.name for p in path.glob("*") if p.suffix in PICKLE_SUFFIXES)
+        held = f"it holds only pickle weights ({', '.join(pickles[:3])})" if pickles else "it has no weights"
+        raise ModelRefused(f"the adapter in {path} has no adapter_model.safetensors: {held}; tunelab loads "
+                           "safetensors only, because unpickling can run arbitrary code")
+
+
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 

@@ -19,6 +19,7 @@ from ..errors import InvalidRequest, ModelNotFound
 from ..store.blobs import new_id
 from ..store.db import Database
 from .catalog import list_models
+from .load import check_adapter_dir
 
 
 @dataclass
@@ -68,7 +69,8 @@ class Registry:
         raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
 
     def locate(self, model_id: str) -> Located:
-        """What serving `model_id` needs: a base model name, a fine-tuned model or a checkpoint id."""
+        """What serving `model_id` needs: a base model name, a fine-tuned model or a checkpoint id. An adapter
+        whose weights are not safetensors is refused here, before anything reads it."""
         found = self.get(model_id)  # raises model_not_found
         if found["kind"] == "base":
             if not found["installed"]:
@@ -76,12 +78,16 @@ class Registry:
             return Located(model_id, model_id)
         if found["kind"] == "fine-tuned":
             row = self.db.query("SELECT base, method, path FROM models WHERE id = ?", (model_id,))[0]
-            return Located(model_id, row["base"], row["method"], Path(row["path"]))
-        row = self.db.query("SELECT c.path, j.request FROM checkpoints c JOIN jobs j ON j.id = c.job_id "
-                            "WHERE c.model = ?", (model_id,))[0]
-        path = Path(row["path"])
-        method = "lora" if (path / "adapter_config.json").is_file() else "full"
-        return Located(model_id, json.loads(row["request"])["base"], method, path)
+            located = Located(model_id, row["base"], row["method"], Path(row["path"]))
+        else:
+            row = self.db.query("SELECT c.path, j.request FROM checkpoints c JOIN jobs j ON j.id = c.job_id "
+                                "WHERE c.model = ?", (model_id,))[0]
+            path = Path(row["path"])
+            method = "lora" if (path / "adapter_config.json").is_file() else "full"
+            located = Located(model_id, json.loads(row["request"])["base"], method, path)
+        if located.method == "lora":
+            check_adapter_dir(located.weights)
+        return located
 
     def base_of(self, model_id: str) -> str:
         """The installed catalog base model behind `model_id` (itself, for a base model): never a path."""
