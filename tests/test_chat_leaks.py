@@ -128,6 +128,10 @@ def test_every_turn_of_the_conversation_is_screened(service):
         *ASK, {"role": "assistant", "content": "Lisbon is lovely in May. What do you enjoy?"},
         {"role": "user", "content": "Old streets and good food."}])
     assert answered.prompt_filter_results[0]["content_filter_results"]["violence"]["filtered"] is False
+    # A lone UTF-16 surrogate (JSON allows "\ud800") is the client's error here too, before the filter reads it.
+    body = '{"model": "screened", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi \\ud800"}]}'
+    refused = api(service).post("/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages", refused.text
 
 
 def test_a_flood_over_the_limit_is_refused_before_any_work(service, monkeypatch):

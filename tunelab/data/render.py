@@ -33,7 +33,7 @@ def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
     if not template:
         raise InvalidRequest("the tokenizer has no chat template; tunelab sets a default one when a model is imported")
     messages = [_plain(m, template) for m in messages]
-    text = _text(_apply(tokenizer, messages, tools, generation_prompt=False))
+    text = require_text(_apply(tokenizer, messages, tools, generation_prompt=False))
 
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
@@ -46,8 +46,7 @@ def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
                                  "turns cannot be located; use a template whose output grows turn by turn")
         spans.append((len(prompt), len(before_next)))
 
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    ids, offsets = _encode(tokenizer, text, messages)
     mask = [any(s <= begin < e for s, e in spans) for begin, _ in offsets]
     return RenderedChat(list(ids), mask)
 
@@ -55,8 +54,38 @@ def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
 def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     """Token ids of a conversation followed by the assistant's generation prompt (what serving feeds the model)."""
     messages = [_plain(m, tokenizer.chat_template) for m in messages]
-    text = _text(_apply(tokenizer, messages, tools, generation_prompt=True))
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = require_text(_apply(tokenizer, messages, tools, generation_prompt=True))
+    return _encode(tokenizer, text, messages)[0]
+
+
+def _encode(tokenizer, text: str, messages: list[dict]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of a rendered conversation, where a message's text is only ever text: a
+    message that spells a control token (`<|im_end|>`) is tokenized with special tokens split, so its author
+    cannot close their turn and open another role's."""
+    controls = [token for token in tokenizer.get_added_vocab() if token]
+    literal = [m["content"] for m in messages
+               if isinstance(m.get("content"), str) and any(c in m["content"] for c in controls)]
+    pieces, cursor = [], 0
+    for content in literal:
+        start = text.find(content, cursor)
+        if start < 0 and content.strip():
+            content = content.strip()  # templates that trim the text they insert
+            start = text.find(content, cursor)
+        if start < 0:
+            raise InvalidRequest("a message spells one of the model's control tokens in a way the chat template "
+                                 "changes, so it cannot be kept as text; remove the token", param="messages")
+        pieces += [(cursor, start, False), (start, start + len(content), True)]
+        cursor = start + len(content)
+    pieces.append((cursor, len(text), False))
+    ids, offsets = [], []
+    for begin, end, split in pieces:
+        if begin == end:
+            continue
+        encoded = tokenizer(text[begin:end], add_special_tokens=False, return_offsets_mapping=True,
+                            split_special_tokens=split)
+        ids += encoded["input_ids"]
+        offsets += [(b + begin, e + begin) for b, e in encoded["offset_mapping"]]
+    return ids, offsets
 
 
 def _apply(tokenizer, messages, tools, generation_prompt: bool) -> str:
@@ -64,7 +93,7 @@ def _apply(tokenizer, messages, tools, generation_prompt: bool) -> str:
                                          add_generation_prompt=generation_prompt)
 
 
-def _text(rendered: str) -> str:
+def require_text(rendered: str) -> str:
     """The rendered conversation, if it is text: JSON lets a string hold a lone UTF-16 surrogate (`"\\ud800"`),
     which no tokenizer can encode, so it is refused here as the client's error."""
     try:

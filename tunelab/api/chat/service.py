@@ -21,7 +21,7 @@ from typing import AsyncIterator
 
 from starlette.concurrency import run_in_threadpool
 
-from ...data.render import render_prompt
+from ...data.render import render_prompt, require_text
 from ...deploy.deployments import Deployments
 from ...deploy.limits import RateLimiter
 from ...errors import InvalidRequest, NotFound, TunelabError
@@ -134,7 +134,8 @@ class ChatService:
             target: Target = await run_in_threadpool(self.pool.target, model_id)
             prompt_results = None
             if policy is not None:  # nothing is generated for a prompt the policy blocks
-                blocked, prompt_results = await run_in_threadpool(policy.check, _screened(request), "prompt")
+                screened = [require_text(text) for text in _screened(request)]  # the filter's tokenizer needs text
+                blocked, prompt_results = await run_in_threadpool(policy.check, screened, "prompt")
                 if blocked:
                     raise ContentFiltered(prompt_results)
             prompt = render_prompt(target.tokenizer, messages, request.tools)

@@ -72,17 +72,6 @@ class JobsService:
         if body.integrations:
             raise InvalidRequest("integrations (such as Weights & Biases) are not available in tunelab; the "
                                  "job's events and results.csv carry its metrics", param="integrations")
-        for param in ("training_file", "validation_file"):
-            file_id = getattr(body, param)
-            if file_id is None:
-                continue
-            try:
-                found = self.files.get(file_id)
-            except NotFound:
-                raise InvalidRequest(f"the {param.replace('_', ' ')} {file_id!r} does not exist", param=param) from None
-            if found["purpose"] != "fine-tune":
-                raise InvalidRequest(f"the file {file_id} has purpose {found['purpose']!r}; fine-tuning needs a "
-                                     "file uploaded with purpose 'fine-tune'", param=param)
         if body.validation_file and body.validation_file == body.training_file:
             raise InvalidRequest("the validation file must be different from the training file",
                                  param="validation_file")
@@ -98,6 +87,7 @@ class JobsService:
         }
         fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
         with self.db.write() as conn:
+            self._check_files(body, conn)
             while True:  # the model id carries 8 hex digits of the job id: keep them unique
                 job_id = new_id("ftjob")
                 output = f"ft:{start.base}:{self.owner}:{body.suffix or ''}:{job_id[-8:]}"
@@ -113,6 +103,21 @@ class JobsService:
                 f" and validation file: {body.validation_file}" if body.validation_file else "")
             events.add_event(conn, job_id, f"Validating {files}")
             return self.get(job_id, conn)
+
+    def _check_files(self, body: JobCreate, conn) -> None:
+        """The job's files exist and are for fine-tuning; inside the job's write transaction, so a concurrent
+        delete cannot slip between this check and the job that reads them."""
+        for param in ("training_file", "validation_file"):
+            file_id = getattr(body, param)
+            if file_id is None:
+                continue
+            try:
+                found = self.files.get(file_id, conn)
+            except NotFound:
+                raise InvalidRequest(f"the {param.replace('_', ' ')} {file_id!r} does not exist", param=param) from None
+            if found["purpose"] != "fine-tune":
+                raise InvalidRequest(f"the file {file_id} has purpose {found['purpose']!r}; fine-tuning needs a "
+                                     "file uploaded with purpose 'fine-tune'", param=param)
 
     def get(self, job_id: str, conn=None) -> FineTuningJob:
         row = self.queue.get(job_id, conn)
