@@ -263,7 +263,11 @@ def test_a_disk_full_while_checkpointing_fails_the_job_keeps_the_previous_checkp
         small_disk, data, reference, tiny_model):
     from tunelab.train.checkpoints import latest_checkpoint
 
-    home = small_disk / "home"
+    # The jobs' runs live on the small disk; the database beside them on another, as when a run's checkpoints fill
+    # a data volume (a full disk under the database itself is tests/test_db_faults.py's).
+    home = small_disk.parent / "home"
+    (home / "state").mkdir(parents=True)
+    (home / "state" / "jobs").symlink_to(small_disk)
     os.environ["TUNELAB_HOME"] = str(home)
     from tunelab.models.catalog import import_model
 

@@ -75,7 +75,7 @@ def test_kill_9_and_sigterm_mid_job_then_the_job_finishes_with_the_same_result(m
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="test-key")
     train = client.files.create(file=write_jsonl(tmp_path / "t.jsonl", varied_chats(20)).open("rb"),
                                 purpose="fine-tune")
-    create = dict(model="tiny", training_file=train.id, seed=11, hyperparameters={"n_epochs": 5, "batch_size": 1})
+    create = dict(model="tiny", training_file=train.id, seed=11, hyperparameters={"n_epochs": 8, "batch_size": 1})
     job = client.fine_tuning.jobs.create(**create)
 
     wait_for_event(client, job.id, "Checkpoint created at step 20 ")
@@ -89,7 +89,7 @@ def test_kill_9_and_sigterm_mid_job_then_the_job_finishes_with_the_same_result(m
     wait_for_event(client, job.id, "the server stopped while the job was training")
     wait_for_event(client, job.id, "resumed at step")
     resumed_at = steps_in(client, job.id, r"resumed at step (\d+)/")[0]
-    assert 20 <= resumed_at < 100  # killed mid-job, resumed from a checkpoint
+    assert 20 <= resumed_at < 160  # killed mid-job, resumed from a checkpoint
     wait_for_event(client, job.id, f"Checkpoint created at step {resumed_at + 20} ")
     server.stop(signal.SIGTERM)  # graceful: checkpoint at the next step, back to the queue
     assert not trainers(job.id)
@@ -100,7 +100,7 @@ def test_kill_9_and_sigterm_mid_job_then_the_job_finishes_with_the_same_result(m
     resumed = [m for m in messages if "resumed at step" in m]
     assert len(resumed) == 2 and "because the server is shutting down" in " ".join(messages)
     steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000) if e.type == "metrics"]
-    assert max(steps) == 100 and sorted(steps) == list(range(1, 101))  # each step once
+    assert max(steps) == 160 and sorted(steps) == list(range(1, 161))  # each step once
 
     reference = wait_for(client, client.fine_tuning.jobs.create(**create).id)  # never interrupted
     assert reference.status == "succeeded" and reference.trained_tokens == job.trained_tokens
@@ -108,5 +108,5 @@ def test_kill_9_and_sigterm_mid_job_then_the_job_finishes_with_the_same_result(m
     mine, theirs = (load_file(runs / j.id / "adapter" / "adapter_model.safetensors") for j in (job, reference))
     assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
     results = [client.files.content(j.result_files[0]).text for j in (job, reference)]
-    assert results[0] == results[1] and results[0].count("\n") == 101
+    assert results[0] == results[1] and results[0].count("\n") == 161
     server.stop(signal.SIGTERM)

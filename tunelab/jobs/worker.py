@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -192,7 +193,13 @@ class Run:
         self.preempted = True
 
     def _watch(self) -> None:
-        self._supervise()
+        try:
+            self._supervise()
+        except sqlite3.OperationalError as exc:  # a full disk or a locked database: the lease runs out and the
+            # reaper gives the job back once the database takes writes again; this thread must not die noisily
+            print(f"tunelab worker: {self.lease.job_id}: the outcome could not be recorded ({exc}); the job is "
+                  "reclaimed when its lease expires", file=sys.stderr)
+            return
         if self.on_finished is not None and not self.preempted:
             try:
                 self.on_finished(self.lease.job_id)
