@@ -72,10 +72,6 @@ class JobsService:
         if body.integrations:
             raise InvalidRequest("integrations (such as Weights & Biases) are not available in tunelab; the "
                                  "job's events and results.csv carry its metrics", param="integrations")
-        if body.validation_file and body.validation_file == body.training_file:
-            raise InvalidRequest("the validation file must be different from the training file",
-                                 param="validation_file")
-
         supervised = body.method.supervised if body.method and body.method.supervised else None
         hyper = (supervised.hyperparameters if supervised and supervised.hyperparameters else body.hyperparameters)
         request = {
@@ -118,6 +114,9 @@ class JobsService:
             if found["purpose"] != "fine-tune":
                 raise InvalidRequest(f"the file {file_id} has purpose {found['purpose']!r}; fine-tuning needs a "
                                      "file uploaded with purpose 'fine-tune'", param=param)
+        if body.validation_file and body.validation_file == body.training_file:
+            raise InvalidRequest("the validation file must be different from the training file",
+                                 param="validation_file")
 
     def get(self, job_id: str, conn=None) -> FineTuningJob:
         row = self.queue.get(job_id, conn)
