@@ -178,3 +178,16 @@ def tuned(service, tmp_path):
         hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 5}).id)
     assert job.status == "succeeded", job.error
     return service, job.fine_tuned_model
+
+
+def trainers(job_id: str) -> list[int]:
+    """Training processes alive for `job_id` (found by the job id on their command line)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"tunelab.jobs.runner" in cmdline and job_id.encode() in cmdline:
+            found.append(int(proc.name))
+    return found

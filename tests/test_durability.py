@@ -15,7 +15,7 @@ import openai
 import pytest
 from safetensors.torch import load_file
 
-from conftest import free_port, varied_chats, wait_for, wait_for_event, write_jsonl
+from conftest import free_port, trainers, varied_chats, wait_for, wait_for_event, write_jsonl
 
 TUNELAB = str(Path(sys.executable).with_name("tunelab"))
 
@@ -49,19 +49,6 @@ class Server:
     def stop(self, sig: int) -> None:
         self.proc.send_signal(sig)
         self.proc.wait(90)
-
-
-def trainers(job_id: str) -> list[int]:
-    """Training processes still alive for `job_id`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if b"tunelab.jobs.runner" in cmdline and job_id.encode() in cmdline:
-            found.append(int(proc.name))
-    return found
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="inspects processes through /proc")

@@ -20,7 +20,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from conftest import ROOT, free_port, upload, varied_chats, wait_for, write_jsonl
+from conftest import ROOT, free_port, trainers, upload, varied_chats, wait_for, write_jsonl
 from test_service import every_route
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -119,19 +119,6 @@ def test_hostile_json_bodies_on_every_route_are_refused_before_parsing(service):
 
 
 # --- dataset validation ----------------------------------------------------------------------------------------------
-
-def trainers(job_id: str) -> list[int]:
-    """Training processes alive for `job_id`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if b"tunelab.jobs.runner" in cmdline and job_id.encode() in cmdline:
-            found.append(int(proc.name))
-    return found
-
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="inspects processes through /proc")
 def test_a_training_file_gone_before_validation_fails_its_job_and_the_worker_goes_on(service, tmp_path, home):

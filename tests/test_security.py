@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from conftest import free_port, serve_in_thread, varied_chats, write_jsonl
+from conftest import free_port, serve_in_thread, trainers, varied_chats, write_jsonl
 
 TUNELAB = str(Path(sys.executable).with_name("tunelab"))
 KEY = "security-key"
@@ -152,13 +152,8 @@ def test_form_limits_answer_quickly(server):
 
 def trainer_of(job_id: str, deadline: float) -> int:
     while time.monotonic() < deadline:
-        for proc in Path("/proc").iterdir():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ValueError):
-                continue
-            if b"tunelab.jobs.runner" in cmdline and job_id.encode() in cmdline:
-                return int(proc.name)
+        if found := trainers(job_id):
+            return found[0]
         time.sleep(0.02)
     raise AssertionError(f"no trainer started for {job_id}")
 
