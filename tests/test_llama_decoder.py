@@ -223,11 +223,11 @@ def test_the_4bit_grid_is_recovered_exactly_and_off_grid_weights_are_refused():
 
 
 def test_architectures_it_does_not_know_are_left_to_transformers():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=1))
-    assert "qwen2" in unsupported(qwen)
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, head_dim=16,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    assert "gemma3" in unsupported(gemma)
 
 
 def test_adapters_it_cannot_apply_are_refused_by_name():

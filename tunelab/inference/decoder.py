@@ -1,4 +1,4 @@
-"""A lean forward pass for Llama-architecture models (SmolLM2 is one), used for their prompts and decode steps.
+"""A lean forward pass for Llama and Qwen2 models (SmolLM2, Qwen2.5), used for their prompts and decode steps.
 
 transformers' forward serves every model and every feature: one decode step of SmolLM2-135M runs thousands
 of small tensor operations through it, and on a 2-core CPU their overhead costs as much as reading the

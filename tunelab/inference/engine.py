@@ -7,10 +7,10 @@ that decodes every active answer together, one batched forward pass per token.
 
 Decoding one token reads all the weights whatever the batch size, so answering eight requests in one forward pass
 costs little more than answering one. Rows of the batch may use different adapters or none, so the base model and
-any number of fine-tunes share one copy of the weights and one pass. Llama-architecture models (SmolLM2) decode
-through tunelab's lean Llama decoder (decoder.py) with 4-bit weights where the model already is 4-bit; other
-architectures through transformers' forward (batch.py). Scoring (validation loss) always uses transformers' fp32
-model with PEFT.
+any number of fine-tunes share one copy of the weights and one pass. Llama and Qwen2 models (SmolLM2, Qwen2.5)
+decode through tunelab's lean Llama decoder (decoder.py) with 4-bit weights where the model already is 4-bit; other
+architectures (Gemma 3) through transformers' forward (batch.py), with one line in the server's log saying why.
+Scoring (validation loss) always uses transformers' fp32 model with PEFT.
 
 New requests' prompts are processed (one pass over what the Llama decoder's prompt cache does not already hold),
 then they join the batch; a finished or cancelled row leaves it. Between two decode steps the requests waiting
@@ -24,6 +24,7 @@ cancelled generation (the client went away) is dropped before its next token.
 from __future__ import annotations
 
 import atexit
+import logging
 import secrets
 import threading
 import weakref
@@ -43,6 +44,8 @@ from .decoder import LlamaBatch, LlamaDecoder
 from .detokenize import IncrementalText
 from .weights import check_format, integer_kernels_fast
 from .weights import prepare as prepare_weights
+
+log = logging.getLogger("tunelab.inference")
 
 
 @dataclass
@@ -145,7 +148,11 @@ class Engine:
         self.model = load_causal_lm(self.base.path).eval()
         self.context = self.base.meta.get("context_length") or self.model.config.max_position_embeddings or 2048
         self.decoder = None
-        if not self.generic and unsupported(self.model) is None:
+        aside = None if self.generic else unsupported(self.model, "decoding")
+        if aside:  # once per base model load: why this model decodes on the slower generic path
+            log.warning("%s decodes through transformers' forward: tunelab's decoder steps aside for %s",
+                        self.base.name, aside)
+        if not self.generic and aside is None:
             if weights == "auto":  # the integer kernels, where this CPU vectorises them
                 weights = "int4" if integer_kernels_fast() else "fp32"
             self.decoder = LlamaDecoder(self.model, weights, self.prompt_cache_mb * 2**20)

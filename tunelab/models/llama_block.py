@@ -8,6 +8,11 @@ RMSNorms, rotary embeddings and the layers themselves (`run_layers`). The two pa
 callbacks `run_layers` takes. Training projects with frozen base weights (fp32 or bf16) plus PEFT's live LoRA
 parameters, through autograd, and attends within each packed conversation after an optional shared prefix;
 decoding projects with int4/int8/fp32 `Matrix`es plus each row's own adapter, and attends over its KV cache.
+
+Qwen2 is this block with biases on q, k and v (`fused_weight` stacks them), so both paths run it too. What a
+model's config asks for that the block does not compute (another architecture, sliding-window attention, a
+position-dependent rotary scaling…) makes `refusals` name the reason, and the path steps aside for transformers'
+forward: never a wrong answer. The catalog asks the same question of `config.json` without loading weights.
 """
 
 from __future__ import annotations
@@ -25,16 +30,60 @@ PROJECTIONS = {"qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")), "o": ("self
 Norm = tuple[torch.Tensor, float]  # an RMSNorm: its weight and epsilon
 
 
-def unsupported(model) -> str | None:
-    """Why tunelab's Llama forward cannot run `model` (None: it can)."""
-    config = model.config
-    if config.model_type != "llama":
-        return f"a {config.model_type} model (tunelab's forward runs Llama-architecture models)"
-    if config.hidden_act != "silu":
-        return f"a {config.hidden_act} activation"
-    if next(model.parameters()).device.type != "cpu":
-        return "a model on an accelerator"
+# The architectures the block computes (config.json's model_type), and why others step aside.
+ARCHITECTURES = ("llama", "qwen2")
+NOT_THE_BLOCK = {
+    "gemma3": "its (1 + w) norms, scaled embeddings, q/k norms, GELU-tanh MLP, post-attention and post-MLP norms "
+              "and sliding-window layers with their own rotary base are not the Llama block",
+}
+# Rotary scalings the block gets right: it takes cos and sin from transformers' own rotary module, which is exact
+# for these, whose frequencies do not depend on the sequence length ("dynamic" and "longrope" do).
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+PATHS = ("training", "decoding")
+
+
+def architecture(config: dict) -> str | None:
+    """The architecture's name as the catalog shows it: config.json's model_type, a text-only variant under the
+    family's name (Gemma 3's "gemma3_text" is "gemma3")."""
+    model_type = config.get("model_type")
+    return model_type.removesuffix("_text") if model_type else None
+
+
+def refusals(config: dict) -> dict[str, str | None]:
+    """For each fast path ("training": the lean LoRA forward; "decoding": the decoder), why the block cannot run
+    the model `config` (config.json's fields, or a transformers config's `to_dict()`) — None where it can."""
+    why = _config_refusal(config)
+    dropout = config.get("attention_dropout") or 0.0
+    # transformers drops attention weights while training; the lean forward has no dropout
+    training = why or (f"attention dropout ({dropout}) while training" if dropout else None)
+    return {"training": training, "decoding": why}
+
+
+def _config_refusal(config: dict) -> str | None:
+    arch = architecture(config)
+    if arch not in ARCHITECTURES:
+        return f"a {arch} model: " + NOT_THE_BLOCK.get(
+            arch, "tunelab's fast paths run the Llama and Qwen2 architectures only")
+    act = config.get("hidden_act", "silu")
+    if act != "silu":
+        return f"a {act} activation (the block's MLP is SiLU-gated)"
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type not in ROPE_TYPES:
+        return f"{rope_type} rotary scaling, whose frequencies change with the sequence length"
+    if config.get("use_sliding_window") or "sliding_attention" in (config.get("layer_types") or ()):
+        return "sliding-window attention (the block attends over the whole context)"
     return None
+
+
+def unsupported(model, path: str | None = None) -> str | None:
+    """Why tunelab's block cannot run `model` on fast path `path` ("training" or "decoding"; None: either), or
+    None when it can."""
+    found = refusals(model.config.to_dict())
+    why = found[path] if path else found["training"] or found["decoding"]
+    if why is None and next(model.parameters()).device.type != "cpu":
+        return "a model on an accelerator (the block is tuned for the CPU)"
+    return why
 
 
 def base_linear(module):
@@ -57,16 +106,21 @@ class Dims:
 
 
 def projection_modules(layer, key: str) -> list:
-    """The linear modules (PEFT-wrapped or not) of a transformers Llama `layer` that fused matrix `key` stacks."""
+    """The linear modules (PEFT-wrapped or not) of a transformers Llama or Qwen2 `layer` that fused matrix `key`
+    stacks."""
     parent, names = PROJECTIONS[key]
     return [getattr(getattr(layer, parent), name) for name in names]
 
 
 def fused_weight(modules) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The base weights of `modules` stacked into one matrix (their outputs side by side), and their biases."""
-    weight = torch.cat([base_linear(m).weight.detach() for m in modules])
-    biases = [base_linear(m).bias for m in modules]
-    return weight, torch.cat(biases).detach() if all(b is not None for b in biases) else None
+    """The base weights of `modules` stacked into one matrix (their outputs side by side), and their biases (None
+    when none has one; zeros for a module without one beside modules with one)."""
+    linears = [base_linear(m) for m in modules]
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    if all(linear.bias is None for linear in linears):
+        return weight, None
+    return weight, torch.cat([linear.bias.detach() if linear.bias is not None
+                              else weight.new_zeros(linear.out_features) for linear in linears])
 
 
 def fused_lora(modules, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:

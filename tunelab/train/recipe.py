@@ -63,6 +63,9 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     hp = _hyperparameters(out, config, resolve(config, len(train_set), len(valid_set)), resume)
     torch.manual_seed(hp.seed)
     model, lean = setup_model(base, hp)
+    if hp.method == "lora" and lean is None:  # one line, in the run's messages (a job's events), saying why
+        reporter.message(f"Training through transformers' forward: tunelab's fast LoRA forward steps aside for "
+                         f"{unsupported(model, 'training') or 'this adapter configuration'}")
     if not resume:  # only now, so a run that could not start leaves no directory behind
         _write_config(out, config, hp)
     optimizer, scheduler = setup_optimizer(model, hp)
@@ -147,7 +150,7 @@ def setup_model(base: LocalModel, hp: Hyperparameters) -> tuple[torch.nn.Module,
     model.config.use_cache = False
     if hp.method == "full":
         return model, None
-    llama = unsupported(model) is None  # the lean forward runs it and fuses the layers' base weights itself
+    llama = unsupported(model, "training") is None  # the lean forward runs it and fuses the layers' base weights itself
     if hp.matmul_precision == "bf16":
         use_bf16_matmuls(model, head_only=llama)
     lora = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
