@@ -196,9 +196,9 @@ def test_gemma3_training_steps_aside_with_one_message_and_trains_as_transformers
                                        reduction="sum") for s in batch)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
-    from conftest import TRAVEL, write_jsonl
+    from conftest import varied_chats, write_jsonl
 
-    train = write_jsonl(tmp_path / "train.jsonl", (TRAVEL / "train.jsonl").read_text().splitlines()[:10])
+    train = write_jsonl(tmp_path / "train.jsonl", varied_chats(10))  # short conversations: a quick run
     reporter = Recorder()
     result = run(parse_config(model=str(path), train_file=train, n_epochs=1, batch_size=5, seed=1,
                               out=tmp_path / "run"), reporter)
@@ -242,3 +242,72 @@ def test_gemma3_serving_steps_aside_once_and_answers_as_transformers(tiny, caplo
         assert len(caplog.records) == 1  # nothing more was logged while answering
     finally:
         engine.close()
+
+
+# --- the catalog ----------------------------------------------------------------------------------------------
+
+
+def test_the_catalog_describes_built_ins_before_conversion_from_what_is_known():
+    from tunelab.models.catalog import list_models
+    from tunelab.models.registry import base_record
+
+    from tunelab.api.models.protocol import Model
+
+    rows = {r["name"]: r for r in list_models()}  # a fresh home: nothing converted yet
+    smol, gemma = rows["SmolLM2-135M-Instruct"], rows["gemma-3-270m"]
+    assert not smol["converted"] and not gemma["converted"]
+    assert (smol["architecture"], smol["context_length"]) == ("llama", 8192)
+    assert smol["fast_paths"] == {"training": True, "decoding": True, "note": None}
+    assert (gemma["architecture"], gemma["context_length"]) == ("gemma3", 32768)
+    assert gemma["fast_paths"]["training"] is gemma["fast_paths"]["decoding"] is False
+    assert "gemma3" in gemma["fast_paths"]["note"]
+    shown = Model(**base_record(gemma)).model_dump()  # what /v1/models sends
+    assert shown["architecture"] == "gemma3" and shown["fast_paths"]["note"] == gemma["fast_paths"]["note"]
+
+
+def test_a_model_without_a_chat_template_gets_its_architectures_default(tiny, tmp_path):
+    import json
+    import shutil
+
+    from tunelab.models.catalog import import_model
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.templates import GEMMA
+
+    for arch, default in (("gemma3", "gemma"), ("qwen2", "chatml")):
+        bare = tmp_path / arch
+        shutil.copytree(tiny(arch), bare)
+        settings = json.loads((bare / "tokenizer_config.json").read_text())
+        settings.pop("chat_template", None)
+        (bare / "tokenizer_config.json").write_text(json.dumps(settings))
+        (bare / "chat_template.jinja").unlink(missing_ok=True)
+        assert not load_tokenizer(bare).chat_template
+        model = import_model(bare, f"bare-{arch}")
+        assert model.chat_template_source == f"tunelab default ({default})"
+        assert model.meta["architecture"] == arch and model.meta["fast_paths"]["decoding"] is (arch != "gemma3")
+        template = load_tokenizer(model.path).chat_template
+        assert (template == GEMMA) is (arch == "gemma3")
+
+
+def test_a_model_recorded_before_the_catalog_described_fast_paths_is_described_from_its_config(tiny):
+    import json
+
+    from tunelab.models.catalog import METADATA, import_model, list_models
+
+    model = import_model(tiny("qwen2"), "older")
+    meta = json.loads((model.path / METADATA).read_text())
+    for key in ("architecture", "fast_paths"):
+        del meta[key]
+    (model.path / METADATA).write_text(json.dumps(meta))
+    row = next(r for r in list_models() if r["name"] == "older")
+    assert row["architecture"] == "qwen2" and row["fast_paths"] == {"training": True, "decoding": True, "note": None}
+
+
+@pytest.mark.parametrize("arch, markers", [("llama", ["<|im_end|>"]), ("qwen2", ["<|im_end|>"]),
+                                           ("gemma3", ["<eos>", "<end_of_turn>"])])
+def test_serving_ends_each_architectures_turn_on_its_own_tokens(tiny, arch, markers):
+    from tunelab.inference.pool import EnginePool
+    from tunelab.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny(arch))
+    target = EnginePool._target(None, None, tokenizer)
+    assert target.end_ids == {tokenizer.convert_tokens_to_ids(m) for m in markers} and not target.end_strings
