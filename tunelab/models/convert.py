@@ -3,6 +3,10 @@
 transformers reads GGUF (with the `gguf` package) and dequantizes it to fp32. The loaded model still carries
 the GGUF `quantization_config`, which makes it refuse to train or save, so it is rebuilt from its config and the
 weights are copied over before saving.
+
+A GGUF file does not state Gemma 3's attention scale (`query_pre_attn_scalar`); transformers' reader assumes 256,
+Gemma 3's usual head size. It is set here as llama.cpp derives it, so that the model computes what llama.cpp runs:
+the head size, or hidden / heads for the 27B model (62 layers), the one Gemma 3 whose scale is not its head size.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ def convert_gguf(gguf: Path, target: Path, *, default_template: str | None = Non
     hf_logging.enable_progress_bar()  # transformers' own bar follows the slow part, dequantizing each tensor
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                         **_unstated(gguf))
         if not bars_were_on:
             hf_logging.disable_progress_bar()
         with console.status("rebuilding the model in fp32 and writing safetensors"):
@@ -65,3 +70,14 @@ def convert_gguf(gguf: Path, target: Path, *, default_template: str | None = Non
             hf_logging.disable_progress_bar()
     console.print(f"Converted into {target}")
     return template_source
+
+
+def _unstated(gguf: Path) -> dict:
+    """Config fields the GGUF file does not state, as llama.cpp derives them (see the module's docstring)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if not config.model_type.startswith("gemma3"):
+        return {}
+    big = config.num_hidden_layers == 62  # Gemma 3 27B
+    return {"query_pre_attn_scalar": config.hidden_size // config.num_attention_heads if big else config.head_dim}
