@@ -39,7 +39,6 @@ NOT_THE_BLOCK = {
 # Rotary scalings the block gets right: it takes cos and sin from transformers' own rotary module, which is exact
 # for these, whose frequencies do not depend on the sequence length ("dynamic" and "longrope" do).
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-PATHS = ("training", "decoding")
 
 
 def architecture(config: dict) -> str | None:
@@ -62,7 +61,7 @@ def refusals(config: dict) -> dict[str, str | None]:
 def _config_refusal(config: dict) -> str | None:
     arch = architecture(config)
     if arch not in ARCHITECTURES:
-        return f"a {arch} model: " + NOT_THE_BLOCK.get(
+        return f"a {arch or 'unknown'} model: " + NOT_THE_BLOCK.get(
             arch, "tunelab's fast paths run the Llama and Qwen2 architectures only")
     act = config.get("hidden_act", "silu")
     if act != "silu":
