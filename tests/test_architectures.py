@@ -6,6 +6,7 @@ shows) refuses what the block does not compute, and computes what it accepts."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 import torch
@@ -207,8 +208,27 @@ def test_gemma3_training_steps_aside_with_one_message_and_trains_as_transformers
     assert len(aside) == 1 and "gemma3" in aside[0] and "norms" in aside[0], reporter.messages
 
 
-def test_gemma3_serving_steps_aside_once_and_answers_as_transformers(tiny, caplog):
-    from tunelab.inference.engine import Engine, SamplingParams
+def answer(engine, prompt: list[int], adapter: str | None, n: int) -> list[int]:
+    """`n` greedy tokens from the engine (no end-of-turn token: exactly n)."""
+    from tunelab.inference.engine import SamplingParams
+
+    done, finished = [], threading.Event()
+
+    def on_event(kind, payload):
+        if kind in ("done", "error"):
+            done.append((kind, payload))
+            finished.set()
+
+    generation = engine.submit(prompt, SamplingParams(max_tokens=n, temperature=0), adapter=adapter, end_ids=set(),
+                               on_event=on_event)
+    assert finished.wait(60) and done[0] == ("done", "length"), done
+    return generation.tokens
+
+
+def test_gemma3_serving_steps_aside_once_and_answers_as_transformers(tiny, caplog, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.inference.engine import Engine
     from tunelab.models.catalog import resolve_model
     from tunelab.models.load import load_causal_lm
 
@@ -219,26 +239,20 @@ def test_gemma3_serving_steps_aside_once_and_answers_as_transformers(tiny, caplo
         aside = [r.getMessage() for r in caplog.records if r.name == "tunelab.inference"]
         assert len(aside) == 1 and "steps aside" in aside[0] and "gemma3" in aside[0], aside
         assert engine.decoder is None
+        torch.manual_seed(2)  # an adapter with random weights, saved as a fine-tune's
+        peft = get_peft_model(load_causal_lm(path), LoraConfig(r=4, target_modules="all-linear",
+                                                              init_lora_weights=False)).eval()
+        peft.save_pretrained(tmp_path / "adapter", safe_serialization=True)
+        engine.attach("tuned", tmp_path / "adapter")
+
         prompt = list(range(10, 40))  # longer than the sliding window (16)
-        done, tokens = [], []
-        import threading
-
-        finished = threading.Event()
-
-        def on_event(kind, payload):
-            if kind in ("done", "error"):
-                done.append((kind, payload))
-                finished.set()
-
-        generation = engine.submit(prompt, SamplingParams(max_tokens=12, temperature=0), adapter=None, end_ids=set(),
-                                   on_event=on_event)
-        assert finished.wait(60) and done[0] == ("done", "length"), done
-        tokens = generation.tokens
-        reference = load_causal_lm(path).eval()
         with torch.no_grad():
-            expected = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                          eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
-        assert tokens == expected
+            expected = {adapter: model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                                eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+                        for adapter, model in (("tuned", peft), (None, load_causal_lm(path).eval()))}
+        assert expected["tuned"] != expected[None]
+        for adapter in (None, "tuned"):
+            assert answer(engine, prompt, adapter, 12) == expected[adapter], adapter
         assert len(caplog.records) == 1  # nothing more was logged while answering
     finally:
         engine.close()
