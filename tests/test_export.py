@@ -130,7 +130,8 @@ def test_merged_equals_base_plus_adapter(arch, built, home, tmp_path):
     ids = prompt_ids(tokenizer)
     served = base_plus_adapter(*built[arch])
     expected, got = logits(served, ids), logits(merged, ids)
-    assert (expected - logits(served.get_base_model().__class__.from_pretrained(built[arch][0]), ids)).abs().max() > 1e-2
+    base = served.get_base_model().__class__.from_pretrained(built[arch][0])
+    assert (expected - logits(base, ids)).abs().max() > 1e-2  # the adapter changes the answer
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     # generate() stops at the end of the assistant's turn, as serving does
     marker = "<end_of_turn>" if arch == "gemma3" else "<|im_end|>"
@@ -193,7 +194,8 @@ def rounded(model, quant: str):
 
 @torch.no_grad()
 def greedy(model, ids: torch.Tensor, n: int = 16) -> list[int]:
-    return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
 
 
 @pytest.mark.parametrize("arch", tiny_models.ARCHITECTURES)
@@ -461,6 +463,8 @@ def test_modelfile_without_a_shared_system_message_and_a_template_ollama_cannot_
 # --- bad input -------------------------------------------------------------------------------------------------
 
 def test_bad_requests_are_refused_naming_the_field_and_leave_nothing(built, home, tmp_path):
+    from tunelab.models.catalog import import_model
+
     lab = Lab(home, built, ("llama",))
     model = lab.models["llama"]
     out = tmp_path / "out"
@@ -479,6 +483,13 @@ def test_bad_requests_are_refused_naming_the_field_and_leave_nothing(built, home
             export_model(lab.registry, model_id, request, out)
         assert refused.value.param == param, (model_id, request)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["home"]
+
+    # a Gemma 3 whose global layer is not every sixth: GGUF cannot state its layout
+    import_model(tiny_models.build("gemma3", tmp_path / "gemma-3-layers", layers=3), "gemma-3-layers")
+    with pytest.raises(InvalidRequest) as refused:
+        export_model(lab.registry, "gemma-3-layers", ExportRequest("gguf"), out)
+    assert refused.value.param == "model" and "every 6th layer global" in refused.value.message
+    assert not out.exists()
 
     # a full fine-tune has no adapter; merged gives its weights as they are
     lab.add("ft:tiny-llama:local:full:llama", "tiny-llama", built["llama"][0], method="full")

@@ -40,11 +40,13 @@ def write_gguf(source: Source, work: Path, quant: str, progress: Callable[[float
              "q4_0": gguf.GGMLQuantizationType.Q4_0}[quant]
     config = source.config
     arch = _architecture(config)
+    _check_config(config, arch)  # before the model is loaded: what GGUF cannot state is refused at once
     progress(0.05, "loading the model")
     model = source.load_model()
     state = model.state_dict()
     names = gguf.TensorNameMap(arch, config["num_hidden_layers"])
-    tied = config.get("tie_word_embeddings", False) or _same_storage(state, "lm_head.weight", "model.embed_tokens.weight")
+    tied = config.get("tie_word_embeddings", False) or _same_storage(state, "lm_head.weight",
+                                                                      "model.embed_tokens.weight")
     plan = []  # (hf name, gguf name, shape, ggml type)
     for hf_name, tensor in state.items():
         if hf_name == "lm_head.weight" and tied:
@@ -132,20 +134,28 @@ def _write_metadata(writer, source: Source, config: dict, arch, quant: str) -> N
     writer.add_value_length(head_dim)
     rope = _rope(config, "full_attention" if gemma else None)
     writer.add_rope_freq_base(rope.get("rope_theta", 10_000.0))
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type == "linear":
+    if rope.get("rope_type", rope.get("type", "default")) == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope["factor"])
-    elif rope_type != "default":
-        raise InvalidRequest(f"the model's {rope_type!r} rope scaling is not exported to GGUF yet", param="model")
     if arch == gguf.MODEL_ARCH.LLAMA:
         writer.add_vocab_size(config["vocab_size"])
         writer.add_rope_dimension_count(head_dim)
     if gemma:
-        _check_gemma3_layout(config)
         writer.add_sliding_window(config["sliding_window"])
         if config.get("final_logit_softcapping"):
             writer.add_final_logit_softcapping(config["final_logit_softcapping"])
+
+
+def _check_config(config: dict, arch) -> None:
+    import gguf
+
+    gemma = arch == gguf.MODEL_ARCH.GEMMA3
+    rope = _rope(config, "full_attention" if gemma else None)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear"):
+        raise InvalidRequest(f"the model's {rope_type!r} rope scaling is not exported to GGUF yet", param="model")
+    if gemma:
+        _check_gemma3_layout(config)
     elif config.get("use_sliding_window"):
         raise InvalidRequest("the model uses sliding-window attention, which GGUF states for Gemma 3 only",
                              param="model")
@@ -159,6 +169,12 @@ def _check_gemma3_layout(config: dict) -> None:
         raise InvalidRequest(f"the model's layer types ({', '.join(config['layer_types'])}) are not Gemma 3's "
                              f"(every {GEMMA3_GLOBAL_EVERY}th layer global), the only layout a GGUF file states",
                              param="model")
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    # llama.cpp scales attention by the head size (by hidden/heads for the 62-layer 27B): the file has no other key
+    scale = config["hidden_size"] // config["num_attention_heads"] if n == 62 else head_dim
+    if config.get("query_pre_attn_scalar", scale) != scale:
+        raise InvalidRequest(f"the model scales attention by 1/sqrt({config['query_pre_attn_scalar']}), llama.cpp by "
+                             f"1/sqrt({scale}) (its head size): a GGUF file cannot state another", param="model")
     local = _rope(config, "sliding_attention")
     if local is not _rope(config) and local.get("rope_theta", GEMMA3_LOCAL_ROPE_BASE) != GEMMA3_LOCAL_ROPE_BASE:
         raise InvalidRequest(f"the sliding layers' rope base {local['rope_theta']} is not Gemma 3's "

@@ -26,14 +26,10 @@ from .source import adds_bos
 # llama.cpp's token types (gguf.TokenType)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 # The split regexes of pre-tokenizers llama.cpp implements, by the name `tokenizer.ggml.pre` gives them.
-SPLIT_REGEXES = {
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        "qwen2",
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        "llama-bpe",
-}
+_WORDS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SPLIT_REGEXES = {_WORDS + r"\p{N}" + _REST: "qwen2", _WORDS + r"\p{N}{1,3}" + _REST: "llama-bpe"}
 
 
 @dataclass
@@ -108,7 +104,7 @@ def _pre_tokenizer(spec: dict) -> str:
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"  # the GPT-2 regex after splitting digits one by one
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
@@ -116,7 +112,7 @@ def _pre_tokenizer(spec: dict) -> str:
         if regex in SPLIT_REGEXES:
             return SPLIT_REGEXES[regex]
     raise InvalidRequest(f"the tokenizer's pre-tokenizer ({json.dumps(pre)[:200]}) is not one llama.cpp implements "
-                         "(gpt2, smollm, qwen2, llama-bpe): a GGUF file would split text differently from "
+                         "(gpt-2, smollm, qwen2, llama-bpe): a GGUF file would split text differently from "
                          "training", param="model")
 
 
