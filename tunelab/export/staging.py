@@ -1,0 +1,39 @@
+"""Write an export beside its destination and rename it into place, so the destination appears whole or not at
+all: any error, a full disk included, removes the partial directory and propagates."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import InvalidRequest
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A fresh sibling directory of `out` to write into; renamed to `out` when the block ends without error."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        yield work
+        for path in work.rglob("*"):  # the files on disk, then the rename: a crash after it leaves a whole export
+            if path.is_file():
+                _fsync(path)
+        if out.exists():  # created by someone else while we wrote: never replace it
+            raise InvalidRequest(f"{out} appeared while the export was written; nothing was replaced", param="out")
+        os.rename(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
