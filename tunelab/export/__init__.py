@@ -71,6 +71,10 @@ def export_model(registry: Registry, model_id: str, request: ExportRequest, out:
         raise InvalidRequest(f"{out} already exists; choose a new output directory", param="out")
     report = progress or (lambda fraction, what: None)
     source = locate_source(registry, model_id, request.format)
+    if request.ollama:
+        from .ollama import turn_format
+
+        turn_format(source.tokenizer)  # a template Ollama cannot be given is refused before the long write
     report(0.0, f"exporting {model_id} as {request.format}")
     with staged(out) as work:
         if request.format == "peft":
@@ -78,7 +82,7 @@ def export_model(registry: Registry, model_id: str, request: ExportRequest, out:
         elif request.format == "merged":
             hf.write_merged(source, work, report)
         else:
-            from .gguf import write_gguf
+            from .gguf_file import write_gguf
 
             gguf_file = write_gguf(source, work, request.quant, report)
             if request.ollama:

@@ -108,3 +108,9 @@ def end_of_turn_markers(tokenizer) -> list[str]:
     if eos and eos not in markers and eos in template:
         markers.append(eos)
     return markers
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts bos before plain text (GGUF's add_bos flag: llama.cpp then adds it too)."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
