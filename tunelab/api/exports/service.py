@@ -1,5 +1,8 @@
 """The exports service: a request checked at once (so a wrong model or option is a 400 or 404 naming the field,
-not a failed export later), recorded `queued` and handed to the runner; pages of exports; their files; deletion."""
+not a failed export later), recorded `queued` and handed to the runner; pages of exports; their files; deletion.
+
+The model rules (a base model exports as GGUF only, a full fine-tune has no adapter) are the domain's too
+(`export_model` enforces them); they are checked here as well so that the request, not the export, fails."""
 
 from __future__ import annotations
 
@@ -22,14 +25,14 @@ class ExportsService:
 
     def create(self, body: ExportCreate) -> ExportObject:
         check(body)
-        found = self.registry.get(body.model)  # an unknown model: 404 model_not_found, param "model"
-        if found["kind"] == "base":
-            if body.format != "gguf":
-                raise InvalidRequest(f"{body.model} is a base model: it has no fine-tuning to export as "
-                                     f"{body.format}; export a fine-tuned model or a checkpoint (ft:…), or choose "
-                                     "format gguf", param="model")
-            if not found["installed"]:
-                raise InvalidRequest(f"the base model {body.model!r} is not installed", param="model")
+        located = self.registry.locate(body.model)  # unknown: 404 model_not_found; a base model not installed: 400
+        if located.method is None and body.format != "gguf":
+            raise InvalidRequest(f"{body.model} is a base model: it has no fine-tuning to export as "
+                                 f"{body.format}; export a fine-tuned model or a checkpoint (ft:…), or choose "
+                                 "format gguf", param="model")
+        if located.method == "full" and body.format == "peft":
+            raise InvalidRequest(f"{body.model} is a full fine-tune: it has no LoRA adapter to export; choose "
+                                 "format merged or gguf", param="format")
         quant = (body.quantization or "f16") if body.format == "gguf" else None
         record = self.exports.add(body.model, body.format, quant, body.ollama, body.system)
         self.runner.submit(record["id"], body.model, ExportRequest(format=body.format, quant=quant or "f16",
