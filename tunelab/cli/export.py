@@ -11,6 +11,7 @@ commands that load them in transformers, llama.cpp or Ollama. The service's `/v1
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -82,12 +83,12 @@ def safe_name(model: str) -> str:
 
 
 class ExportProgress:
-    """The export's progress: a live bar on a terminal, one line per new stage elsewhere (logs, pipes)."""
+    """The export's progress: a live bar on a terminal; elsewhere (logs, pipes) a line every tenth of the way."""
 
     def __init__(self, console: Console):
         self.console = console
         self.bar: Progress | None = None
-        self.stage = None
+        self.shown = -1.0  # the fraction last written as a line
 
     def __enter__(self) -> "ExportProgress":
         if self.console.is_terminal:
@@ -100,9 +101,9 @@ class ExportProgress:
     def __call__(self, fraction: float, stage: str) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=fraction, description=escape(stage))
-        elif stage != self.stage:
+        elif fraction >= self.shown + 0.1 or (fraction >= 1.0 > self.shown):
+            self.shown = fraction
             self.console.print(f"{fraction:4.0%} {escape(stage)}", highlight=False)
-        self.stage = stage
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
@@ -111,7 +112,8 @@ class ExportProgress:
 
 def show(target: Path, files, format: str, model: str) -> None:
     """The files with their sizes, then how to load them."""
-    table = Table("file", "size", title=f"Exported {escape(model)} to {escape(str(target))}", title_justify="left")
+    out.print(f"Exported [bold]{escape(model)}[/bold] to {escape(str(target))}", highlight=False, soft_wrap=True)
+    table = Table("file", "size")
     for f in files:
         table.add_row(escape(f.name), human(f.bytes))
     table.add_row("[bold]total", f"[bold]{human(sum(f.bytes for f in files))}")
@@ -119,10 +121,11 @@ def show(target: Path, files, format: str, model: str) -> None:
     where = shlex.quote(str(target))
     out.print("[bold]Next:[/bold]")
     if format == "peft":
+        base = json.loads((target / "adapter_config.json").read_text()).get("base_model_name_or_path")
         out.print(f"  python -c \"from peft import AutoPeftModelForCausalLM; "
                   f"AutoPeftModelForCausalLM.from_pretrained('{target}')\"", highlight=False, soft_wrap=True)
-        out.print("  (or PeftModel.from_pretrained(base_model, the directory) on a base model you already load)",
-                  highlight=False)
+        out.print(f"  (the base model it loads: {escape(str(base))}; or PeftModel.from_pretrained(your_base_model, "
+                  f"'{target}'))", highlight=False, soft_wrap=True)
     elif format == "merged":
         out.print(f"  python -c \"from transformers import AutoModelForCausalLM; "
                   f"AutoModelForCausalLM.from_pretrained('{target}')\"", highlight=False, soft_wrap=True)
