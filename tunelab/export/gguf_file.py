@@ -15,7 +15,9 @@ The tensors are converted and written one at a time: the file never exists twice
 
 from __future__ import annotations
 
+import errno
 import re
+import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -64,14 +66,27 @@ def write_gguf(source: Source, work: Path, quant: str, progress: Callable[[float
     for hf_name, gguf_name, shape, ggml_type in plan:
         writer.add_tensor_info(gguf_name, _byte_shape(shape, ggml_type), _numpy_dtype(ggml_type),
                                _nbytes(shape, ggml_type), raw_dtype=ggml_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for i, (data, (hf_name, gguf_name, shape, ggml_type)) in enumerate(zip(_tensors(state, plan, config, arch), plan)):
-        progress(0.1 + 0.9 * i / len(plan), f"writing {gguf_name} ({ggml_type.name})")
-        writer.write_tensor_data(data)
-    writer.close()
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for i, (data, (_, gguf_name, _, ggml_type)) in enumerate(zip(_tensors(state, plan, config, arch), plan)):
+            progress(0.1 + 0.9 * i / len(plan), f"writing {gguf_name} ({ggml_type.name})")
+            try:
+                writer.write_tensor_data(data)
+            except OSError as exc:
+                raise _short_write(exc, target, data.nbytes) from exc
+    finally:
+        writer.close()  # also on error: an open file would keep its disk space (and its mount) busy
     return target
+
+
+def _short_write(exc: OSError, target: Path, nbytes: int) -> OSError:
+    """numpy's `tofile` reports a write the disk had no room for as "N requested and M written", without an
+    errno: name it ENOSPC, as every other write does, when the disk indeed has less room than the tensor."""
+    if exc.errno is None and shutil.disk_usage(target.parent).free < nbytes:
+        return OSError(errno.ENOSPC, f"no space left on the device of {target.parent}")
+    return exc
 
 
 def _architecture(config: dict):

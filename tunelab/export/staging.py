@@ -3,6 +3,7 @@ all: any error, a full disk included, removes the partial directory and propagat
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -26,9 +27,18 @@ def staged(out: Path) -> Iterator[Path]:
         if out.exists():  # created by someone else while we wrote: never replace it
             raise InvalidRequest(f"{out} appeared while the export was written; nothing was replaced", param="out")
         os.rename(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(work, ignore_errors=True)  # also gives back the space a write that ran out of it took
+        if _disk_full_in_disguise(exc):
+            raise OSError(errno.ENOSPC, f"no space left on the device of {out.parent}: the export was removed; free "
+                          "some space and export again") from exc
         raise
+
+
+def _disk_full_in_disguise(exc: BaseException) -> bool:
+    """safetensors reports a full disk as its own error type, naming the errno only in its text; callers expect
+    the OSError (ENOSPC) every other write raises."""
+    return type(exc).__name__ == "SafetensorError" and f"(os error {errno.ENOSPC})" in str(exc)
 
 
 def _fsync(path: Path) -> None:
