@@ -1,6 +1,6 @@
 """Exports through the API (`/v1/exports`) and `tunelab export`, on a real fine-tune of the tiny model: each format
 exported, followed to the end, downloaded and loaded back; every bad request refused naming its field; a
-quantisation the model's shapes cannot take failing the export with nothing left; file names that climb out of the
+quantisation the model's shapes cannot take, or a disk that fills up, failing the export with nothing left; file names that climb out of the
 export refused; an export the server stopped in the middle of failed at the next start.
 
 The tests share one server and one fine-tune (with its checkpoints), made once for the module.
@@ -183,6 +183,21 @@ def test_a_quantisation_the_model_cannot_take_fails_the_export_and_leaves_nothin
     assert "q4_0" in found["error"]["message"] and "f16" in found["error"]["message"], found["error"]
     exports = server.home / "exports"
     assert sorted(p.name for p in exports.iterdir() if found["id"] in p.name or p.name.startswith(".")) == []
+
+
+def test_a_disk_that_fills_up_fails_the_export_with_nothing_left(server, tmp_path):
+    from test_db_faults import tmpfs
+
+    settings = {"home": str(tmp_path / "full")}
+    with tmpfs(tmp_path / "full" / "exports", "64k") as disk, serve_in_thread(**settings) as small, \
+            api(small) as http:
+        started = http.post("/exports", json={"model": "tiny", "format": "gguf"})  # ~150 KB: more than the disk
+        assert started.status_code == 200, started.text
+        found = finished(http, started.json()["id"])
+        assert found["status"] == "failed" and found["error"]["code"] == "disk_full", found
+        assert "disk is full" in found["error"]["message"] and found["files"] == []
+        assert list(disk.iterdir()) == []  # the half-written export went
+        assert http.get("/models").status_code == 200  # and the service carries on
 
 
 def test_only_the_files_an_export_lists_can_be_downloaded(server, tmp_path):
