@@ -120,6 +120,9 @@ def test_peft_export_downloads_and_loads_with_peft(server, tiny_model, tmp_path)
         listed = http.get("/exports", params={"limit": 1}).json()
         assert listed["object"] == "list" and listed["data"][0]["id"] == found["id"]
         assert http.get("/exports", params={"model": server.model}).json()["data"][0]["id"] == found["id"]
+        root = server.base_url.removesuffix("/v1")
+        for prefix in ("/openai", "/openai/v1"):  # Azure's mirrors of the routes
+            assert http.get(f"{root}{prefix}/exports/{found['id']}").json() == http.get(f"/exports/{found['id']}").json()
 
 
 def test_merged_export_loads_with_transformers_and_answers_as_base_plus_adapter(server, tiny_model, tmp_path):
