@@ -1,14 +1,13 @@
 """Exports through the API (`/v1/exports`) and `tunelab export`, on a real fine-tune of the tiny model: each format
 exported, followed to the end, downloaded and loaded back; every bad request refused naming its field; a
-quantisation the model's shapes cannot take, or a disk that fills up, failing the export with nothing left; file names that climb out of the
-export refused; an export the server stopped in the middle of failed at the next start.
+quantisation the model's shapes cannot take, or a disk that fills up, failing the export with nothing left; file
+names that climb out of the export refused; an export the server stopped in the middle of failed at the next start.
 
 The tests share one server and one fine-tune (with its checkpoints), made once for the module.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -108,7 +107,8 @@ def test_peft_export_downloads_and_loads_with_peft(server, tiny_model, tmp_path)
     adapter = download(server, found, tmp_path / "adapter")
 
     trained = server.app.state.service.registry.locate(server.model).weights  # what training wrote
-    exported, original = load_file(adapter / "adapter_model.safetensors"), load_file(trained / "adapter_model.safetensors")
+    exported = load_file(adapter / "adapter_model.safetensors")
+    original = load_file(trained / "adapter_model.safetensors")
     assert exported.keys() == original.keys() and all(torch.equal(exported[k], original[k]) for k in exported)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     ids = torch.tensor([[1, 40, 41, 42, 43]])
@@ -122,7 +122,8 @@ def test_peft_export_downloads_and_loads_with_peft(server, tiny_model, tmp_path)
         assert http.get("/exports", params={"model": server.model}).json()["data"][0]["id"] == found["id"]
         root = server.base_url.removesuffix("/v1")
         for prefix in ("/openai", "/openai/v1"):  # Azure's mirrors of the routes
-            assert http.get(f"{root}{prefix}/exports/{found['id']}").json() == http.get(f"/exports/{found['id']}").json()
+            mirrored = http.get(f"{root}{prefix}/exports/{found['id']}")
+            assert mirrored.json() == http.get(f"/exports/{found['id']}").json()
 
 
 def test_merged_export_loads_with_transformers_and_answers_as_base_plus_adapter(server, tiny_model, tmp_path):

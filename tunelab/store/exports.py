@@ -88,17 +88,16 @@ class Exports:
     def get(self, export_id: str) -> dict:
         return self._row(self.db.connection(), export_id)
 
-    def file(self, export_id: str, name: str) -> tuple[Path, int]:
-        """The path and size of one file of a succeeded export; `name` must be one the export lists."""
+    def file(self, export_id: str, name: str) -> Path:
+        """One file of a succeeded export; `name` must be one the export lists."""
         found = self.get(export_id)
-        listed = {f["name"]: f["bytes"] for f in found["files"]}
-        if name not in listed:
+        if name not in {f["name"] for f in found["files"]}:
             raise NotFound(f"export {export_id} has no file {name!r}", param="name")
         directory = self.directory(export_id).resolve()
         path = (directory / name).resolve()
-        if not path.is_relative_to(directory) or not path.is_file():  # the listed names are the export's own
+        if not path.is_relative_to(directory) or not path.is_file():  # listed, yet never outside the export
             raise NotFound(f"export {export_id} has no file {name!r}", param="name")
-        return path, path.stat().st_size
+        return path
 
     def list(self, *, limit: int = 20, after: str | None = None, model: str | None = None) -> tuple[list[dict], bool]:
         """Newest first, after the export `after` (the last id of the previous page), and whether more follow."""

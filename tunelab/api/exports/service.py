@@ -49,7 +49,7 @@ class ExportsService:
         return ExportObject.of(self.exports.get(export_id))
 
     def file(self, export_id: str, name: str) -> Path:
-        return self.exports.file(export_id, name)[0]
+        return self.exports.file(export_id, name)
 
     def delete(self, export_id: str) -> dict:
         self.exports.delete(export_id)
