@@ -34,12 +34,12 @@ def export(
     model: str = typer.Argument(..., help="A fine-tuned model (ft:…), one of its checkpoints (ft:…:ckpt-step-N) "
                                 "or, for gguf, a base model."),
     format: str = typer.Option(..., "--format", help="peft, merged or gguf."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="gguf only: f16, q8_0 or q4_0 [default: f16]."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="gguf only: f16 (the default), q8_0 or q4_0."),
     ollama: bool = typer.Option(False, "--ollama", help="gguf only: write an Ollama Modelfile beside the GGUF."),
     system: Optional[str] = typer.Option(None, "--system", help="with --ollama: the Modelfile's SYSTEM message "
-                                         "[default: the training data's, when all its conversations share one]."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="A new directory for the files [default: "
-                                           "./exports/<model>-<format>[-<quant>]]."),
+                                         "(by default the training data's, when all its conversations share one)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="A new directory for the files (by default "
+                                           "./exports/<model>-<format>, plus -<quant> for gguf)."),
 ) -> None:
     """Export a model as a PEFT adapter, a merged safetensors model or a GGUF file (with an Ollama Modelfile)."""
     from ..export import FORMATS, QUANTS, ExportRequest, export_model
