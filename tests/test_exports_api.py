@@ -1,13 +1,15 @@
 """Exports through the API (`/v1/exports`) and `tunelab export`, on a real fine-tune of the tiny model: each format
 exported, followed to the end, downloaded and loaded back; every bad request refused naming its field; a
 quantisation the model's shapes cannot take, or a disk that fills up, failing the export with nothing left; file
-names that climb out of the export refused; an export the server stopped in the middle of failed at the next start.
+names that climb out of the export refused; a server stop failing the running export and those waiting; an export
+the server was killed in the middle of failed at the next start.
 
 The tests share one server and one fine-tune (with its checkpoints), made once for the module.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -202,6 +204,46 @@ def test_a_disk_that_fills_up_fails_the_export_with_nothing_left(server, tmp_pat
         assert "disk is full" in found["error"]["message"] and found["files"] == []
         assert list(disk.iterdir()) == []  # the half-written export went
         assert http.get("/models").status_code == 200  # and the service carries on
+
+
+def test_a_server_stop_fails_the_running_export_at_its_next_report_and_those_waiting(server, tmp_path):
+    from tunelab.api.exports.runner import ExportRunner
+    from tunelab.export import ExportRequest
+    from tunelab.store.db import Database
+    from tunelab.store.exports import Exports
+
+    stops = []
+
+    class StopWhileItRuns(Exports):
+        """The store, with the server's shutdown (what app.py's lifespan calls) arriving during the first report."""
+
+        def progress(self, export_id, fraction, stage):
+            super().progress(export_id, fraction, stage)
+            if not stops:
+                stops.append(threading.Thread(target=runner.stop))
+                stops[0].start()
+                time.sleep(0.2)  # the export goes on only once the stop has been asked for
+
+    db = Database(tmp_path / "state" / "tunelab.db")
+    db.migrate()
+    exports = StopWhileItRuns(db, tmp_path / "exports")
+    runner = ExportRunner(exports, server.app.state.service.registry)
+    running = exports.add(server.model, "merged", None, False, None)
+    waiting = exports.add(server.model, "peft", None, False, None)
+    runner.submit(running["id"], server.model, ExportRequest(format="merged"))
+    runner.submit(waiting["id"], server.model, ExportRequest(format="peft"))
+    deadline = time.monotonic() + 60
+    while not stops and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stops[0].join(60)
+    for record in (running, waiting):
+        found = exports.get(record["id"])
+        assert found["status"] == "failed" and found["error_code"] == "server_stopped", found
+    assert exports.get(running["id"])["progress"] == 0  # it stopped at its first report after the stop
+    assert list((tmp_path / "exports").iterdir()) == []  # the half-written export went
+    later = exports.add(server.model, "peft", None, False, None)
+    runner.submit(later["id"], server.model, ExportRequest(format="peft"))  # a stopped runner takes no more
+    assert exports.get(later["id"])["error_code"] == "server_stopped"
 
 
 def test_only_the_files_an_export_lists_can_be_downloaded(server, tmp_path):
