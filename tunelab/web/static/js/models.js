@@ -97,8 +97,6 @@ export async function render(main, { query }) {
   const listed = exportsList(exports);
   const preset = query.get("deploy");
   if (preset) deploy(preset.startsWith("ft:") ? "fine-tuned" : "base", preset);
-  const exporting = query.get("export");
-  if (exporting) startExport(exporting, !exporting.startsWith("ft:"));
   return () => {
     stop();
     listed.stop();
