@@ -169,3 +169,33 @@ def test_an_unwritable_run_directory_is_a_clean_error(capsys, tiny_model, tmp_pa
     code, output = tunelab(capsys, "train", "--model", str(tiny_model), "--train", str(data),
                            "--out", str(blocker / "run"))
     assert code == 2 and "Not a directory" in output and "Traceback" not in output
+
+
+def test_export_writes_a_base_models_gguf_without_a_service(capsys, tiny_model, tmp_path):
+    import gguf
+
+    from tunelab.models.catalog import import_model
+
+    import_model(tiny_model, "tiny")
+    out = tmp_path / "tiny-gguf"
+    code, output = tunelab(capsys, "export", "tiny", "--format", "gguf", "--out", str(out))
+    assert code == 0, output
+    (gguf_file,) = out.glob("*.gguf")
+    assert gguf.GGUFReader(gguf_file).fields["tokenizer.chat_template"]  # the template travels with the file
+    assert gguf_file.name in output and "total" in output and f"llama-server -m {gguf_file}" in output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written beside it
+
+
+def test_export_refuses_bad_options_naming_each_flag(capsys, tiny_model, tmp_path):
+    from tunelab.models.catalog import import_model
+
+    code, output = tunelab(capsys, "export", "tiny", "--format", "onnx", "--quant", "q3_k", "--system", "Hi")
+    assert code == 2 and "--format" in output and "--quant" in output and "--system" in output
+    code, output = tunelab(capsys, "export", "tiny", "--format", "peft", "--ollama")
+    assert code == 2 and "--ollama needs --format gguf" in output
+    import_model(tiny_model, "tiny")
+    code, output = tunelab(capsys, "export", "tiny", "--format", "merged", "--out", str(tmp_path / "m"))
+    assert code == 2 and "base model" in output and "Traceback" not in output
+    code, output = tunelab(capsys, "export", "ft:tiny:local:nope:0", "--format", "peft", "--out", str(tmp_path / "p"))
+    assert code == 2 and "does not exist" in output and "Traceback" not in output
+    assert not (tmp_path / "m").exists() and not (tmp_path / "p").exists()

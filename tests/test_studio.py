@@ -1,7 +1,8 @@
 """The studio in a real headless Chromium (Debian's `chromium`, driven by Playwright) against the real service with
 the tiny model: sign in, upload and review a file, fine-tune through the wizard while the metrics chart grows
 (pause and resume included), deploy, chat with streaming, change the system message and clear the chat, compare
-two deployments, see a filtered prompt, run a comparison, and delete everything.
+two deployments, see a filtered prompt, run a comparison, export the fine-tune and a checkpoint, and delete
+everything.
 
 The tests share one server, one browser page and one fine-tune, and run in file order: each step of the lab
 starts from where the previous one left the service. `STUDIO_SCREENSHOTS=docs/screenshots` saves a PNG of each
@@ -341,6 +342,55 @@ def test_start_a_comparison_and_read_its_report(page, server):
     report = Path(download.value.path()).read_text()
     assert "Answers side by side" in report and "new Chart(" in report and "<script src" not in report
     shot(page, "evaluate")
+
+
+def test_export_a_fine_tuned_model_and_a_checkpoint_and_download_the_files(page, server):
+    http = api(server)
+    model = next(m for m in http.get("/models").json()["data"] if m["kind"] == "fine-tuned")
+    page.goto(server.root + "/#/models")
+    shown = page.locator("tr[data-model=tiny] dl.facts").inner_text()
+    tiny = next(m for m in http.get("/models").json()["data"] if m["id"] == "tiny")
+    assert f"Parameters\n{tiny['parameters']}" in shown and f"Chat template\n{tiny['chat_template']}" in shown
+    if tiny.get("architecture"):  # the catalog's fields, shown whenever the API gives them
+        assert f"Architecture\n{tiny['architecture']}" in shown and "Fast paths\ntraining" in shown
+    page.locator(f"tr[data-model='{model['id']}']").get_by_role("button", name=f"Export {model['id']}").click()
+    dialog = page.locator("dialog")
+    expect(dialog.locator("select[name=format]")).to_be_focused()
+    expect(dialog.locator("select[name=quantization]")).to_be_hidden()  # GGUF's options appear with GGUF
+    dialog.locator("select[name=format]").select_option("gguf")
+    dialog.locator("select[name=quantization]").select_option("f16")
+    expect(dialog.locator("textarea[name=system]")).to_be_hidden()
+    dialog.locator("input[name=ollama]").check()
+    dialog.get_by_label("System message for Ollama (optional)").fill("You are a travel assistant.")
+    dialog.locator("button[type=submit]").click()
+    bar = dialog.get_by_role("progressbar")
+    bar.wait_for()  # from the moment it starts
+    dialog.locator("[role=status][data-status=succeeded]").wait_for()
+    expect(bar).to_have_attribute("aria-valuenow", "100")
+    found = http.get("/exports", params={"limit": 1}).json()["data"][0]
+    assert found["status"] == "succeeded" and found["model"] == model["id"]
+    shown = dialog.locator("tr[data-file]").evaluate_all("rows => rows.map(r => [r.dataset.file, r.cells[1].textContent])")
+    assert [name for name, _ in shown] == [f["name"] for f in found["files"]]
+    assert "Modelfile" in dict(shown) and any(name.endswith(".gguf") for name, _ in shown)
+    with page.expect_download() as download:
+        dialog.get_by_role("button", name="Download Modelfile").click()
+    saved = Path(download.value.path())
+    assert saved.stat().st_size == next(f["bytes"] for f in found["files"] if f["name"] == "Modelfile")
+    assert "You are a travel assistant." in saved.read_text()
+    shot(page, "export")
+    dialog.locator(".actions button", has_text="Close").click()
+    page.locator(f"#exports tr[data-export='{found['id']}'][data-status=succeeded]").wait_for()
+
+    page.goto(server.root + f"/#/fine-tuning/{model['fine_tuning_job_id']}")  # a checkpoint, from the job's page
+    page.click("button[data-tab=Checkpoints]")
+    checkpoint = page.locator("[data-panel=Checkpoints] tbody tr code").first.inner_text()
+    page.get_by_role("button", name=f"Export {checkpoint}").click()
+    dialog.locator("select[name=format]").select_option("peft")
+    dialog.locator("button[type=submit]").click()
+    dialog.locator("[role=status][data-status=succeeded]").wait_for()
+    dialog.locator("tr[data-file='adapter_model.safetensors']").wait_for()
+    dialog.locator(".actions button", has_text="Close").click()
+    assert http.get("/exports", params={"limit": 1}).json()["data"][0]["model"] == checkpoint
 
 
 def test_delete_everything_in_dependency_order(page, server):

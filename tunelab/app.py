@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         services.live.resume_all()
         app.state.worker = worker
         yield
+        await run_in_threadpool(services.exports.runner.stop)  # a running export stops at its next report
         if worker:  # running jobs checkpoint and go back to the queue; they resume on the next start
             await run_in_threadpool(worker.shutdown)
 

@@ -15,6 +15,7 @@ from ..jobs.queue import Queue
 from ..models.registry import Registry
 from ..safety.policy import Policies
 from ..store.db import Database
+from ..store.exports import Exports
 from ..store.files import Files
 from ..store.uploads import Uploads
 from .auth import Keys
@@ -22,6 +23,8 @@ from .chat.service import ChatService
 from .content_filters.service import ContentFiltersService
 from .deployments.service import DeploymentsService
 from .evaluations.service import EvaluationsService, ServedCandidates
+from .exports.runner import ExportRunner
+from .exports.service import ExportsService
 from .files.service import FilesService
 from .jobs.service import JobsService
 from .models.service import ModelsService
@@ -41,6 +44,7 @@ class Services:
     registry: Registry
     pool: EnginePool
     runs: Runs
+    exported: Exports  # exports and their files
     # one service per endpoint group
     files: FilesService
     uploads: UploadsService
@@ -51,6 +55,7 @@ class Services:
     content_filters: ContentFiltersService
     evaluations: EvaluationsService
     storage: StorageService
+    exports: ExportsService
     live: Deployments  # the deployments themselves: provisioned again at each start
 
     @classmethod
@@ -65,10 +70,12 @@ class Services:
         policies = Policies(db, settings.content_filter_outage)
         deployments = Deployments(db, registry, pool, policies)
         runs = Runs(db)
+        exported = Exports(db, settings.home.expanduser() / "exports")
         chat = ChatService(deployments, policies, pool)
         return cls(
             settings=settings, db=db, keys=Keys(settings.home, settings.api_key),
             store=files, parts=parts, queue=queue, registry=registry, pool=pool, runs=runs,
+            exported=exported,
             files=FilesService(db, files, queue, registry, settings),
             uploads=UploadsService(parts),
             jobs=JobsService(db, queue, files, registry, deployments, settings),
@@ -79,6 +86,7 @@ class Services:
             evaluations=EvaluationsService(db, runs, files, queue, registry, deployments,
                                            ServedCandidates(chat, deployments, pool), settings),
             storage=StorageService(db, settings.models_dir),
+            exports=ExportsService(exported, registry, ExportRunner(exported, registry)),
             live=deployments)
 
     def open(self) -> None:
@@ -89,6 +97,7 @@ class Services:
         self.store.sweep()
         self.parts.sweep()
         self.runs.recover()
+        self.exported.recover()
 
 
 def services(request: Request) -> Services:

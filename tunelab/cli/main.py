@@ -27,6 +27,7 @@ from ..store.db import StoreCorrupt
 from ..store.home import private_files
 from .clean import clean
 from .compare import compare
+from .export import export
 from .lab import lab_app
 from .client import ApiKey, BaseUrl, ServiceUnreachable, chat, delete_service_model, deploy, deployments_app, \
     files_app, jobs_app, list_service_models, parse_auto
@@ -46,6 +47,7 @@ app.command("deploy")(deploy)
 app.command("chat")(chat)
 app.command("compare")(compare)
 app.command("clean")(clean)
+app.command("export")(export)
 
 out = Console()
 err = Console(stderr=True)

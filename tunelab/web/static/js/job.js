@@ -1,9 +1,10 @@
 // A fine-tuning job's page: status timeline, resolved hyperparameters, trained tokens and ETA; the Metrics tab
 // (train/valid loss and token accuracy per step, growing while the job runs); checkpoints with their metrics;
-// events; results.csv; Cancel / Pause / Resume.
+// events; results.csv; Cancel / Pause / Resume; Export of the fine-tuned model or of a checkpoint.
 
 import { download, get, post } from "./api.js";
 import { setPoints, stepChart } from "./charts.js";
+import { exportDialog } from "./export.js";
 import { badge, busy, confirmDialog, duration, errorBox, go, h, notice, number, poll, progress, redraw, replace, table, when } from "./ui.js";
 
 const UNFINISHED = ["validating_files", "queued", "running", "paused"];
@@ -109,6 +110,7 @@ function showHeader(header, job, refresh) {
   }
   if (job.fine_tuned_model) {
     buttons.push(h("button", { type: "button", class: "primary", onclick: () => go(`#/models?deploy=${encodeURIComponent(job.fine_tuned_model)}`) }, "Deploy"));
+    buttons.push(h("button", { type: "button", onclick: () => exportDialog(job.fine_tuned_model) }, "Export"));
   }
   replace(header, h("h1", {}, job.user_provided_suffix ? `${job.user_provided_suffix} · ` : "", job.id, " ", badge(job.status)),
     h("p", {}, `${job.model} → `, job.fine_tuned_model ? h("code", { class: "model-id" }, job.fine_tuned_model) : "fine-tuned model when it succeeds"),
@@ -153,5 +155,6 @@ async function checkpoints(panel, job) {
     { title: "Validation loss", cell: (c) => number(c.metrics.valid_loss), class: "num" },
     { title: "Full validation loss", cell: (c) => number(c.metrics.full_valid_loss), class: "num" },
     { title: "", cell: (c) => h("button", { type: "button", class: "small", onclick: () => go(`#/models?deploy=${encodeURIComponent(c.fine_tuned_model_checkpoint)}`) }, "Deploy") },
+    { title: "", cell: (c) => h("button", { type: "button", class: "small", "aria-label": `Export ${c.fine_tuned_model_checkpoint}`, onclick: () => exportDialog(c.fine_tuned_model_checkpoint) }, "Export") },
   ], list.data, { empty: "No checkpoints yet: one is written at the end of each epoch." })));
 }

@@ -1,13 +1,17 @@
-// Models + endpoints: base and fine-tuned models; "+ Deploy model" (a base model, a fine-tune or one of its
+// Models + endpoints: base models with what the catalog knows of them (architecture, parameters, context length,
+// chat template, fast paths) and fine-tuned models; "+ Deploy model" (a base model, a fine-tune or one of its
 // checkpoints) with deployment name, type Standard, tokens-per-minute limit and content filter; deployments
-// with their provisioning state, refreshed until Succeeded; delete.
+// with their provisioning state, refreshed until Succeeded; "Export" on a model, and the exports with their files;
+// delete.
 
 import { del, get, put } from "./api.js";
+import { exportDialog, exportsList } from "./export.js";
 import { badge, busy, confirmDialog, dialog, errorBox, field, go, h, notice, poll, redraw, replace, select, table, when } from "./ui.js";
 
 export async function render(main, { query }) {
   const models = h("div", {});
   const deployments = h("div", {});
+  const exports = h("div", {});
   const menu = h("div", { class: "menu", hidden: true },
     h("button", { type: "button", onclick: () => deploy("base") }, "Deploy base model"),
     h("button", { type: "button", onclick: () => deploy("fine-tuned") }, "Deploy fine-tuned model"));
@@ -17,7 +21,9 @@ export async function render(main, { query }) {
       h("p", {}, "Deploy a base model, a fine-tuned model or a checkpoint as a named endpoint, then chat with it in the playground."),
       h("div", { class: "actions dropdown" }, add, menu)),
     h("section", { class: "card" }, h("h2", {}, "Deployments"), deployments),
-    h("section", { class: "card" }, h("h2", {}, "Models"), models));
+    h("section", { class: "card" }, h("h2", {}, "Models"), models),
+    h("section", { class: "card", id: "exports" }, h("h2", {}, "Exports"),
+      h("p", { class: "hint" }, "A fine-tuned model or a checkpoint as files to take elsewhere: a PEFT adapter, a merged model, or a GGUF file for llama.cpp and Ollama."), exports));
 
   let known = [];
   async function deploy(kind, model) {
@@ -35,11 +41,17 @@ export async function render(main, { query }) {
     replace(models, table([
       { title: "Model", cell: (m) => h("code", {}, m.id) },
       { title: "Kind", cell: (m) => m.kind },
-      { title: "Details", cell: (m) => (m.kind === "base" ? `${m.parameters} parameters · ${m.installed ? "installed" : "not installed"} · template ${m.chat_template}` : `from ${m.parent}`) },
+      { title: "Details", cell: (m) => (m.kind === "base" ? baseDetails(m) : `from ${m.parent}`) },
       { title: "Created", cell: (m) => when(m.created) },
       { title: "", cell: (m) => (m.kind !== "base" || m.installed ? h("button", { type: "button", class: "small", onclick: () => deploy(m.kind, m.id) }, "Deploy") : "") },
+      { title: "", cell: (m) => (m.kind !== "base" || m.installed ? h("button", { type: "button", class: "small", "aria-label": `Export ${m.id}`, onclick: () => startExport(m.id, m.kind === "base") }, "Export") : "") },
       { title: "", cell: (m) => (m.kind === "fine-tuned" ? h("button", { type: "button", class: "small danger", onclick: (event) => removeModel(event.target, m.id) }, "Delete") : "") },
     ], list, { rowAttrs: (m) => ({ dataset: { model: m.id } }) }));
+  }
+
+  async function startExport(id, base) {
+    await exportDialog(id, { base, onStarted: () => listed.restart() });
+    listed.restart();
   }
 
   async function removeModel(button, id) {
@@ -82,9 +94,31 @@ export async function render(main, { query }) {
   }
   await showModels();
   restart();
+  const listed = exportsList(exports);
   const preset = query.get("deploy");
   if (preset) deploy(preset.startsWith("ft:") ? "fine-tuned" : "base", preset);
-  return () => stop();
+  return () => {
+    stop();
+    listed.stop();
+  };
+}
+
+// What the catalog knows of a base model; the fields it does not report are left out.
+function baseDetails(m) {
+  const facts = [
+    m.architecture ? ["Architecture", m.architecture] : null,
+    ["Parameters", m.parameters],
+    m.context_length ? ["Context", `${Number(m.context_length).toLocaleString()} tokens`] : null,
+    ["Chat template", m.chat_template],
+    ["Installed", m.installed ? "yes" : "no"],
+  ].filter(Boolean);
+  const fast = m.fast_paths;
+  if (fast) {
+    const yes = (on) => (on ? "yes" : "no");
+    facts.push(["Fast paths", `training ${yes(fast.training)} · decoding ${yes(fast.decoding)}`]);
+    if (fast.note) facts.push(["Note", fast.note]);
+  }
+  return h("dl", { class: "facts compact", dataset: { model: m.id } }, facts.map(([label, value]) => [h("dt", {}, label), h("dd", {}, String(value ?? "–"))]));
 }
 
 // The deploy dialog; resolves with the created deployment, or undefined.
