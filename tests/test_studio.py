@@ -396,6 +396,9 @@ def test_export_a_fine_tuned_model_and_a_checkpoint_and_download_the_files(page,
 def test_delete_everything_in_dependency_order(page, server):
     page.goto(server.root + "/#/clean-up")
     page.locator("section[data-kind=deployment] tbody tr").nth(1).wait_for()
+    exports = page.locator("section[data-kind=export] tbody tr").all_inner_texts()
+    assert len(exports) == 2 and all("(succeeded," in row and re.search(r"\d (B|KB|MB)\s*$", row)
+                                     for row in exports), exports  # each with the disk it takes
     shot(page, "clean-up")
     page.get_by_role("button", name="Delete all", exact=True).click()
     page.locator("dialog button.danger").click()
@@ -403,7 +406,10 @@ def test_delete_everything_in_dependency_order(page, server):
     done = page.locator("ol.log li").all_inner_texts()
     kinds = [line.split()[1] for line in done]
     assert all(line.startswith("Deleted ") for line in done), done
-    assert kinds.index("deployment") < kinds.index("model") < kinds.index("job") < kinds.index("file") < kinds.index("evaluation")
+    assert kinds.index("deployment") < kinds.index("export") < kinds.index("model") < kinds.index("job") \
+        < kinds.index("file") < kinds.index("evaluation")
+    assert kinds.count("export") == 2  # the fine-tune's and the checkpoint's, exported above
     storage = api(server).get("/storage").json()
-    assert not any(storage[k] for k in ("deployments", "models", "jobs", "files", "evaluations"))
-    assert page.locator("p.empty", has_text="None.").count() == 5
+    assert not any(storage[k] for k in ("deployments", "exports", "models", "jobs", "files", "evaluations"))
+    assert not [p for p in (server.home / "exports").rglob("*") if p.is_file()]
+    assert page.locator("p.empty", has_text="None.").count() == 6

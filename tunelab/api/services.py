@@ -85,7 +85,7 @@ class Services:
             content_filters=ContentFiltersService(db, policies, deployments),
             evaluations=EvaluationsService(db, runs, files, queue, registry, deployments,
                                            ServedCandidates(chat, deployments, pool), settings),
-            storage=StorageService(db, settings.models_dir),
+            storage=StorageService(db, settings.models_dir, exported.root),
             exports=ExportsService(exported, registry, ExportRunner(exported, registry)),
             live=deployments)
 

@@ -3,9 +3,11 @@
     tunelab clean --all --yes              # everything but the base models
     tunelab clean --deployments            # a selection; asks before deleting
 
-Order: deployments → fine-tuned models → jobs (their checkpoints and run directories) → files (result files,
-then uploads) → comparisons. Every deletion goes through the service's API; one that is refused is reported
-with the reason, never skipped silently, and the command then exits 1.
+Order: deployments → exports → fine-tuned models → jobs (their checkpoints and run directories) → files (result
+files, then uploads) → comparisons. A finished export depends on nothing (its model may go before or after it);
+exports go before the models because a running one reads its model's weights. Every deletion goes through the
+service's API; one that is refused (a deployed model, a running job or export) is reported with the reason, never
+skipped silently, and the command then exits 1.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from rich.table import Table
 from ..errors import InvalidRequest, TunelabError
 from .client import ApiKey, BaseUrl, api_errors, client, err, out
 
-KINDS = ("deployments", "models", "jobs", "files", "evaluations")
+KINDS = ("deployments", "exports", "models", "jobs", "files", "evaluations")
 
 
 def size(n: int) -> str:
@@ -35,6 +37,8 @@ def plan(storage: dict, kinds: set[str]) -> list[tuple[str, str, str, int]]:
     steps = []
     if "deployments" in kinds:
         steps += [("deployment", d["name"], d["model"], 0) for d in storage["deployments"]]
+    if "exports" in kinds:
+        steps += [("export", e["id"], described(e), e["bytes"]) for e in storage["exports"]]
     if "models" in kinds:
         steps += [("model", m["id"], "fine-tuned model", m["bytes"]) for m in storage["models"]]
     if "jobs" in kinds:
@@ -48,13 +52,23 @@ def plan(storage: dict, kinds: set[str]) -> list[tuple[str, str, str, int]]:
     return steps
 
 
-ROUTES = {"deployment": "/deployments/{}", "model": "/models/{}", "job": "/fine_tuning/jobs/{}",
-          "file": "/files/{}", "evaluation": "/evaluations/{}"}
+def described(export: dict) -> str:
+    """An export in a few words: "gguf q8_0 + Modelfile of ft:… (succeeded, 2 files)"."""
+    what = export["format"] + (f" {export['quantization']}" if export["quantization"] else "")
+    what += " + Modelfile" if export["ollama"] else ""
+    count = f"{export['files']} file{'' if export['files'] == 1 else 's'}"
+    return f"{what} of {export['model']} ({export['status']}, {count})"
+
+
+ROUTES = {"deployment": "/deployments/{}", "export": "/exports/{}", "model": "/models/{}",
+          "job": "/fine_tuning/jobs/{}", "file": "/files/{}", "evaluation": "/evaluations/{}"}
 
 
 def clean(
     everything: bool = typer.Option(False, "--all", help="Delete everything but the base models."),
     deployments: bool = typer.Option(False, "--deployments", help="Delete the deployments."),
+    exports: bool = typer.Option(False, "--exports", help="Delete finished exports with their files (a running one "
+                                 "is refused: wait for it to finish)."),
     models: bool = typer.Option(False, "--models", help="Delete the fine-tuned models (deployments first)."),
     jobs: bool = typer.Option(False, "--jobs", help="Delete finished jobs with their checkpoints and run "
                               "directories (their models first)."),
@@ -64,15 +78,15 @@ def clean(
     base_url: BaseUrl = None, api_key: ApiKey = None,
 ) -> None:
     """Show what the service holds and delete all of it (--all) or a selection, in dependency order."""
-    chosen = {k for k, on in zip(KINDS, (deployments, models, jobs, files, evaluations)) if on or everything}
+    chosen = {k for k, on in zip(KINDS, (deployments, exports, models, jobs, files, evaluations)) if on or everything}
     api = client(base_url, api_key)
     with api_errors(base_url):
         storage = api.get("/storage", cast_to=object)
     steps = plan(storage, chosen)
     _show(storage, steps, chosen)
     if not chosen:
-        out.print("Nothing selected: pass --all or a selection (--deployments, --models, --jobs, --files, "
-                  "--evaluations).")
+        out.print("Nothing selected: pass --all or a selection (--deployments, --exports, --models, --jobs, "
+                  "--files, --evaluations).")
         return
     if not steps:
         out.print("Nothing to delete.")

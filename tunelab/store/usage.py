@@ -1,9 +1,11 @@
-"""What the service holds and the disk it takes, by kind, in the order clean-up deletes it: deployments, fine-tuned
-models, jobs (with their checkpoints and run directories), files, comparisons. Base models are listed apart:
-clean-up keeps them (they are a cache of the installed packages)."""
+"""What the service holds and the disk it takes, by kind, in the order clean-up deletes it: deployments, exports,
+fine-tuned models, jobs (with their checkpoints and run directories), files, comparisons. Exports go before the
+models because a running export reads its model's weights; a finished one depends on nothing. Base models are
+listed apart: clean-up keeps them (they are a cache of the installed packages)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,7 +21,7 @@ def disk_bytes(path: Path, skip: set[Path] = frozenset()) -> int:
     return total
 
 
-def usage(db, models_dir: Path) -> dict:
+def usage(db, models_dir: Path, exports_dir: Path) -> dict:
     rows = db.query("SELECT id, job_id, path FROM models ORDER BY created_at")
     models = [{"id": r["id"], "job_id": r["job_id"], "bytes": disk_bytes(Path(r["path"]))} for r in rows]
     model_dirs = {Path(r["path"]) for r in rows}  # left out of their job's run directory: counted once
@@ -33,13 +35,17 @@ def usage(db, models_dir: Path) -> dict:
         jobs.append({"id": r["id"], "status": r["status"], "checkpoints": checkpoints, "bytes": size})
     files = [{"id": r["id"], "filename": r["filename"], "purpose": r["purpose"], "bytes": r["bytes"]}
              for r in db.query("SELECT id, filename, purpose, bytes FROM files ORDER BY created_at")]
+    exports = [{"id": r["id"], "model": r["model"], "format": r["format"], "quantization": r["quant"],
+                "ollama": bool(r["ollama"]), "status": r["status"], "files": len(json.loads(r["files"] or "[]")),
+                "bytes": disk_bytes(exports_dir / r["id"])}  # no directory (not succeeded): 0
+               for r in db.query("SELECT id, model, format, quant, ollama, status, files FROM exports ORDER BY rowid")]
     deployments = [{"name": r["name"], "model": r["model"]}
                    for r in db.query("SELECT name, model FROM deployments ORDER BY created_at")]
     evaluations = [{"id": r["id"], "status": r["status"]}
                    for r in db.query("SELECT id, status FROM evaluations ORDER BY created_at")]
     base = [{"name": p.name, "bytes": disk_bytes(p)} for p in sorted(models_dir.iterdir()) if p.is_dir()] \
         if models_dir.is_dir() else []
-    removable = sum(x["bytes"] for group in (models, jobs, files) for x in group)
-    return {"deployments": deployments, "models": models, "jobs": jobs, "files": files,
+    removable = sum(x["bytes"] for group in (exports, models, jobs, files) for x in group)
+    return {"deployments": deployments, "exports": exports, "models": models, "jobs": jobs, "files": files,
             "evaluations": evaluations, "base_models": base, "removable_bytes": removable,
             "database_bytes": db.bytes()}

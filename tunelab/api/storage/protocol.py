@@ -12,6 +12,17 @@ class DeploymentHeld(BaseModel):
     model: str
 
 
+class ExportHeld(BaseModel):
+    id: str
+    model: str
+    format: str
+    quantization: str | None
+    ollama: bool
+    status: str
+    files: int
+    bytes: int
+
+
 class ModelHeld(BaseModel):
     id: str
     job_id: str | None
@@ -45,6 +56,7 @@ class BaseModelHeld(BaseModel):
 class Storage(BaseModel):
     object: Literal["storage"] = "storage"
     deployments: list[DeploymentHeld]
+    exports: list[ExportHeld]
     models: list[ModelHeld]
     jobs: list[JobHeld]
     files: list[FileHeld]

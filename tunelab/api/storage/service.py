@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from pathlib import Path
 
 from ...store.db import Database
@@ -15,9 +14,10 @@ from .protocol import Compaction, Storage
 class StorageService:
     db: Database
     models_dir: Path
+    exports_dir: Path
 
     def report(self) -> Storage:
-        return Storage(**usage(self.db, self.models_dir))
+        return Storage(**usage(self.db, self.models_dir, self.exports_dir))
 
     def compact(self) -> Compaction:
         before = self.db.bytes()

@@ -1,14 +1,15 @@
-// Clean up: what the service holds (GET /v1/storage: deployments, fine-tuned models, jobs with their
+// Clean up: what the service holds (GET /v1/storage: deployments, exports, fine-tuned models, jobs with their
 // checkpoints, files, comparisons, and the disk each takes), deleted all or by selection in dependency order —
-// deployments → models → jobs → result files → uploads → comparisons — as `tunelab clean` does. A deletion the
-// service refuses is shown with its reason; nothing is skipped silently.
+// deployments → exports → models → jobs → result files → uploads → comparisons — as `tunelab clean` does (a running
+// export reads its model, so exports go first). A deletion the service refuses (a running export or job, say) is
+// shown with its reason; nothing is skipped silently.
 
 import { del, get, post } from "./api.js";
 import { bytes, confirmDialog, errorText, h, progress, replace } from "./ui.js";
 
-const ROUTES = { deployment: (id) => `/deployments/${encodeURIComponent(id)}`, model: (id) => `/models/${encodeURIComponent(id)}`,
+const ROUTES = { deployment: (id) => `/deployments/${encodeURIComponent(id)}`, export: (id) => `/exports/${id}`, model: (id) => `/models/${encodeURIComponent(id)}`,
                  job: (id) => `/fine_tuning/jobs/${id}`, file: (id) => `/files/${id}`, evaluation: (id) => `/evaluations/${id}` };
-const GROUPS = [["deployment", "Deployments"], ["model", "Fine-tuned models"], ["job", "Fine-tuning jobs (checkpoints and run directories)"],
+const GROUPS = [["deployment", "Deployments"], ["export", "Exports with their files"], ["model", "Fine-tuned models"], ["job", "Fine-tuning jobs (checkpoints and run directories)"],
                 ["file", "Files"], ["evaluation", "Comparisons"]];
 
 // Everything to delete, in the order it must go: [{kind, id, what, bytes}].
@@ -16,6 +17,7 @@ function plan(storage) {
   const files = [...storage.files].sort((a, b) => (a.purpose !== "fine-tune-results") - (b.purpose !== "fine-tune-results"));
   return [
     ...storage.deployments.map((d) => ({ kind: "deployment", id: d.name, what: d.model, bytes: 0 })),
+    ...storage.exports.map((e) => ({ kind: "export", id: e.id, what: described(e), bytes: e.bytes })),
     ...storage.models.map((m) => ({ kind: "model", id: m.id, what: "fine-tuned model", bytes: m.bytes })),
     ...storage.jobs.map((j) => ({ kind: "job", id: j.id, what: `${j.status}, ${j.checkpoints} checkpoints`, bytes: j.bytes })),
     ...files.map((f) => ({ kind: "file", id: f.id, what: `${f.filename} (${f.purpose})`, bytes: f.bytes })),
@@ -23,11 +25,17 @@ function plan(storage) {
   ];
 }
 
+// An export in a few words: "gguf q8_0 + Modelfile of ft:… (succeeded, 2 files)", as `tunelab clean` shows it.
+function described(e) {
+  const what = `${e.format}${e.quantization ? ` ${e.quantization}` : ""}${e.ollama ? " + Modelfile" : ""}`;
+  return `${what} of ${e.model} (${e.status}, ${e.files} file${e.files === 1 ? "" : "s"})`;
+}
+
 export async function render(main) {
   const body = h("div", {});
   const outcome = h("div", { "aria-live": "polite" });
   replace(main, h("header", { class: "page" }, h("h1", {}, "Clean up"),
-    h("p", {}, "Everything the service holds, with the disk it takes. Delete all of it or a selection; it goes in dependency order (deployments, models, jobs, files, comparisons). Base models are kept.")),
+    h("p", {}, "Everything the service holds, with the disk it takes. Delete all of it or a selection; it goes in dependency order (deployments, exports, models, jobs, files, comparisons). Base models are kept.")),
   outcome, body);
 
   async function show() {
