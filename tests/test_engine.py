@@ -197,3 +197,23 @@ def test_a_process_that_exits_while_an_engine_decodes_exits_cleanly(tiny_model):
               "time.sleep(1)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_turn_ends_on_every_end_token_the_generation_config_names(tmp_path):
+    """A model whose generation_config.json names an end-of-turn token besides the tokenizer's eos (as Llama 3's
+    <|eot_id|> is) stops on it: the pool's target ends on both."""
+    import json
+
+    from tiny_models import build
+
+    from tunelab.inference.pool import EnginePool
+
+    path = build("llama", tmp_path / "eot")
+    end_of_text = 0  # <|endoftext|>: not the tokenizer's eos, named only by the generation config
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, end_of_text]}))
+    engine = Engine(LocalModel("eot", path, {}))
+    try:
+        target = EnginePool._target(engine, None, engine.tokenizer)
+        assert engine.tokenizer.eos_token_id == 2 and {2, end_of_text} <= target.end_ids
+    finally:
+        engine.close()
