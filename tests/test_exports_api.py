@@ -300,3 +300,18 @@ def test_an_export_the_server_stopped_in_is_failed_at_the_next_start(tmp_path):
             assert found["finished_at"] is not None
         assert list((tmp_path / "restart" / "exports").iterdir()) == []  # no half-written file left
         assert http.delete(f"/exports/{running['id']}").status_code == 200
+
+
+def test_a_model_an_unfinished_export_reads_cannot_be_deleted(server):
+    exported = server.app.state.service.exported
+    running = exported.add(server.model, "merged", None, False, None)  # a real row, held running by the test
+    assert exported.start(running["id"])
+    try:
+        with api(server) as http:
+            refused = http.delete(f"/models/{server.model}")
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert error["param"] == "model" and running["id"] in error["message"]
+            assert http.get(f"/models/{server.model}").status_code == 200  # nothing was deleted
+    finally:
+        exported.failed(running["id"], "server_stopped", "ended by the test")

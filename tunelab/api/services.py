@@ -79,7 +79,7 @@ class Services:
             files=FilesService(db, files, queue, registry, settings),
             uploads=UploadsService(parts),
             jobs=JobsService(db, queue, files, registry, deployments, settings),
-            models=ModelsService(db, registry, queue, deployments, pool),
+            models=ModelsService(db, registry, queue, deployments, pool, exported),
             chat=chat,
             deployments=DeploymentsService(deployments),
             content_filters=ContentFiltersService(db, policies, deployments),

@@ -85,6 +85,12 @@ class Exports:
             else:
                 path.unlink(missing_ok=True)
 
+    def unfinished_of(self, conn, model_id: str) -> str | None:
+        """Inside the caller's transaction: a queued or running export that reads the model, if any."""
+        row = conn.execute("SELECT id FROM exports WHERE model = ? AND status IN ('queued', 'running') LIMIT 1",
+                           (model_id,)).fetchone()
+        return row["id"] if row else None
+
     def get(self, export_id: str) -> dict:
         return self._row(self.db.connection(), export_id)
 

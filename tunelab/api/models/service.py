@@ -11,6 +11,7 @@ from ...inference.pool import EnginePool
 from ...jobs.queue import Queue
 from ...models.registry import Registry
 from ...store.db import Database
+from ...store.exports import Exports
 from .protocol import Model, ModelList
 
 
@@ -21,6 +22,7 @@ class ModelsService:
     queue: Queue
     deployments: Deployments
     pool: EnginePool
+    exports: Exports
 
     def list(self) -> ModelList:
         """Base models of the catalog, then fine-tuned models."""
@@ -42,6 +44,10 @@ class ModelsService:
                 if job:
                     raise InvalidRequest(f"fine-tuning job {job['id']} ({job['status']}) continues from "
                                          f"{model_id!r}; cancel it or wait for it to finish first", param="model")
+                export = self.exports.unfinished_of(conn, model_id)
+                if export:
+                    raise InvalidRequest(f"export {export} reads {model_id!r}; delete the model once it has "
+                                         "finished", param="model")
             weights = self.registry.delete(conn, model_id)
         self.registry.remove_weights(weights)  # after the commit: the write lock is not held meanwhile
         self.pool.forget(model_id)
