@@ -337,7 +337,8 @@ def engine_worker(args) -> None:
 
     def handle(command):
         if command is None:
-            return {"prompt": prompt, "decode_weights": engine.weights, "threads": len(os.sched_getaffinity(0))}
+            return {"prompt": prompt, "decode_weights": engine.weights,
+                    "threads": args.threads or len(os.sched_getaffinity(0))}
         if command.get("cold"):  # nothing reused: the whole prompt computed
             saved = engine.decoder.prompt_cache if engine.decoder is not None else None
             if saved is not None:
@@ -360,8 +361,9 @@ def llamacpp_worker(args) -> None:
     import llama_cpp
     from llama_cpp import Llama
 
+    # flash attention on, as llama.cpp's own tools default to on the CPU (llama-cpp-python defaults to off)
     llm = Llama(model_path=str(model_gguf(args.model)), n_threads=args.threads, n_threads_batch=args.threads,
-                n_ctx=2048, n_batch=512, verbose=False)
+                n_ctx=2048, n_batch=512, flash_attn=True, verbose=False)
 
     def handle(command):
         if command is None:
@@ -389,11 +391,12 @@ def llamacpp_worker(args) -> None:
 class Worker:
     """A side of the comparison in its own process, kept between runs so that the sides take turns."""
 
-    def __init__(self, side: str, extra: list[str] = ()):
+    def __init__(self, side: str, extra: list[str] = (), env: dict[str, str] | None = None):
         self.side = side
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen([sys.executable, __file__, *sys.argv[1:], *extra, "--side", side],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                        env={**os.environ, **(env or {})})
         self.ready = self._answer()
 
     def run(self, **command) -> dict:
@@ -503,7 +506,9 @@ def compare_with_llamacpp(args) -> dict:
     engine; llama-server), and one token from a cold prompt (nothing reused: the prefill alone). Each figure
     is the median over the rounds, with its range."""
     server_binary = llama_server_binary()
-    engine = Worker("engine-worker")
+    load_before = os.getloadavg()[0]
+    # --threads: the engine's scheduler thread gets that many, as OMP_NUM_THREADS gives `tunelab serve`
+    engine = Worker("engine-worker", env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None)
     prompt, threads = engine.ready["prompt"], engine.ready["threads"]
     llama = Worker("llamacpp-worker", ["--threads", str(threads)])
     server = (LlamaServer(server_binary, model_gguf(args.model), threads, args.streams)
@@ -531,11 +536,14 @@ def compare_with_llamacpp(args) -> dict:
                 names = [name for name in sides if name.endswith(kind)]
                 for name in names if round_ % 2 == 0 else reversed(names):
                     runs[name].append(sides[name]())
+                    shown = {k: v for k, v in runs[name][-1].items() if k != "tokens"}
+                    print(f"round {round_ + 1}: {name} {json.dumps(shown)}", file=sys.stderr, flush=True)
     finally:
         for closing in (engine, llama, server):
             if closing is not None:
                 closing.close()
-    report = {"threads": threads, "decode_weights": engine.ready["decode_weights"],
+    report = {"threads": threads, "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+              "decode_weights": engine.ready["decode_weights"],
               "gguf": model_gguf(args.model).name, "llama_cpp_python": llama.ready["llama_cpp_python"],
               "llamacpp_threads": llama.ready["threads"], "rounds": args.rounds,
               **{name: summarize(results) for name, results in runs.items()}}
@@ -591,7 +599,8 @@ def main() -> None:
     parser.add_argument("--llamacpp-only", action="store_true", help="only the comparison with llama.cpp")
     parser.add_argument("--no-llamacpp", action="store_true", help="leave llama.cpp out")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 16 tokens, one round, no quality check")
-    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # llama.cpp's: the engine's cores
+    parser.add_argument("--threads", type=int, help="threads for the engine and llama.cpp alike in the "
+                        "comparison (default: the cores this process may use, as `tunelab serve` takes)")
     parser.add_argument("--side", choices=("generate", "engine", "engine-worker", "llamacpp-worker"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
