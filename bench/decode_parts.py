@@ -1,5 +1,5 @@
-"""The parts of decoding measured alone: the layers' 120 projections by number of rows, through each path a
-`Matrix` can take, and turning an answer's tokens into text.
+"""The parts of decoding measured alone: one decode step of a single answer taken apart, the layers' 120
+projections by number of rows, through each path a `Matrix` can take, and turning an answer's tokens into text.
 
     .venv/bin/python bench/decode_parts.py
 
@@ -8,13 +8,21 @@ over all of them with random bf16 rows, through tunelab's AMX int4 kernel (where
 rows), PyTorch's int4 kernel (up to 16 rows: past 12 it loses to the bf16 copy) and PyTorch's bf16 product with
 the dequantized weights. Text: per token over a 1,000-token answer, decoding the whole answer at every token
 against `IncrementalText`. Runs on the calling thread with every core, as the engine's scheduler thread does.
+
+The single-answer step (`decode_step`, what llama.cpp's single stream is compared with in bench/decode.py): the
+Llama decoder's `step` with one row after the lab's prompt, in int4 as the engine runs it; the same step's 121
+matrix products alone (`Matrix` calls with the step's shapes: 30 layers × 4 fused matrices and the LM head); and
+the step's operations as PyTorch's profiler counts them (the AMX kernels are not PyTorch operations: their time
+shows under the profile's `other`). `--step-only` measures just that.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -28,6 +36,8 @@ from tunelab.inference.weights import GROUP, int4_grid  # noqa: E402
 from tunelab.models.catalog import resolve_model  # noqa: E402
 from tunelab.models.llama_block import PROJECTIONS, fused_weight, projection_modules  # noqa: E402
 from tunelab.models.load import load_causal_lm, load_tokenizer  # noqa: E402
+
+SYSTEM = (ROOT / "examples" / "travel" / "system.txt").read_text().strip()
 
 ROWS = (1, 3, 8, 16, 32, 80, 160, 400)
 
@@ -70,6 +80,47 @@ def projections(model) -> dict:
     return report
 
 
+def decode_step(model, tokenizer, steps: int = 32) -> dict:
+    """One single-row decode step of the int4 Llama decoder, then its parts (milliseconds per step, best of 5)."""
+    from tunelab.data.render import render_prompt
+    from tunelab.inference.decoder import LlamaDecoder
+
+    decoder = LlamaDecoder(model, "int4")
+    prompt = render_prompt(tokenizer, [{"role": "system", "content": SYSTEM},
+                                       {"role": "user", "content": "What can you do?"}])
+    cache = decoder.new_cache(2048)
+
+    def run_steps():  # `steps` tokens after the prompt, from a fresh row each time
+        while cache.rows:
+            cache.remove_row(0)
+        logits = decoder.prefill(cache, cache.add_row(), prompt, None)
+        for _ in range(steps):
+            logits = decoder.step(cache, [int(logits.max(-1).indices)], [None])[0]
+
+    def prefill_only():
+        while cache.rows:
+            cache.remove_row(0)
+        decoder.prefill(cache, cache.add_row(), prompt, None)
+
+    step = (timed(run_steps) - timed(prefill_only)) / steps
+    x = torch.randn(1, 1, decoder.dims.hidden).to(decoder.dtype)
+    inner = {key: torch.randn(1, 1, matrix.in_features).to(decoder.dtype)
+             for key, matrix in decoder.layers[0].matrices.items()}
+    products = timed(lambda: [layer.matrices[key](inner[key]) for layer in decoder.layers for key in PROJECTIONS])
+    head = timed(lambda: decoder.head(x[:, -1], torch.float32))
+    with torch.profiler.profile() as profile:
+        run_steps()
+    events = [e for e in profile.events() if e.cpu_parent is None]  # top-level operations only
+    per_step = Counter()
+    for event in events:
+        per_step[event.name] += event.self_cpu_time_total / 1000 / steps
+    calls = Counter(e.name for e in events)
+    return {"prompt_tokens": len(prompt), "step_ms": round(step, 3), "layer_products_ms": products,
+            "head_ms": head, "rest_ms": round(step - products - head, 3),
+            "operations_per_step": round(sum(calls.values()) / steps),
+            "top_operations_ms_per_step": {name: round(ms, 3) for name, ms in per_step.most_common(12)}}
+
+
 def text_per_token(tokenizer) -> dict:
     ids = tokenizer((ROOT / "docs/service.md").read_text(), add_special_tokens=False)["input_ids"][:1000]
     started = time.perf_counter()
@@ -86,12 +137,18 @@ def text_per_token(tokenizer) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("--step-only", action="store_true", help="only the single-answer decode step")
+    args = parser.parse_args()
     base = resolve_model("SmolLM2-135M-Instruct")
     model = load_causal_lm(base.path).eval()
+    tokenizer = load_tokenizer(base.path)
     with torch.no_grad():
         report = {"threads": torch.get_num_threads(), "amx_kernels": amx_kernels() is not None,
-                  "projections_ms_by_rows": projections(model),
-                  "text_per_token": text_per_token(load_tokenizer(base.path))}
+                  "decode_step": decode_step(model, tokenizer)}
+        if not args.step_only:
+            report["projections_ms_by_rows"] = projections(model)
+            report["text_per_token"] = text_per_token(tokenizer)
     print(json.dumps(report, indent=2))
 
 
