@@ -36,7 +36,7 @@ demo: install
 test: install browser
 	$(BIN)/python -m pytest
 
-test-slow: install browser  # the slow tests only: full fine-tunes of the real model (the lab, the studio)
+test-slow: install browser llamacpp  # the slow tests only: full fine-tunes of the real model (the lab, the studio)
 	$(BIN)/python -m pytest -m slow
 
 # Every crash point: the server or a job's training process killed with SIGKILL at each (tests/test_chaos.py;
