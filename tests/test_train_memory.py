@@ -3,6 +3,9 @@ weights, not a copy beside them (a copy costs a whole model: +0.5 GB for SmolLM2
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -68,3 +71,14 @@ def test_transformers_forward_still_computes_what_the_lean_forward_does(tiny_mod
         ours, _ = loss_step(model, lean, samples[:4])
         theirs, _ = loss_step(model, None, samples[:4])
     assert torch.allclose(ours, theirs, rtol=1e-5 if precision == "fp32" else 1e-2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+def test_the_model_file_is_let_go_once_the_weights_are_fused(tiny_model, train_file):
+    """transformers loads the safetensors file as a memory map whose pages, once read, stay resident while any
+    tensor of it lives; the fusion reads every page, so a mapping still held would be a second copy in memory."""
+    model, lean = lora_model(tiny_model, train_file, "fp32")
+    gc.collect()
+    weights = str((tiny_model / "model.safetensors").resolve())
+    assert not [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(weights)]
+    assert lean is not None and model.get_base_model().lm_head.weight is lean.embed.weight

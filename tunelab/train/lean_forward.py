@@ -42,9 +42,6 @@ class LeanForward:
         self.dims = Dims.of(model.config)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.adapter = model.active_adapter
-        self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
-        self.norm = (inner.norm.weight.detach(), inner.norm.variance_epsilon)
-        self.norms = [layer_norms(layer) for layer in inner.layers]
         # per layer, key -> (fused base weight and bias in the run's precision, the PEFT modules they come from)
         self.layers = []
         for layer in inner.layers:
@@ -56,6 +53,10 @@ class LeanForward:
                 share_fused(modules, weight, bias)
                 fused[key] = (weight, bias, modules)
             self.layers.append(fused)
+        release_file_mapping(model, [t for layer in self.layers for w, b, _ in layer.values() for t in (w, b)])
+        self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
+        self.norm = (inner.norm.weight.detach(), inner.norm.variance_epsilon)
+        self.norms = [layer_norms(layer) for layer in inner.layers]
 
     def __call__(self, ids: torch.Tensor, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
                  keep_kv: bool = False, lengths: list[int] | None = None):
@@ -118,3 +119,15 @@ def share_fused(modules, weight: torch.Tensor, bias: torch.Tensor | None) -> Non
         if type(linear) is nn.Linear and weight.dtype == torch.bfloat16:
             module.base_layer = Bf16Linear(linear)  # takes the bf16 view as it is, without a copy
         row += rows
+
+
+def release_file_mapping(model, fused: list) -> None:
+    """Copy the frozen fp32 weights the fusion left in place (embeddings, norms, an untied head) into memory of
+    their own. transformers loads a safetensors file as a memory map whose tensors are views of it, and every page
+    read stays resident while any tensor of the file lives: without this, the pages of the layers' original weights,
+    read once to fuse them, would stay counted beside the fused copy for the whole run."""
+    kept = {t.untyped_storage().data_ptr() for t in fused if t is not None}
+    for parameter in model.parameters():
+        if (not parameter.requires_grad and parameter.dtype == torch.float32
+                and parameter.untyped_storage().data_ptr() not in kept):
+            parameter.data = parameter.data.clone()
