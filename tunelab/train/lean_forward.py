@@ -9,17 +9,21 @@ conversations of a batch can be packed into one call, so every projection runs o
 
 The trainable parameters stay PEFT's own (`lora_A` / `lora_B` of each projection, read on every forward), so
 the optimizer, checkpoints and the saved adapter are exactly what they are with PEFT's forward. The frozen base
-weights are fused once, in bf16 or fp32 as the run's `matmul_precision` says. The tests compare losses and
-gradients with transformers + PEFT.
+weights are fused once, in bf16 or fp32 as the run's `matmul_precision` says, and exist once: each PEFT base
+layer's weight (and bias) becomes a view of its rows of the fused matrix, so transformers' forward, wherever it
+still runs, reads the same memory (a second copy would cost a model's weights: +0.5 GB for SmolLM2 in fp32). The
+tests compare losses and gradients with transformers + PEFT.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from ..models.llama_block import (PROJECTIONS, Dims, fused_lora, fused_weight, layer_norms, projection_modules,
-                                  rms_norm, rotary_tables, run_layers, unsupported)
+from ..models.llama_block import (PROJECTIONS, Dims, base_linear, fused_lora, fused_weight, layer_norms,
+                                  projection_modules, rms_norm, rotary_tables, run_layers, unsupported)
+from .precision import Bf16Linear
 
 
 def lean_forward(model, precision: str):
@@ -38,9 +42,6 @@ class LeanForward:
         self.dims = Dims.of(model.config)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.adapter = model.active_adapter
-        self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
-        self.norm = (inner.norm.weight.detach(), inner.norm.variance_epsilon)
-        self.norms = [layer_norms(layer) for layer in inner.layers]
         # per layer, key -> (fused base weight and bias in the run's precision, the PEFT modules they come from)
         self.layers = []
         for layer in inner.layers:
@@ -48,8 +49,14 @@ class LeanForward:
             for key in PROJECTIONS:
                 modules = projection_modules(layer, key)
                 weight, bias = fused_weight(modules)
-                fused[key] = (weight.to(self.dtype), None if bias is None else bias.to(self.dtype), modules)
+                weight, bias = weight.to(self.dtype), None if bias is None else bias.to(self.dtype)
+                share_fused(modules, weight, bias)
+                fused[key] = (weight, bias, modules)
             self.layers.append(fused)
+        release_file_mapping(model, [t for layer in self.layers for w, b, _ in layer.values() for t in (w, b)])
+        self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
+        self.norm = (inner.norm.weight.detach(), inner.norm.variance_epsilon)
+        self.norms = [layer_norms(layer) for layer in inner.layers]
 
     def __call__(self, ids: torch.Tensor, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
                  keep_kv: bool = False, lengths: list[int] | None = None):
@@ -93,3 +100,34 @@ class LeanForward:
         y = F.linear(x.to(self.dtype), weight, bias).to(x.dtype)
         down, up = fused_lora(modules, self.adapter)
         return y + F.linear(F.linear(x, down), up)
+
+
+def share_fused(modules, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Make each of `modules`' base weights (and biases) a view of its rows of the fused `weight` (`bias`), so the
+    frozen weights exist once; the originals are freed as their last reference goes. In a bf16 run an fp32 base
+    layer becomes a `Bf16Linear` over the view, so transformers' forward, if it runs, multiplies as this one does.
+    (Converted only now, after PEFT initialised the LoRA matrices beside fp32 base layers, as it always has.)"""
+    linears = [base_linear(m) for m in modules]
+    if any(linear is m and linear.weight.dtype != weight.dtype for linear, m in zip(linears, modules)):
+        return  # a base layer outside PEFT's wrapper cannot be swapped here: it keeps its own copy
+    row = 0
+    for module, linear in zip(modules, linears):
+        rows = linear.weight.shape[0]
+        linear.weight = nn.Parameter(weight.narrow(0, row, rows), requires_grad=False)
+        if bias is not None:
+            linear.bias = nn.Parameter(bias.narrow(0, row, rows), requires_grad=False)
+        if type(linear) is nn.Linear and weight.dtype == torch.bfloat16:
+            module.base_layer = Bf16Linear(linear)  # takes the bf16 view as it is, without a copy
+        row += rows
+
+
+def release_file_mapping(model, fused: list) -> None:
+    """Copy the frozen fp32 weights the fusion left in place (embeddings, norms, an untied head) into memory of
+    their own. transformers loads a safetensors file as a memory map whose tensors are views of it, and every page
+    read stays resident while any tensor of the file lives: without this, the pages of the layers' original weights,
+    read once to fuse them, would stay counted beside the fused copy for the whole run."""
+    kept = {t.untyped_storage().data_ptr() for t in fused if t is not None}
+    for parameter in model.parameters():
+        if (not parameter.requires_grad and parameter.dtype == torch.float32
+                and parameter.untyped_storage().data_ptr() not in kept):
+            parameter.data = parameter.data.clone()
