@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_model,
 QUESTION = json.loads((TRAVEL / "prompts.jsonl").read_text().splitlines()[2])["messages"]
 SYSTEM = (TRAVEL / "system.txt").read_text().strip()
 NEAR_TIE = 0.25  # logits; see the module docstring
+END = 2  # <|im_end|>: SmolLM2's end of turn, and its eos
 
 
 def fine_tune(tmp_path, home):
@@ -104,26 +105,38 @@ def test_llama_cpp_answers_a_lab_question_as_tunelab_does(tmp_path, home):
         llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=2, verbose=False)
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt  # same tokens for the same text
         assert llm.metadata["tokenizer.chat_template"] == registry_template(tmp_path)
-        answer = []
-        for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
-            if llm.token_eos() == token or len(answer) == 400:
-                break
-            answer.append(token)
-        assert len(answer) < 400  # it ended the turn by itself
-        first_difference = next((i for i, (a, b) in enumerate(zip(answer, expected)) if a != b), None)
+        answer, ended = greedy(llm, prompt, limit=len(expected) + 8)
+        # Both answers with the end of the turn as their last token, so that stopping early or late is a difference.
+        ours, theirs = expected + [END], answer + ([END] if ended else [])
+        first_difference = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), None)
         if first_difference is None:
-            assert answer == expected, (quant, llm.detokenize(answer), llm.detokenize(expected))
+            assert theirs == ours, (quant, llm.detokenize(answer), llm.detokenize(expected))
         else:
-            at = first_difference
-            assert leads[at] < NEAR_TIE, (quant, at, leads[at], llm.detokenize(answer[:at + 1]))
-        # llama.cpp's own chat path: the template from the file renders the same prompt, the answer ends the turn
-        reply = llm.create_chat_completion(messages, temperature=0.0, max_tokens=400)["choices"][0]
-        assert reply["finish_reason"] == "stop"
+            assert first_difference < len(leads), (quant, "llama.cpp went on where tunelab ended the turn")
+            lead = leads[first_difference]
+            assert lead < NEAR_TIE, (quant, first_difference, lead, llm.detokenize(answer[:first_difference + 1]))
+        # Given tunelab's whole answer, llama.cpp ends the turn right there, whatever it answered itself.
+        assert next(llm.generate(prompt + expected, temp=0.0, top_k=1, repeat_penalty=1.0)) == END
+        # llama.cpp's own chat path: the template in the file renders the same prompt, so the same answer.
+        reply = llm.create_chat_completion(messages, temperature=0.0, max_tokens=len(expected) + 8)["choices"][0]
+        assert reply["finish_reason"] == ("stop" if ended else "length")
         assert reply["message"]["content"].strip() == llm.detokenize(answer).decode().strip()
         agreed = "all along" if first_difference is None else \
-            f"up to token {first_difference}, where tunelab's lead was {leads[first_difference]:.3f}"
-        print(f"{quant}: llama.cpp's {len(answer)} tokens equal tunelab's {len(expected)} {agreed}")
+            f"up to token {first_difference}, where tunelab's lead was {leads[first_difference]:.3f} logits"
+        print(f"{quant}: llama.cpp's answer ({len(answer)} tokens) equals tunelab's ({len(expected)}) {agreed}")
         llm.close()
+
+
+def greedy(llm, prompt: list[int], limit: int) -> tuple[list[int], bool]:
+    """llama.cpp's greedy answer to `prompt`, up to `limit` tokens, and whether it ended the turn itself."""
+    answer = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+        if token == END:
+            return answer, True
+        if len(answer) == limit:
+            return answer, False
+        answer.append(token)
+    return answer, False
 
 
 def registry_template(tmp_path) -> str:
