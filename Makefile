@@ -54,6 +54,8 @@ bench: install llamacpp
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/export.py
+	$(BIN)/python -m pytest -m slow -q tests/test_export_llamacpp_slow.py  # the real fine-tune's GGUF in llama.cpp
 
 # llama.cpp, the engine tunelab is measured against (bench/decode.py) and a test dependency; tunelab itself never
 # needs it. llama-cpp-python and the llama-server binary are compiled from the same llama.cpp sources (the
