@@ -87,7 +87,7 @@ class EnginePool:
             end_ids.add(tokenizer.eos_token_id)
         # A model may end turns with tokens its tokenizer does not call eos (Llama 3's <|eot_id|>): its
         # generation_config.json names them, and a server that ignores it lets the answer run on.
-        eos = engine.model.generation_config.eos_token_id
+        eos = engine.model.generation_config.eos_token_id if engine is not None else None
         end_ids.update([eos] if isinstance(eos, int) else (eos or []))
         template = tokenizer.chat_template or ""
         for marker in END_OF_TURN.values():
