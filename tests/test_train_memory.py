@@ -14,7 +14,7 @@ from tunelab.models.catalog import resolve_model
 from tunelab.models.load import load_tokenizer
 from tunelab.train.config import parse_config, resolve
 from tunelab.train.recipe import loss_step, setup_model
-from conftest import TRAVEL
+from conftest import TRAVEL, build_tiny_model
 
 
 @pytest.fixture
@@ -74,11 +74,13 @@ def test_transformers_forward_still_computes_what_the_lean_forward_does(tiny_mod
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
-def test_the_model_file_is_let_go_once_the_weights_are_fused(tiny_model, train_file):
+def test_the_model_file_is_let_go_once_the_weights_are_fused(tmp_path, train_file):
     """transformers loads the safetensors file as a memory map whose pages, once read, stay resident while any
-    tensor of it lives; the fusion reads every page, so a mapping still held would be a second copy in memory."""
-    model, lean = lora_model(tiny_model, train_file, "fp32")
+    tensor of it lives; the fusion reads every page, so a mapping still held would be a second copy in memory.
+    The model is this test's own: other tests' engines may map the shared tiny model for as long as they live."""
+    own = build_tiny_model(tmp_path / "own")
+    model, lean = lora_model(own, train_file, "fp32")
     gc.collect()
-    weights = str((tiny_model / "model.safetensors").resolve())
+    weights = str((own / "model.safetensors").resolve())
     assert not [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(weights)]
     assert lean is not None and model.get_base_model().lm_head.weight is lean.embed.weight
