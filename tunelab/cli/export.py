@@ -25,6 +25,7 @@ from rich.table import Table
 
 from ..config import get_settings
 from ..errors import InvalidRequest
+from .clean import size
 
 out = Console()
 err = Console(stderr=True)
@@ -115,8 +116,8 @@ def show(target: Path, files, format: str, model: str) -> None:
     out.print(f"Exported [bold]{escape(model)}[/bold] to {escape(str(target))}", highlight=False, soft_wrap=True)
     table = Table("file", "size")
     for f in files:
-        table.add_row(escape(f.name), human(f.bytes))
-    table.add_row("[bold]total", f"[bold]{human(sum(f.bytes for f in files))}")
+        table.add_row(escape(f.name), size(f.bytes))
+    table.add_row("[bold]total", f"[bold]{size(sum(f.bytes for f in files))}")
     out.print(table)
     where = shlex.quote(str(target))
     out.print("[bold]Next:[/bold]")
@@ -137,11 +138,3 @@ def show(target: Path, files, format: str, model: str) -> None:
             out.print(f"  ollama create {name} -f {where}/Modelfile && ollama run {name}", highlight=False,
                       soft_wrap=True)
 
-
-def human(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    for unit in ("KB", "MB", "GB"):
-        n /= 1024
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InvalidRequest
+from ..store.blobs import fsync_path
 
 
 @contextmanager
@@ -23,7 +24,7 @@ def staged(out: Path) -> Iterator[Path]:
         yield work
         for path in work.rglob("*"):  # the files on disk, then the rename: a crash after it leaves a whole export
             if path.is_file():
-                _fsync(path)
+                fsync_path(path)
         if out.exists():  # created by someone else while we wrote: never replace it
             raise InvalidRequest(f"{out} appeared while the export was written; nothing was replaced", param="out")
         os.rename(work, out)
@@ -40,10 +41,3 @@ def _disk_full_in_disguise(exc: BaseException) -> bool:
     the OSError (ENOSPC) every other write raises."""
     return type(exc).__name__ == "SafetensorError" and f"(os error {errno.ENOSPC})" in str(exc)
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -95,3 +95,12 @@ class BlobWriter:
     def __exit__(self, kind, value, traceback) -> None:
         if not self.committed:
             self.abort()
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's contents (a directory: the names in it) to the disk before a rename."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..crashpoints import crash_point
 from ..errors import CheckpointError, TunelabError
+from ..store.blobs import fsync_path
 from .faults import disk_full
 
 MANIFEST = "MANIFEST.json"
@@ -51,12 +52,12 @@ def save_checkpoint(root: Path, step: int, *, write_weights, optimizer: torch.op
         manifest = {"step": step, "files": {str(p.relative_to(work)): _sha256(p) for p in files}}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for p in [*files, work / MANIFEST]:
-            _fsync(p)
+            fsync_path(p)
         crash_point("checkpoint.before_rename")
         if final.exists():  # a checkpoint at the same step (resumed run): replace it whole
             shutil.rmtree(final)
         os.rename(work, final)
-        _fsync(root)
+        fsync_path(root)
         crash_point("checkpoint.after_rename")
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)  # also gives back the space a save that ran out of it took
@@ -144,10 +145,3 @@ def _sha256(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
