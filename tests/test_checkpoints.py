@@ -106,3 +106,18 @@ def test_out_of_memory_is_told_by_the_exception_type_cuda_included():
         torch.empty(1 << 62, dtype=torch.uint8)  # PyTorch's CPU allocator refuses it
     assert out_of_memory(cpu.value)
     assert not out_of_memory(RuntimeError("shape mismatch")) and not disk_full(RuntimeError("no"))
+
+
+def test_a_onednn_primitive_failure_is_out_of_memory_only_under_a_memory_limit():
+    import resource
+
+    from tunelab.train.faults import out_of_memory
+
+    onednn = RuntimeError("could not create a primitive")  # oneDNN's whole message when its allocation fails
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    assert soft == resource.RLIM_INFINITY and not out_of_memory(onednn)
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 42, hard))  # a limit far above what this process uses
+    try:
+        assert out_of_memory(onednn)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

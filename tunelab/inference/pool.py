@@ -62,6 +62,15 @@ class EnginePool:
             for engine in self.engines.values():
                 engine.detach(model_id)
 
+    def close(self) -> None:
+        """The server stops: every engine's scheduler thread ends, and with it the OpenMP threads it kept, which
+        would otherwise slow every later parallel operation in the process (an embedding app, a test run)."""
+        with self._lock:
+            engines, self.engines = list(self.engines.values()), {}
+            self.tokenizers.clear()
+        for engine in engines:
+            engine.close()
+
     def _engine(self, key: str, model: LocalModel | None) -> Engine:
         if key not in self.engines:
             self.engines[key] = Engine(model or resolve_model(key), weights=self.decode_weights,
