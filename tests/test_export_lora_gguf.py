@@ -102,6 +102,7 @@ def test_the_file_is_a_lora_adapter_of_the_base_architecture_named_as_the_base_g
     assert field(lora, "general.type") == "adapter" and field(lora, "adapter.type") == "lora"
     assert field(lora, "adapter.lora.alpha") == 8.0
     assert field(lora, "general.architecture") == field(base, "general.architecture")
+    assert field(lora, "general.name") == f"ft:tiny-{arch}:local:export:{arch}"
     shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in lora.tensors}  # GGUF lists ne[0] first
     base_shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in base.tensors}
     layers = 6 if arch == "gemma3" else 2
@@ -165,7 +166,8 @@ def test_llama_server_serves_base_and_fine_tune_from_one_process_the_adapter_cho
     if not LLAMA_SERVER.is_file():
         pytest.skip(f"{LLAMA_SERVER} is not built (make llamacpp builds it)")
     base_gguf, lora_gguf = exported["llama"]
-    ids = prompt_ids(AutoTokenizer.from_pretrained(built["llama"][1]))[0].tolist()
+    tokenizer = AutoTokenizer.from_pretrained(built["llama"][1])
+    ids = prompt_ids(tokenizer)[0].tolist()
     n = 12
     adapted, plain = llama_greedy(base_gguf, lora_gguf, ids, n), llama_greedy(base_gguf, None, ids, n)
     assert adapted != plain  # otherwise the check below could not tell them apart
@@ -173,7 +175,7 @@ def test_llama_server_serves_base_and_fine_tune_from_one_process_the_adapter_cho
     log = (tmp_path / "llama-server.log").open("w")
     server = subprocess.Popen([str(LLAMA_SERVER), "-m", str(base_gguf), "--lora", str(lora_gguf),
                                "--lora-init-without-apply", "--host", "127.0.0.1", "--port", str(port), "-t", "2",
-                               "-c", "512", "-np", "1", "--no-webui"], stdout=log, stderr=subprocess.STDOUT)
+                               "-c", "512", "-np", "1", "--no-webui", "--jinja"], stdout=log, stderr=subprocess.STDOUT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             deadline = time.monotonic() + 30
@@ -198,6 +200,17 @@ def test_llama_server_serves_base_and_fine_tune_from_one_process_the_adapter_cho
             assert complete() == adapted  # no "lora": the server's own scales, 1 (see the docstring)
             for scale, expected in ((0.0, plain), (1.0, adapted), (0.0, plain), (1.0, adapted)):
                 assert complete(lora=[{"id": 0, "scale": scale}]) == expected, f"scale {scale}"
+            # the OpenAI chat route takes the same field; the file's chat template renders the same prompt. (The
+            # random model's bytes need not end in whole UTF-8 characters, which the server holds back: "\ufffd")
+            texts = {scale: tokenizer.decode(tokens).rstrip("\ufffd") for scale, tokens in ((1.0, adapted),
+                                                                                            (0.0, plain))}
+            assert texts[1.0] != texts[0.0]
+            for scale, expected in texts.items():
+                reply = http.post("/v1/chat/completions", json={
+                    "messages": CHAT, "max_tokens": n, "temperature": 0, "ignore_eos": True,
+                    "lora": [{"id": 0, "scale": scale}]})
+                assert reply.status_code == 200, reply.text
+                assert reply.json()["choices"][0]["message"]["content"].rstrip("\ufffd") == expected, f"scale {scale}"
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -255,13 +268,15 @@ def test_what_llama_cpp_cannot_take_is_refused_by_name_and_leaves_nothing(built,
             "base model")
     lab.add("ft:tiny-llama:local:full:1", "tiny-llama", base, method="full")
     refused(lambda: export_model(lab.registry, "ft:tiny-llama:local:full:1", ExportRequest("gguf-lora"), out / "x"),
-            "ft:tiny-llama:local:full:1", "full fine-tune")
+            "ft:tiny-llama:local:full:1", "full fine-tune", param="format")
     refused(lambda: write_lora_gguf(base, base, out / "x.gguf"), str(base), "whole model")
     # targets llama.cpp cannot apply, each named
     embeddings = adapter_of(base, tmp_path / "embed", target_modules=["q_proj", "embed_tokens"])
     refused(lambda: write_lora_gguf(embeddings, base, out / "x.gguf"), "model.embed_tokens")
     head = adapter_of(base, tmp_path / "head", target_modules=["q_proj"], modules_to_save=["lm_head"])
     refused(lambda: write_lora_gguf(head, base, out / "x.gguf"), "lm_head")
+    tied_head = adapter_of(base, tmp_path / "tied-head", target_modules=["q_proj", "lm_head"])
+    refused(lambda: write_lora_gguf(tied_head, base, out / "x.gguf"), "lm_head", "tied")
     dora = adapter_of(base, tmp_path / "dora", target_modules=["v_proj"], use_dora=True)
     refused(lambda: write_lora_gguf(dora, base, out / "x.gguf"), "DoRA")
     # an adapter of another model: the six-layer Gemma 3's on the two-layer Llama
@@ -272,3 +287,19 @@ def test_what_llama_cpp_cannot_take_is_refused_by_name_and_leaves_nothing(built,
     with pytest.raises(InvalidRequest) as caught:
         write_lora_gguf(adapter, base, out / "taken.gguf")
     assert caught.value.param == "out" and (out / "taken.gguf").read_text() == ""
+
+
+def test_the_cli_writes_the_lora_gguf_and_says_how_llama_server_uses_it(built, home, tmp_path, capsys, monkeypatch):
+    from test_cli import tunelab
+
+    lab = Lab(home, built, ("qwen2",))
+    model = lab.models["qwen2"]
+    monkeypatch.chdir(tmp_path)
+    code, output = tunelab(capsys, "export", model, "--format", "gguf-lora")
+    assert code == 0, output
+    made = tmp_path / "exports" / f"{model.replace(':', '-')}-gguf-lora"
+    assert [p.name for p in made.iterdir()] == ["tiny-qwen2-export-qwen2-lora-f16.gguf"]
+    assert "tunelab export tiny-qwen2 --format gguf" in output
+    assert "--lora" in output and '"lora": [{"id": 0, "scale": 1.0}]' in output
+    code, output = tunelab(capsys, "export", model, "--format", "gguf-lora", "--quant", "q8_0", "--out", "other")
+    assert code == 2 and "--quant applies to --format gguf only" in output and not (tmp_path / "other").exists()

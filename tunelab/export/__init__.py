@@ -73,7 +73,7 @@ def export_model(registry: Registry, model_id: str, request: ExportRequest, out:
     source = locate_source(registry, model_id, request.format)
     if request.format == "gguf-lora" and source.method != "lora":
         raise InvalidRequest(f"{model_id} is a full fine-tune: it has no LoRA adapter to write as a LoRA GGUF; "
-                             "choose the gguf format", param="model")
+                             "choose the gguf format", param="format")
     if request.ollama:
         from .ollama import turn_format
 
@@ -88,7 +88,8 @@ def export_model(registry: Registry, model_id: str, request: ExportRequest, out:
             from .gguf_file import _file_stem
             from .gguf_lora import write_lora_gguf
 
-            write_lora_gguf(source.weights, source.model_dir, work / f"{_file_stem(model_id)}-lora-f16.gguf", report)
+            write_lora_gguf(source.weights, source.model_dir, work / f"{_file_stem(model_id)}-lora-f16.gguf", report,
+                            name=model_id)
         else:
             from .gguf_file import write_gguf
 

@@ -35,9 +35,10 @@ ADAPTER_PREFIX = "base_model.model."
 
 
 def write_lora_gguf(adapter_dir: Path, base_dir: Path, out: Path, progress: Progress | None = None, *,
-                    dtype: str = "f16") -> Path:
+                    dtype: str = "f16", name: str | None = None) -> Path:
     """Write the PEFT LoRA adapter in `adapter_dir` (trained on the model in `base_dir`) as the GGUF file `out`,
-    which must not exist yet: it is written beside and renamed into place. Matrices are `dtype` (f16 or f32).
+    which must not exist yet: it is written beside and renamed into place. Matrices are `dtype` (f16 or f32);
+    `name` (general.name) defaults to the adapter's directory name.
     Raises InvalidRequest (param "model") for what is not a LoRA adapter of this base or what llama.cpp cannot
     take, ("out") for an existing `out`."""
     import gguf
@@ -78,7 +79,7 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out: Path, progress: Prog
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        writer.add_name(adapter_dir.name if adapter_dir.name != "adapter" else adapter_dir.parent.name)
+        writer.add_name(name or adapter_dir.name)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
         numpy_dtype = np.float16 if dtype == "f16" else np.float32
         for name, tensor in tensors:
@@ -136,6 +137,8 @@ def _pairs(adapter_dir: Path, lora: dict, base_dir: Path, config: dict) -> dict:
     found: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         name = key.removeprefix(ADAPTER_PREFIX)
+        if name.endswith(".base_layer.weight"):  # a copy of the base's own weight (PEFT saves it for tied heads)
+            continue
         for part in ("A", "B"):
             if name.endswith(f".lora_{part}.weight"):
                 found.setdefault(name.removesuffix(f".lora_{part}.weight"), {})[part] = tensor.to(torch.float32)
