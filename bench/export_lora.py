@@ -1,13 +1,13 @@
 """A real fine-tune as a LoRA GGUF beside its base GGUF, against the merged GGUF: SmolLM2-135M-Instruct, LoRA (rank
 16 on every linear layer, tunelab's default), two steps on 10 travel conversations.
 
-    .venv/bin/python bench/export_lora.py       # prints Markdown tables (docs/export.md has them)
+    .venv/bin/python bench/export_lora.py [--threads N]     # prints Markdown tables (docs/export.md has them)
 
 It exports the base model (f16, q8_0), the fine-tune merged (f16, q8_0) and the fine-tune as gguf-lora, through
 `tunelab.export.export_model` as `tunelab export` does; then, in llama.cpp (llama-cpp-python, 2 threads), compares
 base f16 + LoRA with the merged f16 file on the lab-2 question (logits at every prompt position, 64 greedy tokens);
-then one llama-server (2 threads) on the q8_0 base with the adapter loaded decodes 128 tokens with the adapter's
-scale at 1 and at 0, and another on the merged q8_0 file, three runs each (the median).
+then one llama-server (--threads, default 2) on the q8_0 base with the adapter loaded decodes 128 tokens with the
+adapter's scale at 1 and at 0, and another on the merged q8_0 file, three runs each (the median).
 """
 
 from __future__ import annotations
@@ -79,15 +79,29 @@ def llama_run(model: Path, lora: Path | None, ids: list[int], n: int):
         llm.close()
 
 
-def decode_speed(args: list[str], ids: list[int], lora: list | None, runs: int = 3) -> float:
+def served_logits(registry, model_id: str, ids: list[int]):
+    """tunelab's fp32 base with the adapter attached, unmerged (what its own engine serves), at every position."""
+    import torch
+    from peft import PeftModel
+
+    from tunelab.models.catalog import resolve_model
+    from tunelab.models.load import load_causal_lm
+
+    located = registry.locate(model_id)
+    model = PeftModel.from_pretrained(load_causal_lm(resolve_model(located.base).path), located.weights).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+
+def decode_speed(args: list[str], ids: list[int], lora: list | None, threads: int, runs: int = 3) -> float:
     """Median tokens per second of llama-server decoding 128 tokens after the prompt."""
     import httpx2 as httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([str(LLAMA_SERVER), *args, "--host", "127.0.0.1", "--port", str(port), "-t", "2",
-                               "-c", "1024", "-np", "1", "--no-webui"], stdout=subprocess.DEVNULL,
+    server = subprocess.Popen([str(LLAMA_SERVER), *args, "--host", "127.0.0.1", "--port", str(port), "-t",
+                               str(threads), "-c", "1024", "-np", "1", "--no-webui"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
@@ -114,6 +128,12 @@ def decode_speed(args: list[str], ids: list[int], lora: list | None, runs: int =
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="llama-server's threads (on a machine shared with "
+                        "other work, fewer threads than cores: llama.cpp's threads spin while they wait)")
+    threads = parser.parse_args().threads
     work = Path(tempfile.mkdtemp(prefix="tunelab-export-lora-bench-"))
     os.environ.setdefault("TUNELAB_HOME", str(work / "home"))
     sys.path.insert(0, str(ROOT))
@@ -146,17 +166,26 @@ def main() -> None:
     with_lora, lora_tokens = llama_run(files["base f16"], files["lora"], ids, 64)
     merged, merged_tokens = llama_run(files["merged f16"], None, ids, 64)
     base, base_tokens = llama_run(files["base f16"], None, ids, 64)
-    same = next((i for i, (a, b) in enumerate(zip(lora_tokens, merged_tokens)) if a != b), len(lora_tokens))
-    print(f"\nprompt of {len(ids)} tokens: base f16 + LoRA vs merged f16, max |logit difference| "
-          f"{abs(with_lora - merged).max():.4f} (the fine-tune moves them by up to {abs(merged - base).max():.3f}); "
-          f"greedy tokens equal for {same} of 64 (base alone: "
-          f"{next((i for i, (a, b) in enumerate(zip(base_tokens, merged_tokens)) if a != b), 64)})")
+    served = served_logits(registry, model_id, ids)
+
+    def agree(a: list[int], b: list[int]) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+
+    print(f"\nlab-2 with the system message, a prompt of {len(ids)} tokens; llama.cpp, f16 files:\n"
+          "| Compared | max abs logit difference over the prompt | greedy tokens equal (of 64) |\n|---|---|---|\n"
+          f"| base + LoRA GGUF vs merged GGUF | {abs(with_lora - merged).max():.3f} | "
+          f"{agree(lora_tokens, merged_tokens)} |\n"
+          f"| base + LoRA GGUF vs tunelab's fp32 base + adapter | {abs(with_lora - served).max():.3f} | |\n"
+          f"| merged GGUF vs tunelab's fp32 base + adapter | {abs(merged - served).max():.3f} | |\n"
+          f"| base GGUF alone vs merged GGUF (what the fine-tune changes) | {abs(base - merged).max():.3f} | "
+          f"{agree(base_tokens, merged_tokens)} |")
 
     lora_args = ["-m", str(files["base q8_0"]), "--lora", str(files["lora"]), "--lora-init-without-apply"]
-    speeds = {"base q8_0 + LoRA, scale 1": decode_speed(lora_args, ids, [{"id": 0, "scale": 1.0}]),
-              "base q8_0 + LoRA, scale 0": decode_speed(lora_args, ids, [{"id": 0, "scale": 0.0}]),
-              "merged q8_0": decode_speed(["-m", str(files["merged q8_0"])], ids, None)}
-    print(f"\nload average {os.getloadavg()[0]:.1f}\n| llama-server, 2 threads | tokens/s (median of 3) |\n|---|---|")
+    speeds = {"base q8_0 + LoRA, scale 1": decode_speed(lora_args, ids, [{"id": 0, "scale": 1.0}], threads),
+              "base q8_0 + LoRA, scale 0": decode_speed(lora_args, ids, [{"id": 0, "scale": 0.0}], threads),
+              "merged q8_0": decode_speed(["-m", str(files["merged q8_0"])], ids, None, threads)}
+    print(f"\nload average {os.getloadavg()[0]:.1f}\n| llama-server, {threads} threads | tokens/s (median of 3) "
+          "|\n|---|---|")
     for name, speed in speeds.items():
         print(f"| {name} | {speed:.1f} |")
 

@@ -37,24 +37,14 @@ def llama_cpp():
 def built(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """Per architecture: a tiny random model and a LoRA adapter on all its linear layers but the head, with random
     non-zero B matrices (a fresh adapter's B is zero: it would change nothing), rank 4, alpha 8."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("lora-gguf-models")
     found = {}
     for arch in ARCHS:
         base = tiny_models.build(arch, root / arch, layers=6 if arch == "gemma3" else 2)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        torch.manual_seed(1)
-        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                task_type="CAUSAL_LM"))
-        with torch.no_grad():
-            for name, param in peft.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0, 0.05)
-        adapter = root / f"{arch}-run" / "adapter"
-        peft.save_pretrained(adapter, safe_serialization=True)
-        AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
+        adapter = adapter_of(base, root / f"{arch}-run" / "adapter", seed=1, target_modules="all-linear")
+        AutoTokenizer.from_pretrained(base).save_pretrained(adapter)  # as tunelab's trainer saves a fine-tune
         found[arch] = (base, adapter)
     return found
 
@@ -218,7 +208,8 @@ def test_llama_server_serves_base_and_fine_tune_from_one_process_the_adapter_cho
 
 
 def adapter_of(base: Path, out: Path, seed: int = 2, **lora) -> Path:
-    """A LoRA adapter on `base` with random non-zero B matrices, saved as PEFT saves it."""
+    """A LoRA adapter on `base` (rank 4, alpha 8 unless given) with random non-zero B matrices, saved as PEFT saves
+    it."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
