@@ -4,6 +4,7 @@ this process: no service is needed, and the files go straight to `--out`.
     tunelab export ft:SmolLM2-135M-Instruct:local:ft-travel:… --format peft
     tunelab export ft:SmolLM2-135M-Instruct:local:ft-travel:… --format gguf --quant q8_0 --ollama
     tunelab export ft:…:ckpt-step-94 --format merged --out exports/travel-merged
+    tunelab export ft:SmolLM2-135M-Instruct:local:ft-travel:… --format gguf-lora   # the adapter alone, for llama.cpp
 
 A live bar shows what the export is doing; at the end a table lists the files and their sizes, followed by the
 commands that load them in transformers, llama.cpp or Ollama. The service's `/v1/exports` runs the same export.
@@ -34,7 +35,8 @@ err = Console(stderr=True)
 def export(
     model: str = typer.Argument(..., help="A fine-tuned model (ft:…), one of its checkpoints (ft:…:ckpt-step-N) "
                                 "or, for gguf, a base model."),
-    format: str = typer.Option(..., "--format", help="peft, merged or gguf."),
+    format: str = typer.Option(..., "--format", help="peft, merged, gguf or gguf-lora (the LoRA adapter alone, "
+                               "for llama.cpp's --lora on the base model's GGUF)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="gguf only: f16 (the default), q8_0 or q4_0."),
     ollama: bool = typer.Option(False, "--ollama", help="gguf only: write an Ollama Modelfile beside the GGUF."),
     system: Optional[str] = typer.Option(None, "--system", help="with --ollama: the Modelfile's SYSTEM message "
@@ -42,7 +44,8 @@ def export(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="A new directory for the files (by default "
                                            "./exports/<model>-<format>, plus -<quant> for gguf)."),
 ) -> None:
-    """Export a model as a PEFT adapter, a merged safetensors model or a GGUF file (with an Ollama Modelfile)."""
+    """Export a model as a PEFT adapter, a merged safetensors model, a GGUF file (with an Ollama Modelfile) or a
+    LoRA GGUF for llama.cpp."""
     from ..export import FORMATS, QUANTS, ExportRequest, export_model
     from ..models.registry import Registry
     from ..store.db import Database
@@ -130,6 +133,13 @@ def show(target: Path, files, format: str, model: str) -> None:
     elif format == "merged":
         out.print(f"  python -c \"from transformers import AutoModelForCausalLM; "
                   f"AutoModelForCausalLM.from_pretrained('{target}')\"", highlight=False, soft_wrap=True)
+    elif format == "gguf-lora":
+        base = model.removeprefix("ft:").split(":")[0]
+        lora = shlex.quote(str(target / files[0].name))
+        out.print(f"  tunelab export {shlex.quote(base)} --format gguf   # the base model's GGUF, once for all its "
+                  "fine-tunes", highlight=False, soft_wrap=True)
+        out.print(f"  llama-server -m BASE.gguf --lora {lora} --lora-init-without-apply --jinja   # then per "
+                  'request: "lora": [{"id": 0, "scale": 1.0}]', highlight=False, soft_wrap=True)
     else:
         gguf = next((f.name for f in files if f.name.endswith(".gguf")), "model.gguf")
         out.print(f"  llama-server -m {shlex.quote(str(target / gguf))}", highlight=False, soft_wrap=True)

@@ -1,5 +1,5 @@
-"""Export a model out of tunelab: a PEFT adapter, a merged Hugging Face model, or one GGUF file (with an Ollama
-Modelfile beside it).
+"""Export a model out of tunelab: a PEFT adapter, a merged Hugging Face model, one GGUF file (with an Ollama
+Modelfile beside it), or the LoRA adapter alone as llama.cpp's LoRA GGUF, applied to the base model's GGUF.
 
     tunelab export ft:SmolLM2-135M-Instruct:local:ft-travel:1a2b3c4d --format gguf --quant q8_0 --ollama
 
@@ -19,7 +19,7 @@ from ..models.registry import Registry
 from .source import locate_source
 from .staging import staged
 
-FORMATS = ("peft", "merged", "gguf")
+FORMATS = ("peft", "merged", "gguf", "gguf-lora")
 QUANTS = ("f16", "q8_0", "q4_0")
 
 Progress = Callable[[float, str], None]
@@ -27,7 +27,7 @@ Progress = Callable[[float, str], None]
 
 @dataclass
 class ExportRequest:
-    format: str                 # "peft" | "merged" | "gguf"
+    format: str                 # "peft" | "merged" | "gguf" | "gguf-lora"
     quant: str = "f16"          # gguf only
     ollama: bool = False        # gguf only: write a Modelfile beside the GGUF
     system: str | None = None   # Ollama SYSTEM line; None: the job's system message when all its training
@@ -71,6 +71,9 @@ def export_model(registry: Registry, model_id: str, request: ExportRequest, out:
         raise InvalidRequest(f"{out} already exists; choose a new output directory", param="out")
     report = progress or (lambda fraction, what: None)
     source = locate_source(registry, model_id, request.format)
+    if request.format == "gguf-lora" and source.method != "lora":
+        raise InvalidRequest(f"{model_id} is a full fine-tune: it has no LoRA adapter to write as a LoRA GGUF; "
+                             "choose the gguf format", param="format")
     if request.ollama:
         from .ollama import turn_format
 
@@ -81,6 +84,12 @@ def export_model(registry: Registry, model_id: str, request: ExportRequest, out:
             hf.write_peft(source, work, report)
         elif request.format == "merged":
             hf.write_merged(source, work, report)
+        elif request.format == "gguf-lora":
+            from .gguf_file import _file_stem
+            from .gguf_lora import write_lora_gguf
+
+            write_lora_gguf(source.weights, source.model_dir, work / f"{_file_stem(model_id)}-lora-f16.gguf", report,
+                            name=model_id)
         else:
             from .gguf_file import write_gguf
 

@@ -15,7 +15,9 @@ class ExportCreate(BaseModel):
     model: str = Field(min_length=1, max_length=256, description="a fine-tuned model (ft:…), one of its checkpoints "
                        "(ft:…:ckpt-step-N) or, for gguf only, a base model")
     format: Literal[FORMATS] = Field(description="peft: the LoRA adapter with its tokenizer; merged: a safetensors "
-                                     "model with the adapter merged in; gguf: one GGUF file for llama.cpp and Ollama")
+                                     "model with the adapter merged in; gguf: one GGUF file for llama.cpp and Ollama; "
+                                     "gguf-lora: the LoRA adapter alone as a llama.cpp LoRA GGUF (--lora), applied "
+                                     "to the base model's gguf export")
     quantization: Literal[QUANTS] | None = Field(default=None, description="gguf only: the weights' precision "
                                                  "(default f16)")
     ollama: bool = Field(default=False, description="gguf only: write an Ollama Modelfile beside the GGUF")

@@ -30,7 +30,7 @@ class ExportsService:
             raise InvalidRequest(f"{body.model} is a base model: it has no fine-tuning to export as "
                                  f"{body.format}; export a fine-tuned model or a checkpoint (ft:…), or choose "
                                  "format gguf", param="model")
-        if located.method == "full" and body.format == "peft":
+        if located.method == "full" and body.format in ("peft", "gguf-lora"):
             raise InvalidRequest(f"{body.model} is a full fine-tune: it has no LoRA adapter to export; choose "
                                  "format merged or gguf", param="format")
         quant = (body.quantization or "f16") if body.format == "gguf" else None
