@@ -23,6 +23,10 @@ class DeploymentProperties(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: ModelRef
     raiPolicyName: str | None = Field(default="Default", description="content filter policy: Default or None")
+    engine: dict[str, Any] | None = Field(
+        default=None, description='what decodes: {"type": "local"} (default, in process), {"type": "llama.cpp"}, '
+        '{"type": "vllm"} (servers tunelab starts and watches), or {"type": "url", "url": "http://host:port", '
+        '"kind": "llama.cpp|vllm"} (an engine already running)')
 
 
 class DeploymentCreate(BaseModel):
@@ -40,16 +44,21 @@ class Deployment(BaseModel):
     systemData: dict[str, Any]
 
     @classmethod
-    def of(cls, row) -> "Deployment":
-        """A row of the `deployments` table as Azure shows a deployment, with its rate limits."""
+    def of(cls, row, engine: dict | None = None) -> "Deployment":
+        """A row of the `deployments` table as Azure shows a deployment, with its rate limits and its engine
+        (`engine`: the state of the server behind it, if any)."""
         capacity = row["capacity"]
+        shown_engine = {"type": row["engine"]}
+        if row["engine"] == "url":
+            shown_engine.update(url=row["engine_url"], kind=row["engine_kind"])
+        shown_engine.update(engine or {})
         return cls(
             id=f"/deployments/{row['name']}", name=row["name"], type="Microsoft.CognitiveServices/accounts/deployments",
             sku=Sku(name=row["sku_name"], capacity=capacity),
             properties={
                 "model": {"format": "OpenAI", "name": row["model"], "version": "1"},
                 "raiPolicyName": row["rai_policy"] or "None",
-                "provisioningState": row["state"], "error": row["error"],
+                "provisioningState": row["state"], "error": row["error"], "engine": shown_engine,
                 "rateLimits": [{"key": "request", "renewalPeriod": 60, "count": capacity * 6},
                                {"key": "token", "renewalPeriod": 60, "count": capacity * 1000}],
             },

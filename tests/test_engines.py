@@ -1,0 +1,248 @@
+"""Deployments served by an engine other than tunelab's own: a real `llama-server` (built by `make llamacpp`) that
+the service starts, watches and stops, and an engine URL. Everything the SDK sees stays tunelab's: streaming,
+usage, finish reasons, the rate limit, the content filter, errors in the OpenAI envelope."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from conftest import free_port, serve_in_thread
+from test_chat import ASK
+from test_deployments import wait_until_provisioned
+
+LLAMA_SERVER = next((Path(p) for p in (os.environ.get("TUNELAB_LLAMA_SERVER"),
+                                       Path(sys.executable).parent / "llama-server")
+                     if p and Path(p).is_file()), None)
+needs_llama_server = pytest.mark.skipif(LLAMA_SERVER is None, reason="llama-server is not installed: run "
+                                        "`make llamacpp` (it builds llama.cpp's server beside this Python)")
+HTTP = {"Authorization": "Bearer test-key"}
+
+
+def deploy(http, base_url, name, model, *, engine=None, capacity=100, policy="None"):
+    properties = {"model": {"format": "OpenAI", "name": model}, "raiPolicyName": policy}
+    if engine is not None:
+        properties["engine"] = engine
+    return http.put(f"{base_url}/deployments/{name}", json={"sku": {"name": "Standard", "capacity": capacity},
+                                                            "properties": properties})
+
+
+def provisioned(http, base_url, name, timeout=120) -> str:
+    """The deployment's state once it is no longer Creating; a failure says why."""
+    state = wait_until_provisioned(http, base_url, name, timeout)
+    assert state == "Succeeded", http.get(f"{base_url}/deployments/{name}").json()["properties"]["error"]
+    return state
+
+
+def engine_of(http, base_url, name) -> dict:
+    return http.get(f"{base_url}/deployments/{name}").json()["properties"]["engine"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.fixture
+def fp32_decode(monkeypatch):
+    """tunelab's engine decoding with fp32 weights (not int8 rows), to compare with llama.cpp's f16 GGUF."""
+    monkeypatch.setenv("TUNELAB_DECODE_WEIGHTS", "fp32")
+
+
+def completions_served(log: Path) -> int:
+    """Completion requests the llama-server behind a deployment has answered, from its log."""
+    return log.read_text(errors="replace").count("POST /v1/completions") if log.exists() else 0
+
+
+def test_a_bad_engine_is_refused_naming_the_field(service):
+    http = httpx.Client(headers=HTTP)
+    for engine, param in (({"type": "tgi"}, "properties.engine.type"),
+                          ({"type": "url"}, "properties.engine.url"),
+                          ({"type": "url", "url": "ftp://host:1"}, "properties.engine.url"),
+                          ({"type": "url", "url": "http://127.0.0.1:9", "kind": "ollama"}, "properties.engine.kind"),
+                          ({"type": "llama.cpp", "url": "http://127.0.0.1:9"}, "properties.engine.url"),
+                          ({"type": "local", "port": 1}, "properties.engine.port"),
+                          ("llama.cpp", "properties.engine")):
+        refused = deploy(http, service.base_url, "bad", "tiny", engine=engine)
+        assert refused.status_code == 400, engine
+        assert refused.json()["error"]["param"] == param, (engine, refused.json())
+    assert http.get(f"{service.base_url}/deployments").json()["value"] == []  # nothing half-made
+
+
+def test_an_engine_url_that_is_down_fails_the_deployment_and_says_where(service):
+    http = httpx.Client(headers=HTTP)
+    url = f"http://127.0.0.1:{free_port()}"
+    assert deploy(http, service.base_url, "away", "tiny", engine={"type": "url", "url": url}).status_code == 201
+    assert wait_until_provisioned(http, service.base_url, "away") == "Failed"
+    shown = http.get(f"{service.base_url}/deployments/away").json()["properties"]
+    assert url in shown["error"] and "away" in shown["error"]
+    assert shown["engine"] == {"type": "url", "url": url, "kind": None}
+
+
+@needs_llama_server
+def test_a_fine_tune_on_llama_cpp_answers_as_on_the_local_engine(fp32_decode, tuned):
+    """The same greedy answer from llama-server (f16 GGUF) and from tunelab's engine (fp32), through the stock
+    SDK and AzureOpenAI, streamed and not, with usage and finish reasons."""
+    service, model = tuned
+    http = httpx.Client(headers=HTTP)
+    assert deploy(http, service.base_url, "ft-cpp", model, engine={"type": "llama.cpp"}).status_code == 201
+    assert deploy(http, service.base_url, "ft-local", model).status_code == 201
+    provisioned(http, service.base_url, "ft-cpp")
+    provisioned(http, service.base_url, "ft-local")
+    engine = engine_of(http, service.base_url, "ft-cpp")
+    assert engine["type"] == "llama.cpp" and engine["state"] == "Running" and engine["restarts"] == 0
+    assert alive(engine["pid"]) and engine["port"] > 0
+    assert engine_of(http, service.base_url, "ft-local") == {"type": "local"}
+
+    client = service.client()
+    ask = dict(messages=ASK, max_tokens=12, temperature=0)
+    on_cpp = client.chat.completions.create(model="ft-cpp", **ask)
+    on_local = client.chat.completions.create(model="ft-local", **ask)
+    assert on_cpp.choices[0].message.content == on_local.choices[0].message.content
+    assert on_cpp.choices[0].finish_reason == on_local.choices[0].finish_reason
+    assert on_cpp.usage.prompt_tokens == on_local.usage.prompt_tokens
+    assert on_cpp.usage.completion_tokens == on_local.usage.completion_tokens
+    if on_cpp.choices[0].finish_reason == "length":
+        assert on_cpp.usage.completion_tokens == 12
+
+    chunks = list(client.chat.completions.create(model="ft-cpp", stream=True, stream_options={"include_usage": True},
+                                                 **ask))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == on_cpp.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == on_cpp.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == on_cpp.usage.completion_tokens
+
+    short = client.chat.completions.create(model="ft-cpp", messages=ASK, max_tokens=3, temperature=0)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+
+    azure = openai.AzureOpenAI(azure_endpoint=service.base_url.removesuffix("/v1"), api_key="test-key",
+                               api_version="2024-10-21")
+    assert azure.chat.completions.create(model="ft-cpp", **ask).choices[0].message.content == \
+        on_cpp.choices[0].message.content
+    streamed = list(azure.chat.completions.create(model="ft-cpp", stream=True, **ask))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
+        on_cpp.choices[0].message.content
+
+    # Deleting the deployment stops its server.
+    assert http.delete(f"{service.base_url}/deployments/ft-cpp").status_code == 204
+    deadline = time.monotonic() + 15
+    while alive(engine["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(engine["pid"])
+
+
+@needs_llama_server
+def test_limits_filter_and_a_killed_engine_on_llama_cpp(monkeypatch, tiny_model, home):
+    """tunelab's limiter answers 429 without calling the engine; the content filter vets the streamed answer;
+    kill -9 of llama-server mid-stream ends the stream with an error the SDK raises, the watcher restarts the
+    server and the next request is answered; an engine URL that stops answering is a clear 503; the service's
+    stop stops every engine it started."""
+    from tunelab.models.catalog import import_model
+
+    monkeypatch.setenv("TUNELAB_API_KEY", "test-key")
+    import_model(tiny_model, "tiny")
+    with serve_in_thread() as service:
+        pids = check_limits_filter_and_a_killed_engine(service, home)
+    assert not any(alive(pid) for pid in pids)
+
+
+def check_limits_filter_and_a_killed_engine(service, home) -> list[int]:
+    http = httpx.Client(headers=HTTP)
+    client = service.client(max_retries=0)
+    assert deploy(http, service.base_url, "base-cpp", "tiny", engine={"type": "llama.cpp"},
+                  capacity=1).status_code == 201
+    provisioned(http, service.base_url, "base-cpp")
+    log = Path(engine_of(http, service.base_url, "base-cpp")["log"])
+
+    # The limit: 1K tokens per minute, 6 requests per minute; a request asking more than is left is refused
+    # before it reaches the engine.
+    client.chat.completions.create(model="base-cpp", messages=ASK, max_tokens=600, temperature=0)
+    served = completions_served(log)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="base-cpp", messages=ASK, max_tokens=600, temperature=0)
+    assert int(caught.value.response.headers["Retry-After"]) >= 1
+    assert completions_served(log) == served  # the engine was never asked
+
+    # The content filter, on the completion streamed from the engine: a custom blocklist holding a word of the
+    # answer stops the stream before that word leaves.
+    assert deploy(http, service.base_url, "open-cpp", "tiny", engine={"type": "llama.cpp"}).status_code == 201
+    provisioned(http, service.base_url, "open-cpp")
+    text = client.chat.completions.create(model="open-cpp", messages=ASK, max_tokens=40,
+                                          temperature=0).choices[0].message.content
+    word = max(text.split(), key=len)
+    assert http.put(f"{service.base_url}/content_filters/no-word", json={"blocklist": [word]}).status_code == 200
+    assert deploy(http, service.base_url, "guarded-cpp", "tiny", engine={"type": "llama.cpp"},
+                  policy="no-word").status_code == 201
+    provisioned(http, service.base_url, "guarded-cpp")
+    chunks = [c.to_dict() for c in client.chat.completions.create(model="guarded-cpp", messages=ASK, max_tokens=40,
+                                                                  temperature=0, stream=True)]
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert word not in streamed
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "content_filter"
+
+    # kill -9 mid-stream: the SDK raises (no hang), the watcher restarts the server, the next request succeeds.
+    engine = engine_of(http, service.base_url, "open-cpp")
+    stream = client.chat.completions.create(model="open-cpp", messages=ASK, max_tokens=900, temperature=1.0,
+                                            seed=1, stream=True)
+    killed = threading.Event()
+    with pytest.raises(openai.APIError) as cut:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content and not killed.is_set():
+                os.kill(engine["pid"], signal.SIGKILL)
+                killed.set()
+    assert killed.is_set() and "open-cpp" in str(cut.value.message) and "llama.cpp" in str(cut.value.message)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = engine_of(http, service.base_url, "open-cpp")
+        if now["state"] == "Running" and now["restarts"] == 1:
+            break
+        time.sleep(0.1)
+    assert now["state"] == "Running" and now["restarts"] == 1 and now["pid"] != engine["pid"]
+    assert now["lastExit"] == -signal.SIGKILL
+    assert client.chat.completions.create(model="open-cpp", messages=ASK, max_tokens=4).choices[0].message.content
+
+    # An engine URL someone else runs (here: a llama-server started by hand on the same GGUF) that goes away.
+    gguf = next((home / "engines" / "gguf").glob("tiny/*.gguf"))
+    port = free_port()
+    own = subprocess.Popen([str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert deploy(http, service.base_url, "theirs", "tiny",
+                      engine={"type": "url", "url": url}).status_code == 201
+        provisioned(http, service.base_url, "theirs")
+        assert engine_of(http, service.base_url, "theirs")["kind"] == "llama.cpp"  # asked of the engine
+        direct = client.chat.completions.create(model="theirs", messages=ASK, max_tokens=8, temperature=0)
+        assert direct.choices[0].message.content == client.chat.completions.create(
+            model="open-cpp", messages=ASK, max_tokens=8, temperature=0).choices[0].message.content
+    finally:
+        own.kill()
+        own.wait()
+    with pytest.raises(openai.InternalServerError) as down:
+        client.chat.completions.create(model="theirs", messages=ASK, max_tokens=4)
+    assert down.value.status_code == 503 and down.value.response.headers["Retry-After"]
+    assert "theirs" in down.value.message and url in down.value.message
+    with pytest.raises(openai.InternalServerError):
+        list(client.chat.completions.create(model="theirs", messages=ASK, max_tokens=4, stream=True))
+
+    pids = [engine_of(http, service.base_url, n)["pid"] for n in ("base-cpp", "open-cpp", "guarded-cpp")]
+    assert all(alive(pid) for pid in pids)
+    return pids
