@@ -62,8 +62,8 @@ def fp32_decode(monkeypatch):
 
 
 def completions_served(log: Path) -> int:
-    """Completion requests the llama-server behind a deployment has answered, from its log."""
-    return log.read_text(errors="replace").count("POST /v1/completions") if log.exists() else 0
+    """Requests the llama-server behind a deployment has taken into a slot, from its log."""
+    return log.read_text(errors="replace").count("launch_slot_") if log.exists() else 0
 
 
 def test_a_bad_engine_is_refused_naming_the_field(service):
@@ -91,55 +91,47 @@ def test_an_engine_url_that_is_down_fails_the_deployment_and_says_where(service)
     assert shown["engine"] == {"type": "url", "url": url, "kind": None}
 
 
+def same_answers(service, on_engine: str, on_local: str) -> None:
+    """Deployment `on_engine` answers as `on_local` (tunelab's engine) does, greedy: through the stock SDK and
+    AzureOpenAI, whole and streamed, with the same usage and finish reasons."""
+    client = service.client()
+    ask = dict(messages=ASK, max_tokens=12, temperature=0)
+    engine = client.chat.completions.create(model=on_engine, **ask)
+    local = client.chat.completions.create(model=on_local, **ask)
+    assert engine.choices[0].message.content == local.choices[0].message.content
+    assert engine.choices[0].finish_reason == local.choices[0].finish_reason
+    assert (engine.usage.prompt_tokens, engine.usage.completion_tokens) == \
+        (local.usage.prompt_tokens, local.usage.completion_tokens)
+    text = engine.choices[0].message.content
+
+    chunks = list(client.chat.completions.create(model=on_engine, stream=True, stream_options={"include_usage": True},
+                                                 **ask))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == engine.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == engine.usage.completion_tokens
+
+    short = client.chat.completions.create(model=on_engine, messages=ASK, max_tokens=3, temperature=0)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+
+    azure = openai.AzureOpenAI(azure_endpoint=service.base_url.removesuffix("/v1"), api_key="test-key",
+                               api_version="2024-10-21")
+    assert azure.chat.completions.create(model=on_engine, **ask).choices[0].message.content == text
+    streamed = list(azure.chat.completions.create(model=on_engine, stream=True, **ask))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+
+
+@pytest.mark.slow
 @needs_llama_server
 def test_a_fine_tune_on_llama_cpp_answers_as_on_the_local_engine(fp32_decode, tuned):
-    """The same greedy answer from llama-server (f16 GGUF) and from tunelab's engine (fp32), through the stock
-    SDK and AzureOpenAI, streamed and not, with usage and finish reasons."""
+    """A fine-tune on llama-server (its f16 GGUF: the base with the LoRA adapter where tunelab writes LoRA GGUFs,
+    else the merged fine-tune) gives the local engine's greedy answers (fp32)."""
     service, model = tuned
     http = httpx.Client(headers=HTTP)
     assert deploy(http, service.base_url, "ft-cpp", model, engine={"type": "llama.cpp"}).status_code == 201
     assert deploy(http, service.base_url, "ft-local", model).status_code == 201
     provisioned(http, service.base_url, "ft-cpp")
     provisioned(http, service.base_url, "ft-local")
-    engine = engine_of(http, service.base_url, "ft-cpp")
-    assert engine["type"] == "llama.cpp" and engine["state"] == "Running" and engine["restarts"] == 0
-    assert alive(engine["pid"]) and engine["port"] > 0
-    assert engine_of(http, service.base_url, "ft-local") == {"type": "local"}
-
-    client = service.client()
-    ask = dict(messages=ASK, max_tokens=12, temperature=0)
-    on_cpp = client.chat.completions.create(model="ft-cpp", **ask)
-    on_local = client.chat.completions.create(model="ft-local", **ask)
-    assert on_cpp.choices[0].message.content == on_local.choices[0].message.content
-    assert on_cpp.choices[0].finish_reason == on_local.choices[0].finish_reason
-    assert on_cpp.usage.prompt_tokens == on_local.usage.prompt_tokens
-    assert on_cpp.usage.completion_tokens == on_local.usage.completion_tokens
-    if on_cpp.choices[0].finish_reason == "length":
-        assert on_cpp.usage.completion_tokens == 12
-
-    chunks = list(client.chat.completions.create(model="ft-cpp", stream=True, stream_options={"include_usage": True},
-                                                 **ask))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == on_cpp.choices[0].message.content
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == on_cpp.choices[0].finish_reason
-    assert chunks[-1].usage.completion_tokens == on_cpp.usage.completion_tokens
-
-    short = client.chat.completions.create(model="ft-cpp", messages=ASK, max_tokens=3, temperature=0)
-    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
-
-    azure = openai.AzureOpenAI(azure_endpoint=service.base_url.removesuffix("/v1"), api_key="test-key",
-                               api_version="2024-10-21")
-    assert azure.chat.completions.create(model="ft-cpp", **ask).choices[0].message.content == \
-        on_cpp.choices[0].message.content
-    streamed = list(azure.chat.completions.create(model="ft-cpp", stream=True, **ask))
-    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
-        on_cpp.choices[0].message.content
-
-    # Deleting the deployment stops its server.
-    assert http.delete(f"{service.base_url}/deployments/ft-cpp").status_code == 204
-    deadline = time.monotonic() + 15
-    while alive(engine["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(engine["pid"])
+    same_answers(service, "ft-cpp", "ft-local")
 
 
 @needs_llama_server
@@ -151,6 +143,7 @@ def test_limits_filter_and_a_killed_engine_on_llama_cpp(monkeypatch, tiny_model,
     from tunelab.models.catalog import import_model
 
     monkeypatch.setenv("TUNELAB_API_KEY", "test-key")
+    monkeypatch.setenv("TUNELAB_DECODE_WEIGHTS", "fp32")  # to compare with llama.cpp's f16 GGUF
     import_model(tiny_model, "tiny")
     with serve_in_thread() as service:
         pids = check_limits_filter_and_a_killed_engine(service, home)
@@ -162,13 +155,22 @@ def check_limits_filter_and_a_killed_engine(service, home) -> list[int]:
     client = service.client(max_retries=0)
     assert deploy(http, service.base_url, "base-cpp", "tiny", engine={"type": "llama.cpp"},
                   capacity=1).status_code == 201
-    provisioned(http, service.base_url, "base-cpp")
+    assert deploy(http, service.base_url, "open-cpp", "tiny", engine={"type": "llama.cpp"}).status_code == 201
+    assert deploy(http, service.base_url, "base-local", "tiny").status_code == 201
+    for name in ("base-cpp", "open-cpp", "base-local"):
+        provisioned(http, service.base_url, name)
+    engine = engine_of(http, service.base_url, "open-cpp")
+    assert engine["type"] == "llama.cpp" and engine["state"] == "Running" and engine["restarts"] == 0
+    assert alive(engine["pid"]) and engine["port"] > 0
+    assert engine_of(http, service.base_url, "base-local") == {"type": "local"}
+    same_answers(service, "open-cpp", "base-local")
     log = Path(engine_of(http, service.base_url, "base-cpp")["log"])
 
     # The limit: 1K tokens per minute, 6 requests per minute; a request asking more than is left is refused
     # before it reaches the engine.
     client.chat.completions.create(model="base-cpp", messages=ASK, max_tokens=600, temperature=0)
     served = completions_served(log)
+    assert served >= 2  # the warm-up and that answer
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="base-cpp", messages=ASK, max_tokens=600, temperature=0)
     assert int(caught.value.response.headers["Retry-After"]) >= 1
@@ -176,8 +178,6 @@ def check_limits_filter_and_a_killed_engine(service, home) -> list[int]:
 
     # The content filter, on the completion streamed from the engine: a custom blocklist holding a word of the
     # answer stops the stream before that word leaves.
-    assert deploy(http, service.base_url, "open-cpp", "tiny", engine={"type": "llama.cpp"}).status_code == 201
-    provisioned(http, service.base_url, "open-cpp")
     text = client.chat.completions.create(model="open-cpp", messages=ASK, max_tokens=40,
                                           temperature=0).choices[0].message.content
     word = max(text.split(), key=len)
@@ -243,6 +243,10 @@ def check_limits_filter_and_a_killed_engine(service, home) -> list[int]:
     with pytest.raises(openai.InternalServerError):
         list(client.chat.completions.create(model="theirs", messages=ASK, max_tokens=4, stream=True))
 
-    pids = [engine_of(http, service.base_url, n)["pid"] for n in ("base-cpp", "open-cpp", "guarded-cpp")]
+    # Deleting a deployment stops its server; the service's stop stops the others.
+    gone = engine_of(http, service.base_url, "base-cpp")["pid"]
+    assert http.delete(f"{service.base_url}/deployments/base-cpp").status_code == 204
+    assert not alive(gone)
+    pids = [engine_of(http, service.base_url, n)["pid"] for n in ("open-cpp", "guarded-cpp")]
     assert all(alive(pid) for pid in pids)
     return pids
