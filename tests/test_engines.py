@@ -18,6 +18,7 @@ import pytest
 
 from conftest import free_port, serve_in_thread
 from test_chat import ASK
+from test_cli import tunelab
 from test_deployments import wait_until_provisioned
 
 LLAMA_SERVER = next((Path(p) for p in (os.environ.get("TUNELAB_LLAMA_SERVER"),
@@ -66,7 +67,7 @@ def completions_served(log: Path) -> int:
     return log.read_text(errors="replace").count("launch_slot_") if log.exists() else 0
 
 
-def test_a_bad_engine_is_refused_naming_the_field(service):
+def test_a_bad_engine_is_refused_naming_the_field(service, capsys, monkeypatch):
     http = httpx.Client(headers=HTTP)
     for engine, param in (({"type": "tgi"}, "properties.engine.type"),
                           ({"type": "url"}, "properties.engine.url"),
@@ -78,6 +79,9 @@ def test_a_bad_engine_is_refused_naming_the_field(service):
         refused = deploy(http, service.base_url, "bad", "tiny", engine=engine)
         assert refused.status_code == 400, engine
         assert refused.json()["error"]["param"] == param, (engine, refused.json())
+    monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
+    code, output = tunelab(capsys, "deploy", "tiny", "--name", "bad", "--engine", "tgi")
+    assert code == 2 and "properties.engine.type" in output and "llama.cpp" in output
     assert http.get(f"{service.base_url}/deployments").json()["value"] == []  # nothing half-made
 
 
@@ -135,7 +139,7 @@ def test_a_fine_tune_on_llama_cpp_answers_as_on_the_local_engine(fp32_decode, tu
 
 
 @needs_llama_server
-def test_limits_filter_and_a_killed_engine_on_llama_cpp(monkeypatch, tiny_model, home):
+def test_limits_filter_and_a_killed_engine_on_llama_cpp(monkeypatch, tiny_model, home, capsys):
     """tunelab's limiter answers 429 without calling the engine; the content filter vets the streamed answer;
     kill -9 of llama-server mid-stream ends the stream with an error the SDK raises, the watcher restarts the
     server and the next request is answered; an engine URL that stops answering is a clear 503; the service's
@@ -146,20 +150,24 @@ def test_limits_filter_and_a_killed_engine_on_llama_cpp(monkeypatch, tiny_model,
     monkeypatch.setenv("TUNELAB_DECODE_WEIGHTS", "fp32")  # to compare with llama.cpp's f16 GGUF
     import_model(tiny_model, "tiny")
     with serve_in_thread() as service:
-        pids = check_limits_filter_and_a_killed_engine(service, home)
+        monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
+        pids = check_limits_filter_and_a_killed_engine(service, home, capsys)
     assert not any(alive(pid) for pid in pids)
 
 
-def check_limits_filter_and_a_killed_engine(service, home) -> list[int]:
+def check_limits_filter_and_a_killed_engine(service, home, capsys) -> list[int]:
     http = httpx.Client(headers=HTTP)
     client = service.client(max_retries=0)
     assert deploy(http, service.base_url, "base-cpp", "tiny", engine={"type": "llama.cpp"},
                   capacity=1).status_code == 201
-    assert deploy(http, service.base_url, "open-cpp", "tiny", engine={"type": "llama.cpp"}).status_code == 201
     assert deploy(http, service.base_url, "base-local", "tiny").status_code == 201
-    for name in ("base-cpp", "open-cpp", "base-local"):
-        provisioned(http, service.base_url, name)
+    code, output = tunelab(capsys, "deploy", "tiny", "--name", "open-cpp", "--tpm", "100", "--content-filter",
+                           "None", "--engine", "llama.cpp")
     engine = engine_of(http, service.base_url, "open-cpp")
+    assert code == 0 and f"open-cpp: Succeeded (tiny, 100K tokens per minute, content filter None, on llama.cpp " \
+        f"(pid {engine['pid']}, port {engine['port']}))" in output, output
+    for name in ("base-cpp", "base-local"):
+        provisioned(http, service.base_url, name)
     assert engine["type"] == "llama.cpp" and engine["state"] == "Running" and engine["restarts"] == 0
     assert alive(engine["pid"]) and engine["port"] > 0
     assert engine_of(http, service.base_url, "base-local") == {"type": "local"}

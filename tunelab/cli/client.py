@@ -382,7 +382,8 @@ def deploy(
     shown = created["properties"].get("engine") or {}
     on = f", on {shown.get('kind') or shown['type']} (pid {shown['pid']}, port {shown['port']})" if shown.get("pid") \
         else (f", on {shown['url']}" if shown.get("url") else "")
-    out.print(f"{name}: {state} ({model}, {tpm}K tokens per minute, content filter {content_filter}{on})")
+    out.print(f"{name}: {state} ({model}, {tpm}K tokens per minute, content filter {content_filter}{on})",
+              soft_wrap=True)
 
 
 @deployments_app.command("list")

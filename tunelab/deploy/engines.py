@@ -67,7 +67,8 @@ class EngineSpec:
                                  param=f"properties.engine.{unknown[0]}")
         kind_of = value.get("type", "local")
         if kind_of not in TYPES:
-            raise InvalidRequest(f"unknown engine type {kind_of!r}; choose one of {', '.join(TYPES)}",
+            raise InvalidRequest(f"properties.engine.type {kind_of!r} is not an engine tunelab runs; choose one of "
+                                 f"{', '.join(TYPES)}",
                                  param="properties.engine.type")
         url, kind = value.get("url"), value.get("kind")
         if kind_of != "url":
@@ -84,7 +85,8 @@ class EngineSpec:
             raise InvalidRequest(f"properties.engine.url must be the engine's address, http(s)://host:port; got "
                                  f"{url!r}", param="properties.engine.url")
         if kind is not None and kind not in KINDS:
-            raise InvalidRequest(f"unknown engine kind {kind!r}; choose one of {', '.join(KINDS)}",
+            raise InvalidRequest(f"properties.engine.kind {kind!r} is not an engine tunelab speaks to; choose one of "
+                                 f"{', '.join(KINDS)}, or leave it out to ask the engine",
                                  param="properties.engine.kind")
         return cls("url", url.rstrip("/").removesuffix("/v1"), kind)
 
@@ -226,12 +228,14 @@ class Engines:
     def check(self, spec: EngineSpec) -> None:
         """Refuse, at the request, an engine this machine cannot start."""
         if spec.type == "llama.cpp" and self.llama_server_binary() is None:
-            raise InvalidRequest("llama-server was not found (beside this Python, on the PATH, or at "
-                                 "TUNELAB_LLAMA_SERVER); install llama.cpp's server, or use engine type 'local'",
+            raise InvalidRequest("properties.engine.type 'llama.cpp': llama-server was not found (beside this "
+                                 "Python, on the PATH, or at TUNELAB_LLAMA_SERVER); install llama.cpp's server, or "
+                                 "use engine type 'local'",
                                  param="properties.engine.type")
         if spec.type == "vllm" and shutil.which(self.vllm_command.split()[0]) is None:
-            raise InvalidRequest(f"the vLLM command {self.vllm_command!r} was not found (TUNELAB_VLLM_COMMAND); "
-                                 "install vLLM on a GPU machine, or use another engine type",
+            raise InvalidRequest(f"properties.engine.type 'vllm': the vLLM command {self.vllm_command!r} was not "
+                                 "found (TUNELAB_VLLM_COMMAND); install vLLM on a GPU machine, or use another engine "
+                                 "type",
                                  param="properties.engine.type")
 
     def llama_server_binary(self) -> Path | None:
