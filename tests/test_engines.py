@@ -135,7 +135,16 @@ def test_a_fine_tune_on_llama_cpp_answers_as_on_the_local_engine(fp32_decode, tu
     assert deploy(http, service.base_url, "ft-local", model).status_code == 201
     provisioned(http, service.base_url, "ft-cpp")
     provisioned(http, service.base_url, "ft-local")
+    engine = engine_of(http, service.base_url, "ft-cpp")
+    try:
+        import tunelab.export.gguf_lora  # noqa: F401
+        assert engine["gguf"].endswith("-f16.gguf") and len(engine["loras"]) == 1  # the base, with the adapter
+    except ImportError:
+        assert engine["loras"] == []  # the merged fine-tune
     same_answers(service, "ft-cpp", "ft-local")
+    ask = dict(messages=ASK, max_tokens=12, temperature=0)
+    tuned_answer = service.client().chat.completions.create(model="ft-cpp", **ask).choices[0].message.content
+    assert tuned_answer != service.client().chat.completions.create(model="tiny", **ask).choices[0].message.content
 
 
 @needs_llama_server

@@ -223,6 +223,7 @@ class Engines:
         self.llama_server, self.vllm_command, self.start_timeout = llama_server, vllm_command, start_timeout
         self.targets: dict[str, Target] = {}
         self.processes: dict[str, EngineProcess] = {}
+        self.files: dict[str, dict] = {}  # by deployment: the GGUF files its llama-server loads
         self._exports = threading.Lock()  # one GGUF export at a time: two deployments of a base share its file
 
     def check(self, spec: EngineSpec) -> None:
@@ -272,7 +273,7 @@ class Engines:
         process = self.processes.get(name)
         target = self.targets.get(name)
         if process is not None:
-            return process.shown()
+            return {**process.shown(), **self.files.get(name, {})}
         if target is not None:
             return {"state": "Reachable", "url": target.engine.url, "kind": target.engine.kind}
         return None
@@ -280,6 +281,7 @@ class Engines:
     def stop(self, name: str) -> None:
         target = self.targets.pop(name, None)
         process = self.processes.pop(name, None)
+        self.files.pop(name, None)
         if process is not None:
             process.stop()
         if target is not None:
@@ -318,6 +320,7 @@ class Engines:
         if binary is None:
             raise RuntimeError("llama-server was not found")
         model_file, loras = self.gguf_files(model_id)
+        self.files[name] = {"gguf": str(model_file), "loras": [str(path) for path in loras]}
         engine = RemoteEngine("http://127.0.0.1:0", "llama.cpp", tokenizer=tokenizer, context=context, label=label,
                               adapters={model_id: 0} if loras else None)
 

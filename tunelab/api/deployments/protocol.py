@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,14 +19,23 @@ class ModelRef(BaseModel):
     version: str | None = None
 
 
+class EngineRef(BaseModel):
+    """What decodes a deployment's answers (deploy/engines.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["local", "llama.cpp", "vllm", "url"] = Field(
+        default="local", description="local: tunelab's engine, in process; llama.cpp, vllm: a server tunelab "
+        "starts, watches and stops; url: an engine already running")
+    url: str | None = Field(default=None, description="type url only: the engine's address, http(s)://host:port")
+    kind: Literal["llama.cpp", "vllm"] | None = Field(default=None, description="type url only: what runs there; "
+                                                      "left out, the engine is asked")
+
+
 class DeploymentProperties(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: ModelRef
     raiPolicyName: str | None = Field(default="Default", description="content filter policy: Default or None")
-    engine: dict[str, Any] | None = Field(
-        default=None, description='what decodes: {"type": "local"} (default, in process), {"type": "llama.cpp"}, '
-        '{"type": "vllm"} (servers tunelab starts and watches), or {"type": "url", "url": "http://host:port", '
-        '"kind": "llama.cpp|vllm"} (an engine already running)')
+    engine: EngineRef | None = Field(default=None, description="what decodes; default: tunelab's own engine")
 
 
 class DeploymentCreate(BaseModel):

@@ -14,7 +14,8 @@ class DeploymentsService:
     deployments: Deployments
 
     def create(self, name: str, body: DeploymentCreate) -> Deployment:
-        engine = EngineSpec.parse(body.properties.engine)
+        chosen = body.properties.engine
+        engine = EngineSpec.parse(chosen.model_dump(exclude_none=True) if chosen is not None else None)
         return self._shown(self.deployments.create(name, body.properties.model.name, body.sku.capacity,
                                                    body.sku.name, body.properties.raiPolicyName, engine))
 
