@@ -267,3 +267,52 @@ def check_limits_filter_and_a_killed_engine(service, home, capsys) -> list[int]:
     pids = [engine_of(http, service.base_url, n)["pid"] for n in ("open-cpp", "guarded-cpp")]
     assert all(alive(pid) for pid in pids)
     return pids
+
+
+@pytest.mark.slow
+@needs_llama_server
+def test_an_engine_left_behind_by_a_killed_service_is_stopped_at_its_next_start(monkeypatch, tiny_model, home):
+    """kill -9 of `tunelab serve` leaves its llama-server running (nothing could stop it); the next start stops
+    that server, provisions the deployment again on a new one, and SIGTERM stops everything."""
+    from tunelab.models.catalog import import_model
+
+    monkeypatch.setenv("TUNELAB_API_KEY", "test-key")
+    import_model(tiny_model, "tiny")
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    http = httpx.Client(headers=HTTP)
+
+    def serve() -> subprocess.Popen:
+        started = subprocess.Popen([sys.executable, "-c", "from tunelab.cli.main import main; main()", "serve",
+                                    "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    return started
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        started.kill()
+        raise AssertionError("tunelab serve did not start")
+
+    first = serve()
+    try:
+        assert deploy(http, base_url, "kept-cpp", "tiny", engine={"type": "llama.cpp"}).status_code == 201
+        provisioned(http, base_url, "kept-cpp")
+        left = engine_of(http, base_url, "kept-cpp")["pid"]
+    finally:
+        first.kill()
+        first.wait()
+    assert alive(left)  # killed at once, the service could stop nothing
+    second = serve()
+    try:
+        provisioned(http, base_url, "kept-cpp")
+        now = engine_of(http, base_url, "kept-cpp")["pid"]
+        assert now != left and alive(now) and not alive(left)
+        answer = openai.OpenAI(base_url=base_url, api_key="test-key").chat.completions.create(
+            model="kept-cpp", messages=ASK, max_tokens=4)
+        assert answer.usage.completion_tokens >= 1
+    finally:
+        second.terminate()
+        second.wait(60)
+    assert not alive(now)

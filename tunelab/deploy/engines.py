@@ -131,9 +131,11 @@ class EngineProcess:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting on port {self.port}\n".encode())
             out.flush()
             # A session of its own: stop() ends the server and any workers it forked (vLLM's) together.
-            self.process = subprocess.Popen(self.command(self.port), stdout=out, stderr=subprocess.STDOUT,
+            argv = self.command(self.port)
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env={**os.environ, **(self.env or {})},
                                             start_new_session=True)
+        self.pid_path.write_text(json.dumps({"pid": self.process.pid, "argv": argv}))
         deadline = time.monotonic() + self.start_timeout
         self.started_at = time.monotonic()
         while not self._healthy():
@@ -190,9 +192,34 @@ class EngineProcess:
             log.warning("%s is running again (pid %d, port %d; restart %d)", self.label, self.process.pid, self.port,
                         self.restarts)
 
+    @property
+    def pid_path(self) -> Path:
+        return self.log_path.with_suffix(".pid")
+
+    def end_leftover(self) -> None:
+        """A server an earlier run of the service started and could not stop (it was killed itself): stop it,
+        if the process recorded is still that server."""
+        try:
+            recorded = json.loads(self.pid_path.read_text())
+            argv = Path(f"/proc/{recorded['pid']}/cmdline").read_bytes().split(b"\0")[:-1]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if [a.decode(errors="replace") for a in argv] == recorded["argv"]:
+            log.warning("%s: stopping the server an earlier run left behind (pid %d)", self.label, recorded["pid"])
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(recorded["pid"], sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                deadline = time.monotonic() + 10
+                while Path(f"/proc/{recorded['pid']}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+        self.pid_path.unlink(missing_ok=True)
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         self._kill(timeout)
+        self.pid_path.unlink(missing_ok=True)
         self.state = "Stopped"
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout)
@@ -372,6 +399,7 @@ class Engines:
         process = EngineProcess(label, command, self.root / "logs" / f"{name}.log", env=env,
                                 start_timeout=self.start_timeout, on_ready=ready, on_gave_up=on_gave_up)
         self.processes[name] = process
+        process.end_leftover()
         try:
             process.start()
         except BaseException:
