@@ -48,6 +48,7 @@ class Deployments:
         self.pool = pool
         self.engines = engines
         self.limiters: dict[str, RateLimiter] = {}
+        self.elsewhere: set[str] = set()  # deployments whose engine is not the local one
 
     def create(self, name: str, model: str, capacity: int, sku: str = "Standard", policy: str | None = "Default",
                engine: EngineSpec | None = None):
@@ -80,6 +81,8 @@ class Deployments:
                          (name, model, sku, capacity, None if policy == "None" else policy, now, now, engine.type,
                           engine.url, engine.kind))
         self.limiters[name] = RateLimiter(capacity)
+        if engine.type != "local":
+            self.elsewhere.add(name)
         self.provision(name)
         return self.get(name)
 
@@ -116,8 +119,12 @@ class Deployments:
 
     def target(self, name: str, model_id: str):
         """Where a request to deployment `name` goes: its engine elsewhere, or the pool's engine for its model."""
-        remote = self.engines.target(name) if self.engines is not None else None
-        return remote if remote is not None else self.pool.target(model_id)
+        if name not in self.elsewhere:
+            return self.pool.target(model_id)
+        remote = self.engines.target(name)
+        if remote is None:  # deleted, or provisioned again, meanwhile: never silently the local engine
+            raise DeploymentNotReady(f"the engine of deployment {name!r} is not running; try again in a few seconds")
+        return remote
 
     def engine_state(self, name: str) -> dict | None:
         """The engine process (or URL) behind deployment `name` as the API shows it; None for the local engine."""
@@ -132,8 +139,10 @@ class Deployments:
         """After a restart: every deployment is provisioned again."""
         with self.db.write() as conn:
             conn.execute("UPDATE deployments SET state = 'Creating', error = NULL")
-        for row in self.db.query("SELECT name, capacity FROM deployments"):
+        for row in self.db.query("SELECT name, capacity, engine FROM deployments"):
             self.limiters[row["name"]] = RateLimiter(row["capacity"])
+            if row["engine"] != "local":
+                self.elsewhere.add(row["name"])
             self.provision(row["name"])
 
     def list(self) -> list:
@@ -157,6 +166,7 @@ class Deployments:
         with self.db.write() as conn:
             conn.execute("DELETE FROM deployments WHERE name = ?", (name,))
         self.limiters.pop(name, None)
+        self.elsewhere.discard(name)
         if self.engines is not None:
             self.engines.stop(name)
         still_used = self.db.query("SELECT 1 FROM deployments WHERE model = ? AND engine = 'local'", (row["model"],))
