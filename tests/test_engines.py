@@ -5,6 +5,7 @@ usage, finish reasons, the rate limit, the content filter, errors in the OpenAI 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +23,8 @@ from test_cli import tunelab
 from test_deployments import wait_until_provisioned
 
 LLAMA_SERVER = next((Path(p) for p in (os.environ.get("TUNELAB_LLAMA_SERVER"),
-                                       Path(sys.executable).parent / "llama-server")
-                     if p and Path(p).is_file()), None)
+                                       Path(sys.executable).parent / "llama-server", shutil.which("llama-server"))
+                     if p and Path(p).is_file()), None)  # where the service looks for it
 needs_llama_server = pytest.mark.skipif(LLAMA_SERVER is None, reason="llama-server is not installed: run "
                                         "`make llamacpp` (it builds llama.cpp's server beside this Python)")
 HTTP = {"Authorization": "Bearer test-key"}

@@ -77,7 +77,8 @@ class Deployments:
                 raise InvalidRequest(f"a deployment named {name!r} already exists; delete it first or choose another "
                                      "name", param="name")
             conn.execute("INSERT INTO deployments (name, model, sku_name, capacity, rai_policy, state, created_at, "
-                         "updated_at, engine, engine_url, engine_kind) VALUES (?, ?, ?, ?, ?, 'Creating', ?, ?, ?, ?, ?)",
+                         "updated_at, engine, engine_url, engine_kind) "
+                         "VALUES (?, ?, ?, ?, ?, 'Creating', ?, ?, ?, ?, ?)",
                          (name, model, sku, capacity, None if policy == "None" else policy, now, now, engine.type,
                           engine.url, engine.kind))
         self.limiters[name] = RateLimiter(capacity)
