@@ -17,6 +17,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
+import tiny_models
 from conftest import free_port, serve_in_thread
 from test_chat import ASK
 from test_cli import tunelab
@@ -149,7 +150,7 @@ def test_a_fine_tune_on_llama_cpp_answers_as_on_the_local_engine(fp32_decode, tu
 
 
 @needs_llama_server
-def test_limits_filter_and_a_killed_engine_on_llama_cpp(monkeypatch, tiny_model, home, capsys):
+def test_limits_filter_and_a_killed_engine_on_llama_cpp(monkeypatch, tiny_model, home, capsys, tmp_path):
     """tunelab's limiter answers 429 without calling the engine; the content filter vets the streamed answer;
     kill -9 of llama-server mid-stream ends the stream with an error the SDK raises, the watcher restarts the
     server and the next request is answered; an engine URL that stops answering is a clear 503; the service's
@@ -159,6 +160,9 @@ def test_limits_filter_and_a_killed_engine_on_llama_cpp(monkeypatch, tiny_model,
     monkeypatch.setenv("TUNELAB_API_KEY", "test-key")
     monkeypatch.setenv("TUNELAB_DECODE_WEIGHTS", "fp32")  # to compare with llama.cpp's f16 GGUF
     import_model(tiny_model, "tiny")
+    # A wider model, for an answer that takes llama.cpp seconds (the tiny one's takes it milliseconds): long
+    # enough to be cut by a kill.
+    import_model(tiny_models.build("llama", tmp_path / "wide", hidden=512, layers=4), "wide")
     with serve_in_thread() as service:
         monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
         pids = check_limits_filter_and_a_killed_engine(service, home, capsys)
@@ -210,25 +214,30 @@ def check_limits_filter_and_a_killed_engine(service, home, capsys) -> list[int]:
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "content_filter"
 
     # kill -9 mid-stream: the SDK raises (no hang), the watcher restarts the server, the next request succeeds.
-    engine = engine_of(http, service.base_url, "open-cpp")
-    stream = client.chat.completions.create(model="open-cpp", messages=ASK, max_tokens=900, temperature=1.0,
-                                            seed=1, stream=True)
+    assert deploy(http, service.base_url, "wide-cpp", "wide", engine={"type": "llama.cpp"}).status_code == 201
+    provisioned(http, service.base_url, "wide-cpp")
+    engine = engine_of(http, service.base_url, "wide-cpp")
+    long = dict(model="wide-cpp", messages=ASK, max_tokens=400, temperature=0)
+    started = time.monotonic()
+    assert client.chat.completions.create(**long).usage.completion_tokens == 400
+    assert time.monotonic() - started > 0.2  # long enough to be cut (the first chunk comes in milliseconds)
+    stream = client.chat.completions.create(**long, stream=True)
     killed = threading.Event()
     with pytest.raises(openai.APIError) as cut:
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content and not killed.is_set():
+        for chunk in stream:  # the first chunk comes once the engine has taken the request: kill it then
+            if not killed.is_set():
                 os.kill(engine["pid"], signal.SIGKILL)
                 killed.set()
-    assert killed.is_set() and "open-cpp" in str(cut.value.message) and "llama.cpp" in str(cut.value.message)
+    assert killed.is_set() and "wide-cpp" in str(cut.value.message) and "llama.cpp" in str(cut.value.message)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        now = engine_of(http, service.base_url, "open-cpp")
+        now = engine_of(http, service.base_url, "wide-cpp")
         if now["state"] == "Running" and now["restarts"] == 1:
             break
         time.sleep(0.1)
     assert now["state"] == "Running" and now["restarts"] == 1 and now["pid"] != engine["pid"]
     assert now["lastExit"] == -signal.SIGKILL
-    assert client.chat.completions.create(model="open-cpp", messages=ASK, max_tokens=4).choices[0].message.content
+    assert client.chat.completions.create(model="wide-cpp", messages=ASK, max_tokens=4).usage.completion_tokens
 
     # An engine URL someone else runs (here: a llama-server started by hand on the same GGUF) that goes away.
     gguf = next((home / "engines" / "gguf").glob("tiny/*.gguf"))
@@ -265,7 +274,7 @@ def check_limits_filter_and_a_killed_engine(service, home, capsys) -> list[int]:
     gone = engine_of(http, service.base_url, "base-cpp")["pid"]
     assert http.delete(f"{service.base_url}/deployments/base-cpp").status_code == 204
     assert not alive(gone)
-    pids = [engine_of(http, service.base_url, n)["pid"] for n in ("open-cpp", "guarded-cpp")]
+    pids = [engine_of(http, service.base_url, n)["pid"] for n in ("open-cpp", "guarded-cpp", "wide-cpp")]
     assert all(alive(pid) for pid in pids)
     return pids
 
