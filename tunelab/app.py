@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         await run_in_threadpool(services.exports.runner.stop)  # a running export stops at its next report
         if worker:  # running jobs checkpoint and go back to the queue; they resume on the next start
             await run_in_threadpool(worker.shutdown)
+        await run_in_threadpool(services.live.close)  # engine servers tunelab started stop with it
         await run_in_threadpool(services.pool.close)  # answers still streaming end with an error
 
     app = FastAPI(title="tunelab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,

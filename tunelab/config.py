@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         "failing): fail_closed answers 503 content_filter_error; annotate answers unfiltered and says so in "
         "content_filter_results.error, as Azure does.")
 
+    llama_server: Path | None = Field(default=None, description="The llama-server binary deployments on the "
+                                      "llama.cpp engine run; unset: the one beside this Python, else on the PATH.")
+    vllm_command: str = Field(default="vllm", description="The command that runs vLLM for deployments on the vllm "
+                              "engine (`<command> serve MODEL ...`).")
+    engine_start_timeout: float = Field(default=300.0, gt=0, description="Seconds an engine server (llama.cpp, "
+                                        "vLLM) may take to answer its health check after it starts.")
+
     @field_validator("checks", mode="before")
     @classmethod
     def _comma_separated(cls, value):

@@ -43,6 +43,8 @@ def add_error_handlers(app: FastAPI) -> None:
                        "retry-after-ms": str(math.ceil(exc.retry_after * 1000))}
         elif isinstance(exc, DeploymentNotReady):
             headers = {"Retry-After": "2"}
+        elif getattr(exc, "retry_after", None):  # an engine server that is down, restarting or busy
+            headers = {"Retry-After": str(math.ceil(exc.retry_after))}
         response = error(exc.status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
         if isinstance(exc, ContentFiltered):  # Azure's shape: the findings per category ride along
             body = {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code,

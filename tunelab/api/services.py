@@ -9,6 +9,7 @@ from fastapi import Request
 
 from ..config import Settings
 from ..deploy.deployments import Deployments
+from ..deploy.engines import Engines
 from ..evaluate.runs import Runs
 from ..inference.pool import EnginePool
 from ..jobs.queue import Queue
@@ -68,7 +69,9 @@ class Services:
         registry = Registry(db, settings.owner)
         pool = EnginePool(registry, settings.decode_weights, settings.prompt_cache_mb)
         policies = Policies(db, settings.content_filter_outage)
-        deployments = Deployments(db, registry, pool, policies)
+        engines = Engines(registry, pool, settings.home, llama_server=settings.llama_server,
+                          vllm_command=settings.vllm_command, start_timeout=settings.engine_start_timeout)
+        deployments = Deployments(db, registry, pool, policies, engines)
         runs = Runs(db)
         exported = Exports(db, settings.home.expanduser() / "exports")
         chat = ChatService(deployments, policies, pool)

@@ -355,13 +355,17 @@ def deploy(
     tpm: int = typer.Option(5, "--tpm", help="Tokens-per-minute limit in thousands (6 requests/min each)."),
     content_filter: str = typer.Option("Default", "--content-filter", help="Content filter policy: Default, "
                                        "None or a custom policy."),
+    engine: str = typer.Option("local", "--engine", help="What decodes: local (in the service), llama.cpp or "
+                               "vllm (a server the service starts and watches), or the URL of an engine already "
+                               "running (http://host:port)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the deployment has Succeeded."),
     base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False,
 ) -> None:
     """Deploy a model as a named endpoint (type Standard) with a token-rate limit and a content filter."""
     api = client(base_url, api_key)
     body = {"sku": {"name": "Standard", "capacity": tpm},
-            "properties": {"model": {"format": "OpenAI", "name": model}, "raiPolicyName": content_filter}}
+            "properties": {"model": {"format": "OpenAI", "name": model}, "raiPolicyName": content_filter,
+                           "engine": {"type": "url", "url": engine} if "://" in engine else {"type": engine}}}
     with api_errors(base_url):
         created = api.put(f"/deployments/{name}", body=body, cast_to=object)
         if wait:
@@ -375,7 +379,11 @@ def deploy(
     if state == "Failed":
         err.print(f"[red]Failed[/red]: {created['properties']['error']}", highlight=False)
         raise typer.Exit(1)
-    out.print(f"{name}: {state} ({model}, {tpm}K tokens per minute, content filter {content_filter})")
+    shown = created["properties"].get("engine") or {}
+    on = f", on {shown.get('kind') or shown['type']} (pid {shown['pid']}, port {shown['port']})" if shown.get("pid") \
+        else (f", on {shown['url']}" if shown.get("url") else "")
+    out.print(f"{name}: {state} ({model}, {tpm}K tokens per minute, content filter {content_filter}{on})",
+              soft_wrap=True)
 
 
 @deployments_app.command("list")

@@ -20,7 +20,7 @@ from .engine import Engine
 class Target:
     """Everything a request for one model id needs."""
 
-    engine: Engine
+    engine: Engine  # or a RemoteEngine (remote.py): the same surface, a server elsewhere
     adapter: str | None  # None: the base model itself
     tokenizer: object  # renders the prompt with the chat template the model was trained with
     end_ids: set[int]  # tokens that end the assistant's turn
@@ -51,6 +51,29 @@ class EnginePool:
                 engine.detach(model_id)
             engine.attach(model_id, located.weights)
             return self._target(engine, model_id, self._adapter_tokenizer(model_id, located.weights, engine))
+
+    def describe(self, model_id: str) -> tuple[LocalModel, object, set[int], list[str]]:
+        """What an engine elsewhere needs from tunelab to serve `model_id`, without loading any weights here: the
+        model it runs as (its directory and context length), the tokenizer that renders prompts for it, and its
+        end-of-turn ids and strings."""
+        from transformers import GenerationConfig
+
+        from ..models.load import load_tokenizer
+
+        located = self.registry.locate(model_id)
+        model = LocalModel(located.id, located.weights, {}) if located.method == "full" else \
+            resolve_model(located.base)
+        tokenizer = load_tokenizer(model.path)
+        if located.method == "lora" and (located.weights / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer  # the chat template the fine-tune trained with (as _target)
+
+            tokenizer = AutoTokenizer.from_pretrained(located.weights, trust_remote_code=False)
+        try:
+            eos = GenerationConfig.from_pretrained(model.path).eos_token_id
+        except OSError:  # no generation_config.json: the tokenizer's eos alone
+            eos = None
+        target = self._target(None, None, tokenizer, eos)
+        return model, tokenizer, target.end_ids, target.end_strings
 
     def forget(self, model_id: str) -> None:
         """A deleted model: free its adapter (or its whole engine, for a full fine-tune)."""
@@ -90,13 +113,14 @@ class EnginePool:
         return self.tokenizers[model_id]
 
     @staticmethod
-    def _target(engine: Engine, adapter: str | None, tokenizer) -> Target:
+    def _target(engine: Engine | None, adapter: str | None, tokenizer, eos=None) -> Target:
         end_ids, end_strings = set(), []
         if tokenizer.eos_token_id is not None:
             end_ids.add(tokenizer.eos_token_id)
         # A model may end turns with tokens its tokenizer does not call eos (Llama 3's <|eot_id|>): its
         # generation_config.json names them, and a server that ignores it lets the answer run on.
-        eos = engine.model.generation_config.eos_token_id if engine is not None else None
+        if engine is not None:
+            eos = engine.model.generation_config.eos_token_id
         end_ids.update([eos] if isinstance(eos, int) else (eos or []))
         template = tokenizer.chat_template or ""
         for marker in END_OF_TURN.values():

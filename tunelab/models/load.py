@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from ..errors import ModelRefused
@@ -42,10 +43,16 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
+# transformers' from_pretrained is not thread-safe: two models loading at once (a deployment's engine and a GGUF
+# export, say) can come out with weights left on the meta device or untied. One load at a time per process.
+_LOADING = threading.Lock()
+
+
 def load_causal_lm(path: Path, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
     check_model_dir(path)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True,
-                                                trust_remote_code=False)
+    with _LOADING:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True,
+                                                    trust_remote_code=False)

@@ -78,6 +78,8 @@ class Answering:
             index, kind, payload = await self.queue.get()
             if kind == "error":
                 log.error("answer %s: generation %d failed: %s", self.id, index, payload)
+                if isinstance(payload, TunelabError):  # an engine elsewhere: its message names it, as written
+                    raise payload
                 raise GenerationFailed()
             if kind == "done":
                 done.add(index)
@@ -131,7 +133,10 @@ class ChatService:
             charge, headers = limiter.admit(n * (limit or 1), what=f"deployment {deployment}")
         try:
             messages = _messages(request)
-            target: Target = await run_in_threadpool(self.pool.target, model_id)
+            if deployment is not None:  # its own engine: in process, or a server elsewhere (deploy/engines.py)
+                target: Target = await run_in_threadpool(self.deployments.target, deployment, model_id)
+            else:
+                target = await run_in_threadpool(self.pool.target, model_id)
             prompt_results = None
             if policy is not None:  # nothing is generated for a prompt the policy blocks
                 screened = [require_text(text) for text in _screened(request)]  # the filter's tokenizer needs text
@@ -164,6 +169,9 @@ class ChatService:
                     logprobs=bool(request.logprobs), top_logprobs=request.top_logprobs or 0)
                 state.generations.append(target.engine.submit(prompt, params, adapter=target.adapter,
                                                               end_ids=target.end_ids, on_event=state.listener(i)))
+            for generation in state.generations:  # an engine elsewhere that is down or busy: an HTTP error now
+                if hasattr(generation, "wait_admitted"):
+                    await run_in_threadpool(generation.wait_admitted)
         except BaseException:  # refused or failed before its answer started: nothing runs, nothing is charged
             if state is not None:
                 state.cancel()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,10 +19,23 @@ class ModelRef(BaseModel):
     version: str | None = None
 
 
+class EngineRef(BaseModel):
+    """What decodes a deployment's answers (deploy/engines.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["local", "llama.cpp", "vllm", "url"] = Field(
+        default="local", description="local: tunelab's engine, in process; llama.cpp, vllm: a server tunelab "
+        "starts, watches and stops; url: an engine already running")
+    url: str | None = Field(default=None, description="type url only: the engine's address, http(s)://host:port")
+    kind: Literal["llama.cpp", "vllm"] | None = Field(default=None, description="type url only: what runs there; "
+                                                      "left out, the engine is asked")
+
+
 class DeploymentProperties(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: ModelRef
     raiPolicyName: str | None = Field(default="Default", description="content filter policy: Default or None")
+    engine: EngineRef | None = Field(default=None, description="what decodes; default: tunelab's own engine")
 
 
 class DeploymentCreate(BaseModel):
@@ -40,16 +53,21 @@ class Deployment(BaseModel):
     systemData: dict[str, Any]
 
     @classmethod
-    def of(cls, row) -> "Deployment":
-        """A row of the `deployments` table as Azure shows a deployment, with its rate limits."""
+    def of(cls, row, engine: dict | None = None) -> "Deployment":
+        """A row of the `deployments` table as Azure shows a deployment, with its rate limits and its engine
+        (`engine`: the state of the server behind it, if any)."""
         capacity = row["capacity"]
+        shown_engine = {"type": row["engine"]}
+        if row["engine"] == "url":
+            shown_engine.update(url=row["engine_url"], kind=row["engine_kind"])
+        shown_engine.update(engine or {})
         return cls(
             id=f"/deployments/{row['name']}", name=row["name"], type="Microsoft.CognitiveServices/accounts/deployments",
             sku=Sku(name=row["sku_name"], capacity=capacity),
             properties={
                 "model": {"format": "OpenAI", "name": row["model"], "version": "1"},
                 "raiPolicyName": row["rai_policy"] or "None",
-                "provisioningState": row["state"], "error": row["error"],
+                "provisioningState": row["state"], "error": row["error"], "engine": shown_engine,
                 "rateLimits": [{"key": "request", "renewalPeriod": 60, "count": capacity * 6},
                                {"key": "token", "renewalPeriod": 60, "count": capacity * 1000}],
             },
