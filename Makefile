@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/tunelab data check $(TRAVEL)/train.jsonl --validation $(TRAVEL)/valid.jsonl
 	$(BIN)/tunelab lab travel --data $(TRAVEL) --out reports
 
-test: install browser
+test: install browser llamacpp  # llama.cpp: the engine deployments can be served by (tests/test_engines.py)
 	$(BIN)/python -m pytest
 
 test-slow: install browser llamacpp  # the slow tests only: full fine-tunes of the real model (the lab, the studio)
@@ -62,10 +62,11 @@ bench: install llamacpp
 # llama-cpp-python sdist vendors them) with flags every x86-64 CPU with AVX2 runs: a -march=native build's batched
 # prompt path has crashed on an AMX machine. llama-cpp-python's own build cannot make llama-server (its CMake
 # project adds tools/mtmd itself, which llama.cpp's tools build adds again), so the server is a second, static
-# build of that one target. Both are compiled once into build/llamacpp: a fresh .venv only reinstalls them.
+# build of that one target. Both are compiled once into a cache outside the checkout (LLAMACPP_BUILD): a fresh
+# clone or .venv only reinstalls them.
 LLAMACPP_VERSION := 0.3.36
 LLAMACPP_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-LLAMACPP_BUILD := build/llamacpp
+LLAMACPP_BUILD ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunelab/llamacpp-$(LLAMACPP_VERSION)
 LLAMACPP_SDIST := $(LLAMACPP_BUILD)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz
 JOBS ?= $(shell nproc)
 

@@ -114,6 +114,28 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def _converted_smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted from its wheel's GGUF once per test run (about half a minute of CPU)."""
+    from tunelab.models.catalog import resolve_model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.mktemp("smollm2")))
+        return resolve_model("SmolLM2-135M-Instruct").path
+
+
+@pytest.fixture
+def smollm2(home, _converted_smollm2) -> Path:
+    """The converted SmolLM2 in this test's home, hard-linked (nothing writes a model's files in place), as a
+    first use would have left it; tests of the conversion itself start from an empty home instead."""
+    import shutil
+
+    target = home / "models" / _converted_smollm2.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(_converted_smollm2, target, copy_function=os.link)
+    return target
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -160,7 +160,8 @@ def test_deploy_and_chat_from_the_command_line(capsys, cli_env, monkeypatch):
     code, output = tunelab(capsys, "deploy", "tiny", "--name", "base-travel", "--tpm", "5")
     assert code == 0 and "base-travel: Succeeded (tiny, 5K tokens per minute, content filter Default)" in output
     code, output = tunelab(capsys, "deployments", "list")
-    assert code == 0 and "base-travel" in output and "Succeeded" in output
+    row = next(line for line in output.splitlines() if "base-travel" in line)
+    assert code == 0 and "Succeeded" in row and "local" in row  # the engine column
     code, output = tunelab(capsys, "deployments", "show", "base-travel")
     assert json.loads(output)["properties"]["rateLimits"][1] == {"key": "token", "renewalPeriod": 60, "count": 5000}
 

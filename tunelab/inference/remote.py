@@ -11,7 +11,7 @@ template, the limits, the content filter and usage stay tunelab's; the server on
 streams on its own thread and reports ("delta", (text, logprobs)), ("done", finish_reason) or ("error",
 EngineError) like the local engine. tunelab's stop strings are applied here too (sent to the server as well, so it
 stops early); the end-of-turn tokens are the server's own (the GGUF's, or vLLM's `stop_token_ids`). The adapter is
-chosen per request: llama.cpp's `lora` field (adapters loaded at start, scale 0 until asked for), vLLM's `model`
+chosen per request: llama.cpp's `lora` field (adapters loaded at start; every request names every adapter's scale), vLLM's `model`
 (the adapter's name, loaded at run time).
 
 The server's own troubles become tunelab errors a client can act on, never a hang: down → 503, overloaded → 503
@@ -253,8 +253,12 @@ class RemoteEngine:
             body["logprobs"] = max(1, p.top_logprobs)
         if self.kind == "llama.cpp":
             body.update(top_k=0, min_p=0.0)  # llama-server's defaults (40, 0.05) would sample otherwise
-            if self.adapters:  # loaded at start with scale 0: this request applies its own adapter alone
-                body["lora"] = [{"id": self.adapters[g.adapter], "scale": 1.0}] if g.adapter else []
+            # Every adapter's scale, every time: llama-server applies an adapter left out (or an empty list) at its
+            # start scale, and reuses a cached prompt computed under other scales unless they are named.
+            chosen = self.adapters.get(g.adapter) if g.adapter else None
+            if self.adapters:
+                body["lora"] = [{"id": i, "scale": 1.0 if i == chosen else 0.0}
+                                for i in sorted(set(self.adapters.values()))]
         else:
             body["model"] = self.adapters.get(g.adapter, self.served) if g.adapter else self.served
             body["stop_token_ids"] = sorted(g.end_ids)

@@ -71,6 +71,7 @@ export async function render(main, { query }) {
       { title: "Type", cell: (d) => d.sku.name },
       { title: "Tokens per minute", cell: (d) => `${d.sku.capacity}K`, class: "num" },
       { title: "Content filter", cell: (d) => d.properties.raiPolicyName },
+      { title: "Engine", cell: (d) => engineOf(d.properties.engine) },
       { title: "Provisioning state", cell: (d) => [badge(d.properties.provisioningState), d.properties.error ? h("small", { class: "bad" }, ` ${d.properties.error}`) : null] },
       { title: "", cell: (d) => h("button", { type: "button", class: "small", disabled: d.properties.provisioningState !== "Succeeded", onclick: () => go(`#/playground?deployment=${encodeURIComponent(d.name)}`) }, "Open in playground") },
       { title: "", cell: (d) => h("button", { type: "button", class: "small danger", onclick: (event) => removeDeployment(event.target, d.name) }, "Delete") },
@@ -121,6 +122,19 @@ function baseDetails(m) {
   return h("dl", { class: "facts compact", dataset: { model: m.id } }, facts.map(([label, value]) => [h("dt", {}, label), h("dd", {}, String(value ?? "–"))]));
 }
 
+// The engines a deployment can run on (docs/scaling.md); an engine URL is set through the API or the CLI.
+const ENGINES = [
+  ["local", "tunelab's engine, in the service"],
+  ["llama.cpp", "llama.cpp: a llama-server the service starts"],
+  ["vllm", "vLLM: a vLLM server the service starts (GPU)"],
+];
+
+function engineOf(engine) {
+  if (!engine) return "local";
+  const where = engine.url || engine.type;
+  return engine.state && engine.type !== "local" ? `${where} (${engine.state.toLowerCase()})` : where;
+}
+
 // The deploy dialog; resolves with the created deployment, or undefined.
 async function deployDialog(kind, preset, models) {
   const [filters, existing] = await Promise.all([get("/content_filters"), get("/deployments")]);
@@ -141,6 +155,7 @@ async function deployDialog(kind, preset, models) {
     const type = select(["Standard"], "Standard", { name: "type" });
     const tpm = h("input", { name: "tpm", type: "number", min: 1, max: 1000, step: 1, value: "5" });
     const filter = select([...filters.value.map((f) => f.name), "None"], "Default", { name: "content_filter" });
+    const engine = select(ENGINES, "local", { name: "engine" });
     const problem = h("div", {});
     const suggest = () => {
       const id = model.value;
@@ -169,7 +184,7 @@ async function deployDialog(kind, preset, models) {
       try {
         const created = await put(`/deployments/${encodeURIComponent(name.value.trim())}`, {
           sku: { name: type.value, capacity: Number(tpm.value) },
-          properties: { model: { format: "OpenAI", name: chosen }, raiPolicyName: filter.value },
+          properties: { model: { format: "OpenAI", name: chosen }, raiPolicyName: filter.value, engine: { type: engine.value } },
         });
         close(created);
       } catch (error) {
@@ -183,6 +198,7 @@ async function deployDialog(kind, preset, models) {
     field("Deployment type", type),
     field("Tokens per minute rate limit (thousands)", tpm, "5 = 5,000 tokens and 30 requests per minute."),
     field("Content filter", filter, "Default blocks medium and high severity hate, sexual, violence and self-harm, in prompts and answers."),
+    field("Engine", engine, "What decodes the answers; limits, filter and usage stay the same on each."),
     problem,
     h("div", { class: "actions" }, h("button", { type: "button", onclick: () => close(undefined) }, "Cancel"), submit));
     return form;
