@@ -18,11 +18,15 @@ import subprocess
 import sys
 from datetime import datetime
 
-from rich.console import Console
+from ..train.launch import die_with_parent, launch_command, launch_environment, world_size
 
-from ..config import get_settings
-from ..train.config import TrainConfig
-from ..train.launch import launch_command, launch_environment
+if __name__ == "__main__" and world_size() > 1:  # a rank dies with torchrun, even while torch still loads
+    die_with_parent()
+
+from rich.console import Console  # noqa: E402
+
+from ..config import get_settings  # noqa: E402
+from ..train.config import TrainConfig  # noqa: E402
 
 out = Console()
 err = Console(stderr=True)

@@ -24,6 +24,11 @@ import threading
 STOP = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: STOP.set())
 
+from ..train.launch import GroupLost, die_with_parent, rank, world_size  # noqa: E402
+
+if world_size() > 1:  # a rank under torchrun dies with it, even while the imports below still load torch
+    die_with_parent()
+
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
@@ -42,7 +47,6 @@ from ..store.db import Database  # noqa: E402
 from ..store.files import Files  # noqa: E402
 from ..train.config import TrainConfig  # noqa: E402
 from ..train.faults import disk_full, out_of_memory  # noqa: E402
-from ..train.launch import GroupLost, rank  # noqa: E402
 from .events import JobReporter, add_event, note_outcome  # noqa: E402
 from .queue import Lease, LeaseLost, Queue  # noqa: E402
 

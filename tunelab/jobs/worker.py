@@ -172,7 +172,8 @@ class Run:
         nproc = json.loads(job["request"]).get("nproc", 1)
         command = [sys.executable, "-m", "tunelab.jobs.runner", self.lease.job_id]
         if nproc > 1:  # torchrun, N ranks; they inherit its standard input, and rank 0 reads the token
-            command, env = launch_command(nproc, "tunelab.jobs.runner", self.lease.job_id), launch_environment(env, nproc)
+            command = launch_command(nproc, "tunelab.jobs.runner", self.lease.job_id)
+            env = launch_environment(env, nproc)
         with (run_dir.parent / f"{self.lease.job_id}.log").open("ab") as log:
             # Its output (library warnings, a traceback if it crashes) goes to the job's log, not the console;
             # its own session keeps a Ctrl-C on the server from reaching it except through us.

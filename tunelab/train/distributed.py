@@ -23,15 +23,18 @@ from datetime import timedelta
 
 import torch
 
-from .launch import GroupLost, die_with_parent
+from .launch import GroupLost, die_with_parent, world_size
 
 
 @dataclass
 class Group:
+    """This process's place in the run: its rank among `world` processes, and the device it computes on."""
+
     rank: int
     world: int
     local_rank: int
     device: torch.device
+    lost: bool = False
 
     @property
     def main(self) -> bool:
@@ -73,7 +76,7 @@ class Group:
         try:
             dist.broadcast(flat, src=0)
         except (RuntimeError, dist.DistError) as exc:
-            raise GroupLost(str(exc)) from exc
+            raise self._lost(exc) from exc
         offset = 0
         with torch.no_grad():
             for p in parameters:
@@ -86,13 +89,18 @@ class Group:
         try:
             dist.barrier()
         except (RuntimeError, dist.DistError) as exc:
-            raise GroupLost(str(exc)) from exc
+            raise self._lost(exc) from exc
 
     def leave(self) -> None:
+        """Tear the group down after a run; not after a lost peer, where it could wait on the dead rank."""
         import torch.distributed as dist
 
-        if dist.is_initialized():
+        if dist.is_initialized() and not self.lost:
             dist.destroy_process_group()
+
+    def _lost(self, exc: Exception) -> GroupLost:
+        self.lost = True
+        return GroupLost(str(exc))
 
     def _all_reduce(self, tensor: torch.Tensor, op: str) -> None:
         import torch.distributed as dist
@@ -100,16 +108,7 @@ class Group:
         try:
             dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
         except (RuntimeError, dist.DistError) as exc:  # a peer died: the socket closed under the collective
-            raise GroupLost(str(exc)) from exc
-
-
-def world_size() -> int:
-    """How many processes torchrun started for this run (1 outside torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+            raise self._lost(exc) from exc
 
 
 def join() -> Group | None:

@@ -6,8 +6,8 @@
 The job worker and `tunelab train --nproc N` start the launcher through this module, which runs torchrun's own
 entry point (`torch.distributed.run.main`) in a process that leaves as soon as its parent is gone; each rank sets
 the Linux parent-death signal (prctl PR_SET_PDEATHSIG: SIGKILL) on itself, so killing the server or the CLI ends
-every process of the run. No restarts inside torchrun: a dead rank ends the group, and the job's worker requeues the job, which
-resumes from its last complete checkpoint. Imports nothing heavy: the server uses it.
+every process of the run. No restarts inside torchrun: a dead rank ends the group, and the job's worker requeues
+the job, which resumes from its last complete checkpoint. Imports nothing heavy: the server uses it.
 """
 
 from __future__ import annotations
@@ -24,13 +24,23 @@ MAX_PROCESSES = 64
 SHUTDOWN_SECONDS = 60
 
 
+def world_size() -> int:
+    """How many processes torchrun started for this run (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank in the run (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 class GroupLost(Exception):
     """Another rank is gone (killed, crashed): this rank leaves without recording an outcome, torchrun ends the
     group, and the job's worker sees a dead trainer (the job is requeued and resumes from its last checkpoint)."""
 
 
 def die_with_parent() -> None:
-    """For a rank: ask Linux to SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG); no-op elsewhere."""
+    """For a rank: ask Linux to SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG); Linux only."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
