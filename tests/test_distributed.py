@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import serve_in_thread, upload, varied_chats, wait_for
+from conftest import serve_in_thread, upload, varied_chats, wait_for, write_jsonl
 
 # 19 conversations in batches of 3 for 2 epochs: 7 steps an epoch, the last batch one conversation (so rank 1's
 # share of it is empty), a checkpoint every 2 steps besides each epoch's end.
@@ -245,3 +245,39 @@ def test_a_server_stopping_checkpoints_every_rank_and_the_next_server_resumes_to
         assert job.status == "succeeded", job.error
         assert_same_adapter(adapter(home, job.id), reference["adapter"])
         assert losses(client, job) == pytest.approx(reference["losses"], abs=2e-6)
+
+
+def test_the_cli_refuses_a_bad_nproc_naming_it(capsys, tiny_model, tmp_path):
+    from tunelab.cli.main import main
+
+    data = write_jsonl(tmp_path / "train.jsonl", varied_chats(12))
+    for bad in ("0", "65"):
+        with pytest.raises(SystemExit) as exited:
+            main(["train", "--model", str(tiny_model), "--train", str(data), "--nproc", bad, "--out",
+                  str(tmp_path / "run")])
+        assert exited.value.code == 2
+        assert "--nproc must be from 1 to 64" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_on_two_processes_writes_the_adapter_one_process_writes(monkeypatch, tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("TUNELAB_TRAIN_PRECISION", "fp32")
+    data = write_jsonl(tmp_path / "train.jsonl", varied_chats(19))
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"run{nproc}"
+        done = subprocess.run([sys.executable, "-c", "from tunelab.cli.main import main; main()", "train",
+                               "--model", str(tiny_model), "--train", str(data), "--seed", "5", "--epochs", "2",
+                               "--batch-size", "3", "--out", str(out), "--nproc", str(nproc)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.count("Done in 14 steps") == 1  # rank 0 alone prints the summary
+        runs[nproc] = out
+    assert_same_adapter(load_file(runs[1] / "adapter" / "adapter_model.safetensors"),
+                        load_file(runs[2] / "adapter" / "adapter_model.safetensors"))
+    one, two = ([float(r["train_loss"]) for r in csv.DictReader((runs[n] / "results.csv").open())] for n in (1, 2))
+    assert len(one) == 14 and two == pytest.approx(one, abs=2e-6)

@@ -181,10 +181,10 @@ def train(
 ) -> None:
     """Fine-tune a base model on chat JSONL; writes the adapter, results.csv, config and manifest to --out."""
     from ..train.config import parse_config
-    from ..train.launch import MAX_PROCESSES
+    from ..train.launch import MAX_PROCESSES, world_size
     from ..train.recipe import run
     from .progress import ConsoleReporter
-    from .train_ranks import launch
+    from .train_ranks import launch, rank_main
 
     if resume and out_dir is None:
         raise TunelabError("--resume needs --out naming the run to continue", param="out")
@@ -196,6 +196,8 @@ def train(
         suffix=suffix, n_epochs=parse_auto(epochs, int), batch_size=parse_auto(batch_size, int),
         learning_rate_multiplier=parse_auto(learning_rate_multiplier, float), seed=seed, method=method,
         lora_rank=lora_rank, out=out_dir, precision=get_settings().train_precision)
+    if world_size() > 1:  # started by a torchrun of the user's (several nodes): this process is one rank
+        raise typer.Exit(rank_main(config.model_dump_json(), resume))
     if not 1 <= nproc <= MAX_PROCESSES:
         raise TunelabError(f"--nproc must be from 1 to {MAX_PROCESSES}", param="nproc")
     if nproc > 1:
