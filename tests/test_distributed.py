@@ -60,6 +60,7 @@ def reference(tmp_path_factory, tiny_model) -> dict:
 
 
 def run_job(client, folder: Path, *, nproc: int, during=None):
+    folder.mkdir(parents=True, exist_ok=True)
     training = upload(client, folder, varied_chats(19))
     job = client.fine_tuning.jobs.create(**CREATE, training_file=training.id, extra_body={"nproc": nproc})
     assert job.nproc == nproc  # shown on the job, as asked
@@ -281,3 +282,30 @@ def test_the_cli_on_two_processes_writes_the_adapter_one_process_writes(monkeypa
                         load_file(runs[2] / "adapter" / "adapter_model.safetensors"))
     one, two = ([float(r["train_loss"]) for r in csv.DictReader((runs[n] / "results.csv").open())] for n in (1, 2))
     assert len(one) == 14 and two == pytest.approx(one, abs=2e-6)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@CUDA
+def test_a_job_on_cuda_trains_in_bf16_and_reports_its_gpu_memory(lab, tmp_path):
+    client = lab.client()
+    job = run_job(client, tmp_path, nproc=1)
+    assert job.status == "succeeded", job.error
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data if e.type == "metrics"]
+    assert len(metrics) == STEPS and all(m["gpu_memory_mb"] > 0 for m in metrics)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (one NCCL rank each)")
+def test_two_gpus_over_nccl_train_what_one_gpu_trains(lab, home, tmp_path):
+    client = lab.client()
+    one = run_job(client, tmp_path / "one", nproc=1)
+    two = run_job(client, tmp_path / "two", nproc=2)
+    assert one.status == two.status == "succeeded", (one.error, two.error)
+    # bf16 autocast: each rank multiplies a different set of conversations, so the two agree to bf16's rounding
+    assert losses(client, two) == pytest.approx(losses(client, one), abs=2e-2)
+    a, b = adapter(home, one.id), adapter(home, two.id)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=5e-3, rtol=0, msg=name)
