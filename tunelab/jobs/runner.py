@@ -5,13 +5,13 @@ It builds the job's training config, runs the recipe with a `JobReporter`, and r
 lease: succeeded (a fine-tuned model and results.csv), failed (the error, naming the file and line), paused
 (SIGTERM after a pause request: checkpoint, then stop) or back in the queue (SIGTERM when the server stops).
 A job that already has a complete checkpoint resumes from it. If the server dies, this process exits too.
+Running out of memory or disk fails the job at once with `out_of_memory` or `disk_full` and what to do about it:
+another attempt would only fail the same way.
 
 A job with `nproc` N > 1 runs this module on N processes under torchrun (the worker starts it through
 train/launch.py); the token goes to every rank's standard input, and rank 0 alone reads it, holds the lease,
 watches for a pause and records the outcome. The other ranks only compute. When a rank dies, the others leave
 without an outcome (GroupLost) and the worker requeues the job like any trainer that died.
-Running out of memory or disk fails the job at once with `out_of_memory` or `disk_full` and what to do about it:
-another attempt would only fail the same way.
 """
 
 from __future__ import annotations
