@@ -69,9 +69,13 @@ def _run_launcher(nproc: int, module: str, args: list[str]) -> None:
     """Run torchrun's own entry point in this process, which leaves as soon as its parent is gone: the ranks,
     whose parent-death signal is set, are killed with it."""
     _exit_with_parent()
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main
 
-    main(["--standalone", f"--nproc_per_node={nproc}", "--max-restarts=0", "-m", module, *args])
+    try:
+        main(["--standalone", f"--nproc_per_node={nproc}", "--max-restarts=0", "-m", module, *args])
+    except SignalException as exc:  # a Ctrl-C or a SIGTERM, forwarded to the ranks, which have stopped
+        sys.exit(128 + int(exc.sigval))
 
 
 def _exit_with_parent() -> None:
