@@ -176,11 +176,15 @@ def train(
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank r."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: $TUNELAB_HOME/runs/…]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    nproc: int = typer.Option(1, "--nproc", help="Training processes (1–64), under torchrun: each takes its share "
+                              "of every batch."),
 ) -> None:
     """Fine-tune a base model on chat JSONL; writes the adapter, results.csv, config and manifest to --out."""
     from ..train.config import parse_config
+    from ..train.launch import MAX_PROCESSES, world_size
     from ..train.recipe import run
     from .progress import ConsoleReporter
+    from .train_ranks import launch, rank_main
 
     if resume and out_dir is None:
         raise TunelabError("--resume needs --out naming the run to continue", param="out")
@@ -192,6 +196,12 @@ def train(
         suffix=suffix, n_epochs=parse_auto(epochs, int), batch_size=parse_auto(batch_size, int),
         learning_rate_multiplier=parse_auto(learning_rate_multiplier, float), seed=seed, method=method,
         lora_rank=lora_rank, out=out_dir, precision=get_settings().train_precision)
+    if world_size() > 1:  # started by a torchrun of the user's (several nodes): this process is one rank
+        raise typer.Exit(rank_main(config.model_dump_json(), resume))
+    if not 1 <= nproc <= MAX_PROCESSES:
+        raise TunelabError(f"--nproc must be from 1 to {MAX_PROCESSES}", param="nproc")
+    if nproc > 1:
+        raise typer.Exit(launch(config, nproc, resume))
     result = run(config, ConsoleReporter(err), resume=resume)
     if result.stopped_early:
         err.print(f"[yellow]Stopped at step {result.steps}; checkpoint saved.[/yellow] Continue with: "

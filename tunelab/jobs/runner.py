@@ -7,6 +7,11 @@ lease: succeeded (a fine-tuned model and results.csv), failed (the error, naming
 A job that already has a complete checkpoint resumes from it. If the server dies, this process exits too.
 Running out of memory or disk fails the job at once with `out_of_memory` or `disk_full` and what to do about it:
 another attempt would only fail the same way.
+
+A job with `nproc` N > 1 runs this module on N processes under torchrun (the worker starts it through
+train/launch.py); the token goes to every rank's standard input, and rank 0 alone reads it, holds the lease,
+watches for a pause and records the outcome. The other ranks only compute. When a rank dies, the others leave
+without an outcome (GroupLost) and the worker requeues the job like any trainer that died.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ import threading
 # default handler, which would end the process without a checkpoint. The recipe takes over while it trains.
 STOP = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: STOP.set())
+
+from ..train.launch import GroupLost, die_with_parent, rank, world_size  # noqa: E402
+
+if world_size() > 1:  # a rank under torchrun dies with it, even while the imports below still load torch
+    die_with_parent()
 
 import json  # noqa: E402
 import os  # noqa: E402
@@ -44,6 +54,8 @@ PAUSE_POLL_SECONDS = 0.5
 
 
 def main(job_id: str, token: str) -> int:
+    if rank() != 0:
+        return _follow(job_id)
     _exit_with_parent()
     crashpoints.role = "trainer"
     settings = get_settings()
@@ -61,21 +73,28 @@ def main(job_id: str, token: str) -> int:
     _stop_when_paused(queue, job_id)
     request = json.loads(job["request"])
     blob_names = {}
+    group = None
     try:
         from ..train import checkpoints
+        from ..train.distributed import join
         from ..train.recipe import run  # torch loads here, after the cheap checks
 
+        group = join()  # None for a 1-process job
         config, blob_names = _config(request, Path(job["run_dir"]), files, registry)
         resume = checkpoints.latest_checkpoint(config.out / "checkpoints") is not None
         if not resume and config.out.exists():  # an attempt that died before its first checkpoint
             shutil.rmtree(config.out)
-        result = run(config, JobReporter(db, queue, registry, lease, job["output_model"]), resume=resume, stop=STOP)
+        result = run(config, JobReporter(db, queue, registry, lease, job["output_model"]), resume=resume, stop=STOP,
+                     group=group)
         if result.stopped_early:
             _stopped(db, queue, registry, lease, result.steps)
         else:
             _succeeded(db, queue, files, registry, lease, result, request, job["output_model"], settings.owner)
     except LeaseLost:
         return 0
+    except GroupLost:  # another rank died: no outcome; the worker sees the group end and requeues the job
+        traceback.print_exc()
+        return 1
     except KeyboardInterrupt:  # a second SIGTERM: leave without an outcome; the server gives the job back
         return 1
     except TunelabError as exc:
@@ -84,6 +103,42 @@ def main(job_id: str, token: str) -> int:
         traceback.print_exc()
         code, message = _failure(exc)
         _fail(db, queue, lease, code, _named(message, blob_names), None)
+    finally:
+        if group:
+            group.leave()
+    return 0
+
+
+def _follow(job_id: str) -> int:
+    """A rank other than 0 of an N-process job: train its share, write nothing, record nothing. An error every
+    rank meets (bad data) is rank 0's to report; any other ends this rank, and torchrun ends the group."""
+    _exit_with_parent()
+    crashpoints.role = "trainer"
+    settings = get_settings()
+    if settings.trainer_memory_limit_mb:
+        limit = settings.trainer_memory_limit_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    db = Database(settings.state_dir / "tunelab.db")
+    queue = Queue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    job = queue.get(job_id)
+    if job is None:
+        return 0
+    from ..train import checkpoints
+    from ..train.distributed import Quiet, join
+    from ..train.recipe import run
+
+    group = join()
+    try:
+        files = Files(db, settings.state_dir / "files", settings.max_file_bytes)
+        config, _ = _config(json.loads(job["request"]), Path(job["run_dir"]), files, Registry(db, settings.owner))
+        resume = checkpoints.latest_checkpoint(config.out / "checkpoints") is not None
+        run(config, Quiet(), resume=resume, stop=STOP, group=group)
+    except TunelabError:
+        return 0
+    except (GroupLost, KeyboardInterrupt):
+        return 1
+    finally:
+        group.leave()
     return 0
 
 
@@ -190,4 +245,5 @@ if __name__ == "__main__":
     from ..store.home import private_files
 
     private_files()  # checkpoints, adapters, results.csv and the log: readable by their owner only
-    sys.exit(main(sys.argv[1], sys.stdin.readline().strip()))
+    # On N processes every rank inherits the pipe; rank 0 alone reads the token from it.
+    sys.exit(main(sys.argv[1], sys.stdin.readline().strip() if rank() == 0 else ""))

@@ -3,7 +3,9 @@ leases alive and carries out cancel and pause.
 
 Each job trains in its own process (`python -m tunelab.jobs.runner`), so a crash, a cancel (SIGKILL) or the
 memory a run held never touches the server. A monitor thread per run heartbeats the lease and watches the
-child; a child exits on its own if the server dies. On restart, jobs whose server is gone are queued again at
+child; a child exits on its own if the server dies. A job with `nproc` N > 1 trains on N processes under
+PyTorch's launcher (train/launch.py): the child is then torchrun, a dead rank ends it like a crashed trainer, and
+a SIGTERM to it reaches every rank. On restart, jobs whose server is gone are queued again at
 once and resume from their last complete checkpoint; the lease reaper covers every other way a worker can vanish.
 """
 
@@ -29,6 +31,7 @@ from ..errors import NotFound
 from ..store.db import Database
 from ..store.files import Files
 from ..threads import child_environment
+from ..train.launch import launch_command, launch_environment
 from .events import add_event, note_outcome
 from .queue import Lease, LeaseLost, Queue
 
@@ -158,18 +161,24 @@ class Run:
         self._thread = threading.Thread(target=self._watch, name=f"tunelab-run-{lease.job_id}", daemon=True)
 
     def start(self) -> "Run":
-        run_dir = Path(self.queue.get(self.lease.job_id)["run_dir"])
+        job = self.queue.get(self.lease.job_id)
+        run_dir = Path(job["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         # The trainer reads the server's settings, whether they came from the environment or from code.
         env = child_environment({**os.environ, "TUNELAB_HOME": str(self.settings.home),
                                  "TUNELAB_OWNER": self.settings.owner,
                                  "TUNELAB_LEASE_SECONDS": str(self.settings.lease_seconds),
                                  "TUNELAB_MAX_ATTEMPTS": str(self.settings.max_attempts)})
+        nproc = json.loads(job["request"]).get("nproc", 1)
+        command = [sys.executable, "-m", "tunelab.jobs.runner", self.lease.job_id]
+        if nproc > 1:  # torchrun, N ranks; they inherit its standard input, and rank 0 reads the token
+            command = launch_command(nproc, "tunelab.jobs.runner", self.lease.job_id)
+            env = launch_environment(env, nproc)
         with (run_dir.parent / f"{self.lease.job_id}.log").open("ab") as log:
             # Its output (library warnings, a traceback if it crashes) goes to the job's log, not the console;
             # its own session keeps a Ctrl-C on the server from reaching it except through us.
             # The lease token goes through a pipe: a command line is readable by every user of the machine.
-            self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.jobs.runner", self.lease.job_id],
+            self.proc = subprocess.Popen(command,
                                          stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, env=env)
         try:

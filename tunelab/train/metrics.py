@@ -29,6 +29,7 @@ class StepMetrics:
     valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
+    gpu_memory_mb: float | None = None  # peak allocated on the GPU (CUDA runs); in events, not in results.csv
 
     def row(self) -> dict:
         values = asdict(self)
@@ -37,7 +38,8 @@ class StepMetrics:
     def openai(self) -> dict:
         """The `data` of an OpenAI metrics event: step, total_steps and the metrics this step has."""
         values = {c: v for c, v in asdict(self).items() if c in COLUMNS and v is not None}
-        return {**values, "total_steps": self.total_steps}
+        gpu = {"gpu_memory_mb": round(self.gpu_memory_mb, 1)} if self.gpu_memory_mb is not None else {}
+        return {**values, "total_steps": self.total_steps, **gpu}
 
 
 class Reporter(Protocol):

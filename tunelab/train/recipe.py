@@ -8,6 +8,10 @@ hands. Each conversation is one sample; the loss covers exactly the trained assi
 comes from spending no FLOPs on padding (a batch's conversations are packed one after the other, or run one at a
 time), computing a shared system message once per batch (prefix.py), and projecting onto the vocabulary only at
 trained positions, where the loss needs logits, in row chunks that never hold the whole logits tensor (loss.py).
+
+On N processes (`torchrun`, distributed.py) every rank runs this same recipe on its share of each global batch;
+the gradients and metrics are summed across ranks, and rank 0 alone writes files and reports. Without a group
+(one process) nothing of torch.distributed is touched.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import math
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +39,7 @@ from ..models.catalog import LocalModel, resolve_model
 from ..models.load import load_causal_lm, load_tokenizer
 from . import checkpoints
 from .config import Hyperparameters, TrainConfig, resolve
+from .distributed import Group
 from .metrics import Reporter, ResultsCsv, StepMetrics
 from ..models.llama_block import unsupported
 from .lean_forward import LeanForward, lean_forward
@@ -54,24 +59,29 @@ class RunResult:
 
 
 def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
-        stop: threading.Event | None = None) -> RunResult:
-    """Fine-tune `config.model` on `config.train_file`; `stop.set()` (or Ctrl-C) checkpoints and returns early."""
+        stop: threading.Event | None = None, group: Group | None = None) -> RunResult:
+    """Fine-tune `config.model` on `config.train_file`; `stop.set()` (or Ctrl-C) checkpoints and returns early.
+    With `group` (N processes), this rank trains on its share of each batch; only rank 0 writes and reports."""
     stop = stop or threading.Event()
+    main = group is None or group.main
+    if group and (config.out is None or config.seed is None):
+        raise InvalidRequest("a run on several processes needs its --out and --seed fixed before it starts, so "
+                             "every process trains the same run", param="out" if config.out is None else "seed")
     base = resolve_model(config.model)
     tokenizer, train_set, valid_set = setup_data(config, base, reporter)
     out = config.out or get_settings().runs_dir / f"{base.name}-{config.suffix or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
-    hp = _hyperparameters(out, config, resolve(config, len(train_set), len(valid_set)), resume)
+    hp = _hyperparameters(out, config, resolve(config, len(train_set), len(valid_set)), resume, check=main)
     torch.manual_seed(hp.seed)
-    model, lean = setup_model(base, hp)
+    model, lean = setup_model(base, hp, group.device if group else None)
     if hp.method == "lora" and lean is None:  # one line, in the run's messages (a job's events), saying why
         reporter.message(f"Training through transformers' forward: tunelab's fast LoRA forward steps aside for "
                          f"{unsupported(model, 'training') or 'this adapter configuration'}")
-    if not resume:  # only now, so a run that could not start leaves no directory behind
+    if not resume and main:  # only now, so a run that could not start leaves no directory behind
         _write_config(out, config, hp)
     optimizer, scheduler = setup_optimizer(model, hp)
     ckpt_root = out / "checkpoints"
-    step, last = restore(model, optimizer, scheduler, ckpt_root, config, hp, resume, reporter)
-    results = ResultsCsv(out / "results.csv", resumed_at=step)
+    step, last = restore(model, optimizer, scheduler, ckpt_root, config, hp, resume, reporter, group)
+    results = ResultsCsv(out / "results.csv", resumed_at=step) if main else None
 
     reporter.start(hp.model_dump(), hp.total_steps, step)
     settings = get_settings()
@@ -81,41 +91,52 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     trained_tokens = sum(s.length for s in train_set) * hp.n_epochs
     clock = _Clock()
     current_epoch = -1
+    # On N processes the loop runs while no rank has seen a stop: the ranks agree at every step's end.
+    stopping = group.any(stop.is_set())[0] if group else False
     with _stop_on_signals(stop):
-        while step < hp.total_steps and not stop.is_set():
+        while step < hp.total_steps and not (stopping if group else stop.is_set()):
             epoch, position = divmod(step, hp.steps_per_epoch)
             if position == 0 or epoch != current_epoch:
                 order, current_epoch = epoch_order(len(train_set), hp, epoch), epoch
             batch = [train_set[i] for i in order[position]]
             model.train()
             started = time.perf_counter()
-            loss, accuracy, tokens = train_step(model, lean, batch, optimizer, scheduler)
+            loss, accuracy, tokens = train_step(model, lean, batch, optimizer, scheduler, group)
             clock.tick(tokens, time.perf_counter() - started)
             step += 1
             metrics = StepMetrics(step, hp.total_steps, epoch + 1, loss, accuracy, tokens, clock.tokens_per_second,
-                                  clock.eta(hp.total_steps - step))
+                                  clock.eta(hp.total_steps - step), gpu_memory_mb=_gpu_memory_mb(model))
             if valid_set and step % hp.eval_every == 0:
                 k = step // hp.eval_every - 1
                 chunk = [valid_set[(k * hp.batch_size + j) % len(valid_set)] for j in range(hp.batch_size)]
-                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, lean, chunk)
+                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, lean, chunk, group)
             epoch_done = step % hp.steps_per_epoch == 0 or step == hp.total_steps
             if valid_set and epoch_done:
-                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, lean, valid_set)
-            results.write(metrics)
-            crash_point("results.after_row")
-            reporter.step(metrics)
+                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, lean, valid_set,
+                                                                                           group)
+            if main:
+                results.write(metrics)
+                crash_point("results.after_row")
+                reporter.step(metrics)
             last = metrics.openai()
             # Every epoch, and within a long one every `every_steps` steps or `every_seconds` of training.
             due = ((every_steps and step % every_steps == 0)
                    or (every_seconds and time.monotonic() - saved_at >= every_seconds))
-            if epoch_done or stop.is_set() or due:
-                path = _save_checkpoint(model, optimizer, scheduler, ckpt_root, step, hp, last, config.keep_checkpoints)
-                reporter.checkpoint(step, path, last)
+            stopping = stop.is_set()
+            if group:  # one vote (MAX) so that all ranks stop, and checkpoint, at the same step
+                stopping, due = group.any(stopping, due)
+            if epoch_done or stopping or due:
+                if main:
+                    path = _save_checkpoint(model, optimizer, scheduler, ckpt_root, step, hp, last,
+                                            config.keep_checkpoints)
+                    reporter.checkpoint(step, path, last)
+                if group:
+                    group.barrier()
                 saved_at = time.monotonic()
 
     stopped = step < hp.total_steps
     weights = out / ("adapter" if hp.method == "lora" else "model")
-    if not stopped:
+    if not stopped and main:
         _save_final(model, tokenizer, weights, out, base, config, hp, step, trained_tokens, last)
     reporter.finish()
     return RunResult(out, weights, step, trained_tokens if not stopped else 0, last, stopped)
@@ -137,15 +158,18 @@ def setup_data(config: TrainConfig, base: LocalModel, reporter: Reporter) -> tup
     return tokenizer, train_set, valid_set
 
 
-def setup_model(base: LocalModel, hp: Hyperparameters) -> tuple[torch.nn.Module, LeanForward | None]:
-    """Load the base model in fp32 (on the GPU when there is one); for LoRA, wrap every linear layer but the
-    LM head with rank-r adapters (the frozen base weights bf16 where the run multiplies in bf16). Returns the
-    model and the forward that trains it: the lean forward (lean_forward.py) where it applies, else None for
-    transformers' own."""
+def setup_model(base: LocalModel, hp: Hyperparameters, device: torch.device | None = None,
+                ) -> tuple[torch.nn.Module, LeanForward | None]:
+    """Load the base model in fp32 (on `device`, else on the GPU when there is one); for LoRA, wrap every linear
+    layer but the LM head with rank-r adapters (the frozen base weights bf16 where the run multiplies in bf16).
+    Returns the model and the forward that trains it: the lean forward (lean_forward.py) where it applies, else
+    None for transformers' own."""
     from peft import LoraConfig, get_peft_model
 
     model = load_causal_lm(base.path)
-    if torch.cuda.is_available():
+    if device is not None:
+        model.to(device)
+    elif torch.cuda.is_available():
         model.to("cuda")
     model.config.use_cache = False
     if hp.method == "full":
@@ -173,15 +197,21 @@ def setup_optimizer(model: torch.nn.Module, hp: Hyperparameters):
 
 
 def restore(model, optimizer, scheduler, root: Path, config: TrainConfig, hp: Hyperparameters, resume: bool,
-            reporter: Reporter) -> tuple[int, dict]:
+            reporter: Reporter, group: Group | None = None) -> tuple[int, dict]:
     """The step the run starts after and that step's metrics: 0 for a new run (from `config.init_adapter`'s weights
     when it continues an earlier fine-tune), or with `resume` the latest complete checkpoint's, whose weights,
     optimizer and scheduler state are loaded. Partial checkpoints a crash left behind are removed first; the
-    checkpoint resumed from is reported again, in case the run stopped before it could report it."""
-    checkpoints.clean_partial(root)
+    checkpoint resumed from is reported again, in case the run stopped before it could report it. On N processes
+    rank 0 removes the partial ones, then every rank loads the same checkpoint (and starts from rank 0's weights)."""
+    if group is None or group.main:
+        checkpoints.clean_partial(root)
+    if group:
+        group.barrier()
     if not resume:
         if config.init_adapter:
             _load_weights(model, config.init_adapter, hp)
+        if group:
+            group.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
         return 0, {}
     latest = checkpoints.latest_checkpoint(root)
     if latest is None:
@@ -236,23 +266,31 @@ def loss_step(model: torch.nn.Module, lean: LeanForward | None, samples: list[Sa
 
 
 def train_step(model, lean: LeanForward | None, batch: list[Sample], optimizer, scheduler,
-               ) -> tuple[float, float, int]:
-    """One optimizer step over `batch`; the loss is the mean over all trained tokens of the batch."""
+               group: Group | None = None) -> tuple[float, float, int]:
+    """One optimizer step over `batch`; the loss is the mean over all trained tokens of the batch. With `group`,
+    this rank computes its share of the batch, normalised by the whole batch's trained tokens, and the summed
+    gradients of all ranks make the same step one process takes."""
     n_trained = sum(s.n_trained for s in batch)
     total, correct = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    prefix = compute_prefix(model, lean, batch)
+    mine = group.share(batch) if group else batch
+    prefix = compute_prefix(model, lean, mine)
     # No padding either way: the lean forward packs the batch into passes of up to PACK_TOKENS tokens;
     # transformers' forward takes one conversation at a time. The gradients accumulate.
-    for part in _packs(batch, PACK_TOKENS if lean else 0):
-        loss, right = loss_step(model, lean, part, prefix)
+    for part in _packs(mine, PACK_TOKENS if lean else 0):
+        with _autocast(model):
+            loss, right = loss_step(model, lean, part, prefix)
         (loss / n_trained).backward()
         total += loss.item()
         correct += right
     if prefix:
         prefix.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if group:  # explicit, not DistributedDataParallel: the lean forward never calls the hooked model.forward
+        group.sum_gradients(trainable)
+        total, correct = group.sum(total, correct)
     crash_point("step.before_optimizer")
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     optimizer.step()
     scheduler.step()
     crash_point("step.after_optimizer")
@@ -260,16 +298,21 @@ def train_step(model, lean: LeanForward | None, batch: list[Sample], optimizer, 
 
 
 @torch.no_grad()
-def evaluate(model, lean: LeanForward | None, samples: list[Sample]) -> tuple[float, float]:
-    """Mean token loss and accuracy over `samples`, weighted by trained tokens."""
+def evaluate(model, lean: LeanForward | None, samples: list[Sample], group: Group | None = None,
+             ) -> tuple[float, float]:
+    """Mean token loss and accuracy over `samples`, weighted by trained tokens; split across `group`'s ranks."""
     model.eval()
     total, correct = 0.0, 0
-    prefix = compute_prefix(model, lean, samples)
-    for part in _packs(samples, 2 * PACK_TOKENS if lean else 0):
-        loss, right = loss_step(model, lean, part, prefix)  # without gradients nothing is held for a backward pass
+    mine = group.share(samples) if group else samples
+    prefix = compute_prefix(model, lean, mine)
+    for part in _packs(mine, 2 * PACK_TOKENS if lean else 0):
+        with _autocast(model):
+            loss, right = loss_step(model, lean, part, prefix)  # no gradients: nothing is held for a backward
         total += loss.item()
         correct += right
         crash_point("validation.batch")
+    if group:
+        total, correct = group.sum(total, correct)
     model.train()
     n = sum(s.n_trained for s in samples)
     return total / n, correct / n
@@ -287,6 +330,18 @@ def _packs(samples: list[Sample], limit: int) -> list[list[Sample]]:
             packs.append([sample])
             tokens = sample.length
     return packs
+
+
+def _autocast(model):
+    """bf16 autocast where the model sits on a CUDA device; a no-op context on a CPU (the run's own precision)."""
+    device = _causal(model).device
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _gpu_memory_mb(model) -> float | None:
+    """Peak GPU memory this process allocated so far, on CUDA; None on a CPU."""
+    device = _causal(model).device
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def _causal(model):
@@ -354,8 +409,10 @@ def _write_config(out: Path, config: TrainConfig, hp: Hyperparameters) -> None:
     (out / "config.json").write_text(json.dumps(data, indent=2))
 
 
-def _hyperparameters(out: Path, config: TrainConfig, hp: Hyperparameters, resume: bool) -> Hyperparameters:
-    """The run's hyperparameters: `hp` for a new run directory, the recorded ones when resuming."""
+def _hyperparameters(out: Path, config: TrainConfig, hp: Hyperparameters, resume: bool,
+                     check: bool = True) -> Hyperparameters:
+    """The run's hyperparameters: `hp` for a new run directory, the recorded ones when resuming. `check`: refuse a
+    directory that already holds a run (rank 0 only: on N processes it writes config.json while others look)."""
     saved = out / "config.json"
     if resume:
         if not saved.exists():
@@ -368,7 +425,7 @@ def _hyperparameters(out: Path, config: TrainConfig, hp: Hyperparameters, resume
             raise InvalidRequest(f"the run in {out} was started with different {', '.join(changed)}; "
                                  "resume it with the same settings or start a new --out", param=changed[0])
         return Hyperparameters(**recorded["hyperparameters"])
-    if out.exists() and any(out.iterdir()):
+    if check and out.exists() and any(out.iterdir()):
         raise InvalidRequest(f"{out} already holds a run; pass --resume to continue it or choose another --out",
                              param="out")
     return hp

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...train.config import check_bounds
+from ...train.launch import MAX_PROCESSES
 from ..protocol import CursorPage, Page
 
 Auto = Literal["auto"]
@@ -54,6 +55,8 @@ class JobCreate(BaseModel):
     method: Method | None = None
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
+    # tunelab's own: training processes under torchrun (the SDK sends it with `extra_body={"nproc": 2}`).
+    nproc: int = Field(default=1, ge=1, le=MAX_PROCESSES, strict=True)
 
     @field_validator("metadata")
     @classmethod
@@ -108,6 +111,7 @@ class FineTuningJob(BaseModel):
     user_provided_suffix: str | None
     hyperparameters: ShownHyperparameters
     method: MethodShown
+    nproc: int  # tunelab's own: how many processes train the job
 
     @classmethod
     def of(cls, row, owner: str) -> "FineTuningJob":
@@ -125,7 +129,8 @@ class FineTuningJob(BaseModel):
             error=json.loads(row["error"]) if row["error"] else None, seed=request["seed"],
             estimated_finish=row["estimated_finish"] if row["status"] == "running" else None,
             integrations=[], metadata=request["metadata"], user_provided_suffix=request["suffix"],
-            hyperparameters=shown, method={"type": "supervised", "supervised": {"hyperparameters": shown}})
+            hyperparameters=shown, method={"type": "supervised", "supervised": {"hyperparameters": shown}},
+            nproc=request.get("nproc", 1))
 
 
 class JobList(Page[FineTuningJob]):

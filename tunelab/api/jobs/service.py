@@ -79,9 +79,11 @@ class JobsService:
             "validation_file": body.validation_file, "suffix": body.suffix,
             "seed": body.seed if body.seed is not None else random.SystemRandom().randrange(2**31),
             "hyperparameters": hyper.model_dump() if hyper else {k: "auto" for k in SHOWN},
-            "metadata": body.metadata,
+            "metadata": body.metadata, "nproc": body.nproc,
         }
-        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        # `nproc` left out at its default, so a retried request made before it existed still matches
+        fingerprint = hashlib.sha256(body.model_dump_json(exclude={"nproc"} if body.nproc == 1 else None).encode()
+                                     ).hexdigest()
         with self.db.write() as conn:
             self._check_files(body, conn)
             while True:  # the model id carries 8 hex digits of the job id: keep them unique
