@@ -176,7 +176,7 @@ def sides(service: Service, deployment: dict, prompt_ids: list[int], max_tokens:
     return ways
 
 
-def measure(ways: dict, loads: dict, rounds: int) -> dict:
+async def measure(ways: dict, loads: dict, rounds: int) -> dict:
     """Each load on each side, `rounds` times, the sides in alternating order; the medians per side."""
     figures = {}
     for load_name, (clients, each) in loads.items():
@@ -184,7 +184,7 @@ def measure(ways: dict, loads: dict, rounds: int) -> dict:
         for r in range(rounds):
             order = list(ways) if r % 2 == 0 else list(reversed(ways))
             for side in order:
-                runs[side].append(asyncio.run(load(ways[side], clients, each)))
+                runs[side].append(await load(ways[side], clients, each))
         figures[load_name] = {side: {"first_token_ms": 1000 * statistics.median(x.first for x in results),
                                      "per_token_ms": 1000 * statistics.median(x.per_token for x in results),
                                      "tokens_per_second": statistics.median(x.throughput for x in results),
@@ -234,8 +234,11 @@ def main() -> None:
                 started = time.perf_counter()
                 deployment = service.deploy(f"bench-{engine.replace('.', '')}", args.model, engine, args.filter)
                 print(f"{engine}: deployed in {time.perf_counter() - started:.1f} s", flush=True)
-                ways = sides(service, deployment, _prompt_ids(Path(tmp) / "home", args.model), args.tokens)
-                figures = measure(ways, loads, args.rounds)
+                prompt_ids = _prompt_ids(Path(tmp) / "home", args.model)
+
+                async def measured() -> dict:  # the SDK's clients live on the event loop that runs the loads
+                    return await measure(sides(service, deployment, prompt_ids, args.tokens), loads, args.rounds)
+                figures = asyncio.run(measured())
                 results["engines"][engine] = figures
                 print(table(engine, figures), flush=True)
         finally:
