@@ -87,9 +87,13 @@ def test_a_bad_engine_is_refused_naming_the_field(service, capsys, monkeypatch):
     assert http.get(f"{service.base_url}/deployments").json()["value"] == []  # nothing half-made
 
 
-def test_an_engine_url_that_is_down_fails_the_deployment_and_says_where(service):
+def test_an_engine_url_that_is_down_fails_the_deployment_and_says_where(service, monkeypatch):
     http = httpx.Client(headers=HTTP)
     url = f"http://127.0.0.1:{free_port()}"
+    refused = deploy(http, service.base_url, "away", "tiny", engine={"type": "url", "url": url})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "properties.engine.url"
+    assert "TUNELAB_ENGINE_URLS" in refused.json()["error"]["message"]  # only URLs the operator listed
+    monkeypatch.setenv("TUNELAB_ENGINE_URLS", f"http://127.0.0.1:1,{url}")
     assert deploy(http, service.base_url, "away", "tiny", engine={"type": "url", "url": url}).status_code == 201
     assert wait_until_provisioned(http, service.base_url, "away") == "Failed"
     shown = http.get(f"{service.base_url}/deployments/away").json()["properties"]
@@ -253,6 +257,7 @@ def check_limits_filter_and_a_killed_engine(service, home, capsys) -> list[int]:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        os.environ["TUNELAB_ENGINE_URLS"] = url  # the operator allows it (removed below)
         assert deploy(http, service.base_url, "theirs", "tiny",
                       engine={"type": "url", "url": url}).status_code == 201
         provisioned(http, service.base_url, "theirs")
@@ -261,6 +266,7 @@ def check_limits_filter_and_a_killed_engine(service, home, capsys) -> list[int]:
         assert direct.choices[0].message.content == client.chat.completions.create(
             model="open-cpp", messages=ASK, max_tokens=8, temperature=0).choices[0].message.content
     finally:
+        os.environ.pop("TUNELAB_ENGINE_URLS", None)
         own.kill()
         own.wait()
     with pytest.raises(openai.InternalServerError) as down:

@@ -354,20 +354,25 @@ def test_an_adapter_whose_weights_were_swapped_for_a_pickle_is_refused_unread(ti
     assert not marker.exists()
 
 
-def test_the_package_has_no_way_to_fetch_a_url():
-    """Scenario 47, a deliberate departure: no request field takes a URL and nothing in the package opens a
-    network connection of its own (the CLI talks only to the tunelab service it is pointed at); image parts in
-    chat are refused before any model work (tests/test_chat.py). So there is nothing to turn against 127.0.0.1,
-    10/8 or 169.254.169.254."""
+def test_the_package_fetches_no_url_a_request_chooses():
+    """Scenario 47: no request field makes the service fetch a URL of the client's choosing, so there is nothing to
+    turn against 127.0.0.1, 10/8 or 169.254.169.254. The one URL field, a deployment's engine
+    (`properties.engine.url`), takes only the engines the operator listed in TUNELAB_ENGINE_URLS (tests/
+    test_engines.py refuses one that is not); image parts in chat are refused before any model work (tests/
+    test_chat.py). Network code lives in the two modules that talk to engines, and the CLI (which talks only to
+    the tunelab service it is pointed at)."""
     from tunelab.app import create_app
 
-    spec = json.dumps(create_app(run_worker=False).openapi())
-    assert not re.findall(r'"\w*(?:url|uri|href)"\s*:', spec, re.IGNORECASE)
+    spec = create_app(run_worker=False).openapi()
+    fields = re.findall(r'"(\w*(?:url|uri|href))"\s*:\s*\{', json.dumps(spec), re.IGNORECASE)
+    assert fields == ["url"], fields
+    assert "url" in spec["components"]["schemas"]["EngineRef"]["properties"]
     network = re.compile(r"^\s*(?:import|from)\s+(?:httpx|requests|aiohttp|urllib\.request|urllib3|http\.client|"
                          r"huggingface_hub)\b|hf_hub_download|snapshot_download|urlopen|create_connection",
                          re.MULTILINE)
+    engines = {ROOT / "tunelab" / "inference" / "remote.py", ROOT / "tunelab" / "deploy" / "engines.py"}
     for path in (ROOT / "tunelab").rglob("*.py"):
-        if path.parent.name != "cli":
+        if path.parent.name != "cli" and path not in engines:
             assert not network.search(path.read_text()), path
 
 

@@ -67,10 +67,13 @@ class Settings(BaseSettings):
                                       "llama.cpp engine run; unset: the one beside this Python, else on the PATH.")
     vllm_command: str = Field(default="vllm", description="The command that runs vLLM for deployments on the vllm "
                               "engine (`<command> serve MODEL ...`).")
+    engine_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Engine URLs a deployment may name (properties.engine.url), "
+        "comma-separated: only engines the operator listed, so no API request can point the service elsewhere.")
     engine_start_timeout: float = Field(default=300.0, gt=0, description="Seconds an engine server (llama.cpp, "
                                         "vLLM) may take to answer its health check after it starts.")
 
-    @field_validator("checks", mode="before")
+    @field_validator("checks", "engine_urls", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value

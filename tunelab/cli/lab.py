@@ -98,8 +98,8 @@ def travel(
             with step("3. Deploy the base and the fine-tuned model (Standard, 5K tokens per minute, Default filter)"):
                 for name, served in (("base-travel", model), ("ft-travel", fine_tuned)):
                     _replace_deployment(api, name)
-                    deploy(served, name=name, tpm=5, content_filter="Default", wait=True, base_url=url, api_key=key,
-                           as_json=False)
+                    deploy(served, name=name, tpm=5, content_filter="Default", engine="local", wait=True, base_url=url,
+                           api_key=key, as_json=False)
             with step("4. Ask the lab's questions to both, with the lab's system message"):
                 _side_by_side(api, [p for p in prompts if str(p.get("id", "")).startswith("lab-")], system)
             with step(f"5. Compare both on {len(prompts)} prompts ({data / 'prompts.jsonl'})"):

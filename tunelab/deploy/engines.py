@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
+from ..config import get_settings
 from ..errors import InvalidRequest
 from ..inference.pool import EnginePool, Target
 from ..inference.remote import KINDS, RemoteEngine, call
@@ -88,7 +89,12 @@ class EngineSpec:
             raise InvalidRequest(f"properties.engine.kind {kind!r} is not an engine tunelab speaks to; choose one of "
                                  f"{', '.join(KINDS)}, or leave it out to ask the engine",
                                  param="properties.engine.kind")
-        return cls("url", url.rstrip("/").removesuffix("/v1"), kind)
+        address = url.rstrip("/").removesuffix("/v1")
+        allowed = {u.rstrip("/").removesuffix("/v1") for u in get_settings().engine_urls}
+        if address not in allowed:  # an API key must not be able to point the service at any host it can reach
+            raise InvalidRequest(f"properties.engine.url {url!r} is not an engine this service may use; its operator "
+                                 "lists the allowed ones in TUNELAB_ENGINE_URLS", param="properties.engine.url")
+        return cls("url", address, kind)
 
     def shown(self) -> dict:
         return {"type": self.type, **({"url": self.url, "kind": self.kind} if self.type == "url" else {})}

@@ -26,7 +26,8 @@ class EngineRef(BaseModel):
     type: Literal["local", "llama.cpp", "vllm", "url"] = Field(
         default="local", description="local: tunelab's engine, in process; llama.cpp, vllm: a server tunelab "
         "starts, watches and stops; url: an engine already running")
-    url: str | None = Field(default=None, description="type url only: the engine's address, http(s)://host:port")
+    url: str | None = Field(default=None, description="type url only: the engine's address, http(s)://host:port, one the "
+                               "operator listed in TUNELAB_ENGINE_URLS")
     kind: Literal["llama.cpp", "vllm"] | None = Field(default=None, description="type url only: what runs there; "
                                                       "left out, the engine is asked")
 
