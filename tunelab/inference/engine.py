@@ -207,20 +207,7 @@ class Engine:
 
     def warm_up(self, adapter: str | None, end_ids: set[int], timeout: float = 120.0) -> None:
         """One token through the scheduler: proves the model (and adapter) answer."""
-        done = threading.Event()
-        failure = []
-
-        def on_event(kind, payload):
-            if kind == "error":
-                failure.append(payload)
-            if kind in ("done", "error"):
-                done.set()
-
-        prompt = self.tokenizer("Hello", add_special_tokens=False)["input_ids"] or [0]
-        self.submit(prompt, SamplingParams(max_tokens=1, temperature=0), adapter=adapter, end_ids=end_ids,
-                    on_event=on_event)
-        if not done.wait(timeout) or failure:
-            raise RuntimeError(failure[0] if failure else "the model did not answer its warm-up in time")
+        warm_up(self, adapter, end_ids, timeout, "the model did not answer its warm-up in time")
 
     def call(self, fn: Callable):
         """Run `fn()` on the scheduler thread (the one with the cores) between two decode steps; return its
@@ -501,3 +488,20 @@ def _plain_greedy(p: SamplingParams) -> bool:
     """Greedy with nothing per row (penalties, log probabilities): such rows are decided together."""
     return p.temperature == 0 and not p.logprobs and not (p.presence_penalty or p.frequency_penalty)
 
+
+def warm_up(engine, adapter: str | None, end_ids: set[int], timeout: float, late: str) -> None:
+    """One greedy token from `engine` (this module's or a remote one) through its `submit`; raises with the
+    engine's error, or `late` when no answer came within `timeout` seconds."""
+    done, failure = threading.Event(), []
+
+    def on_event(kind, payload):
+        if kind == "error":
+            failure.append(payload)
+        if kind in ("done", "error"):
+            done.set()
+
+    prompt = engine.tokenizer("Hello", add_special_tokens=False)["input_ids"] or [0]
+    engine.submit(prompt, SamplingParams(max_tokens=1, temperature=0), adapter=adapter, end_ids=end_ids,
+                  on_event=on_event)
+    if not done.wait(timeout) or failure:
+        raise RuntimeError(getattr(failure[0], "message", failure[0]) if failure else late)

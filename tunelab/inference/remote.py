@@ -29,7 +29,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from ..errors import InvalidRequest, TunelabError
-from .engine import SamplingParams, TokenLogprob
+from .engine import SamplingParams, TokenLogprob, warm_up
 
 KINDS = ("llama.cpp", "vllm")
 
@@ -224,20 +224,7 @@ class RemoteEngine:
 
     def warm_up(self, adapter: str | None, end_ids: set[int], timeout: float = 120.0) -> None:
         """One token through the engine: proves it (and the adapter) answers."""
-        done, failure = threading.Event(), []
-
-        def on_event(kind, payload):
-            if kind == "error":
-                failure.append(payload)
-            if kind in ("done", "error"):
-                done.set()
-
-        prompt = self.tokenizer("Hello", add_special_tokens=False)["input_ids"] or [0]
-        self.submit(prompt, SamplingParams(max_tokens=1, temperature=0), adapter=adapter, end_ids=end_ids,
-                    on_event=on_event)
-        if not done.wait(timeout) or failure:
-            raise RuntimeError(getattr(failure[0], "message", failure[0]) if failure else
-                               f"{self.label} did not answer its warm-up in time")
+        warm_up(self, adapter, end_ids, timeout, f"{self.label} did not answer its warm-up in time")
 
     def body(self, g: RemoteGeneration) -> dict:
         """The /v1/completions request for a generation: tunelab's sampling, the engine's adapter selection."""

@@ -24,13 +24,12 @@ import threading
 STOP = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: STOP.set())
 
-from ..train.launch import GroupLost, die_with_parent, rank, world_size  # noqa: E402
+from ..train.launch import GroupLost, die_with_parent, exit_with_parent, rank, world_size  # noqa: E402
 
 if world_size() > 1:  # a rank under torchrun dies with it, even while the imports below still load torch
     die_with_parent()
 
 import json  # noqa: E402
-import os  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -56,7 +55,7 @@ PAUSE_POLL_SECONDS = 0.5
 def main(job_id: str, token: str) -> int:
     if rank() != 0:
         return _follow(job_id)
-    _exit_with_parent()
+    exit_with_parent()  # the job is reclaimed on the server's next start
     crashpoints.role = "trainer"
     settings = get_settings()
     if settings.trainer_memory_limit_mb:  # before torch loads, so every allocation counts against it
@@ -112,7 +111,7 @@ def main(job_id: str, token: str) -> int:
 def _follow(job_id: str) -> int:
     """A rank other than 0 of an N-process job: train its share, write nothing, record nothing. An error every
     rank meets (bad data) is rank 0's to report; any other ends this rank, and torchrun ends the group."""
-    _exit_with_parent()
+    exit_with_parent()  # the job is reclaimed on the server's next start
     crashpoints.role = "trainer"
     settings = get_settings()
     if settings.trainer_memory_limit_mb:
@@ -227,18 +226,6 @@ def _named(message: str, blob_names: dict) -> str:
     for path, file_id in blob_names.items():
         message = message.replace(path, file_id)
     return message
-
-
-def _exit_with_parent() -> None:
-    """Leave at once when the server that started us is gone (kill -9): the job is reclaimed on its next start."""
-    parent = os.getppid()
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(3)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 if __name__ == "__main__":

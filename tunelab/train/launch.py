@@ -68,7 +68,7 @@ def launch_environment(env: dict[str, str], nproc: int) -> dict[str, str]:
 def _run_launcher(nproc: int, module: str, args: list[str]) -> None:
     """Run torchrun's own entry point in this process, which leaves as soon as its parent is gone: the ranks,
     whose parent-death signal is set, are killed with it."""
-    _exit_with_parent()
+    exit_with_parent()
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main
 
@@ -78,9 +78,10 @@ def _run_launcher(nproc: int, module: str, args: list[str]) -> None:
         sys.exit(128 + int(exc.sigval))
 
 
-def _exit_with_parent() -> None:
-    # Polled, not prctl: the death signal follows the parent *thread*, and the worker's thread that started us
-    # ends before the run does when the server shuts down gracefully.
+def exit_with_parent() -> None:
+    """Leave at once when the process that started this one is gone (a server killed with kill -9).
+    Polled, not prctl: the death signal follows the parent *thread*, and the worker's thread that started the
+    process ends before the run does when the server shuts down gracefully."""
     parent = os.getppid()
 
     def watch():
