@@ -5,8 +5,11 @@
 
 Upload the travel data, fine-tune SmolLM2-135M-Instruct (suffix ft-travel, default parameters), deploy the base
 and the fine-tuned model (5K tokens per minute, Default content filter), ask the lab's questions to both with
-the lab's system message, run the comparison on the prompt set and write its report. Each step says how long it
-took. The comparison adds the travel assistant's own checks (`policy`, `redirect`) from the data folder's
+the lab's system message, and run the comparison on the held-out prompt set. Then teach it what not to do: the
+fine-tune answers the prompts set aside for mining (`mine.jsonl`) several times, each answer is scored by the
+checks, a failing answer and a passing one to the same prompt make a preference pair, and a DPO fine-tune
+continues from the supervised one on those pairs; the last comparison puts the base model, the supervised
+fine-tune and the DPO fine-tune side by side on the held-out prompts. Each step says how long it took. The comparison adds the travel assistant's own checks (`policy`, `redirect`) from the data folder's
 `checks.py` through the checks seam (tunelab/evaluate/checks.py), as any outsider's check plugs in.
 """
 
@@ -23,7 +26,7 @@ from rich.table import Table
 from ..config import get_settings
 from ..errors import InvalidRequest
 from ..threads import reserve_cores
-from .client import ApiKey, BaseUrl, api_errors, client, deploy, jobs_wait, out
+from .client import ApiKey, BaseUrl, _once, api_errors, client, deploy, jobs_wait, out
 from .compare import compare, read_prompts
 
 lab_app = typer.Typer(help="Walk through a lab end to end on this machine.", no_args_is_help=True)
@@ -48,10 +51,17 @@ def travel(
     checks: Optional[List[str]] = typer.Option(None, "--checks", help="Checks the comparison adds, as module:name "
                                                "or path/to/file.py:name (repeatable); default: policy and "
                                                "redirect of the --data folder's checks.py, when it has one."),
+    dpo: bool = typer.Option(True, "--dpo/--no-dpo", help="After the comparison, mine preference pairs from the "
+                             "fine-tune's answers to the --data folder's mine.jsonl and continue with DPO (when the "
+                             "folder has a mine.jsonl)."),
+    rounds: int = typer.Option(4, "--mine-rounds", min=1, max=16, help="How many answers (one per seed) the "
+                               "fine-tune gives to each mining prompt."),
+    beta: float = typer.Option(0.1, "--beta", min=0.001, max=2.0, help="DPO's beta: higher stays closer to the "
+                               "supervised fine-tune."),
     base_url: BaseUrl = None, api_key: ApiKey = None,
 ) -> None:
     """The travel lab end to end: upload, fine-tune, deploy both models, ask the lab's questions side by side,
-    compare on the prompt set and write the report."""
+    compare on the held-out prompt set; then mine preference pairs, fine-tune with DPO and compare the three."""
     for name in ("train.jsonl", "valid.jsonl", "prompts.jsonl", "system.txt"):
         if not (data / name).is_file():
             raise InvalidRequest(f"{data / name}: no such file (run from the tunelab folder or pass --data)",
@@ -107,11 +117,60 @@ def travel(
                 # not paced by the deployments' 5K-tokens-per-minute limit (through them it takes minutes more).
                 out.print(f"base-travel serves {model}, ft-travel serves {fine_tuned}", highlight=False)
                 compare([model, fine_tuned], prompts=data / "prompts.jsonl", system=system, seed=42,
-                        temperature=0.7, max_tokens=256, parallel=8, validation=None, style=None,
-                        report_dir=report_dir, checks=checks, base_url=url, api_key=key, as_json=False)
+                        temperature=0.7, max_tokens=256, parallel=8, validation=files["valid.jsonl"],
+                        style=files["train.jsonl"], report_dir=report_dir, checks=checks, base_url=url,
+                        api_key=key, as_json=False)
+            mining = data / "mine.jsonl"
+            if dpo and mining.is_file():
+                mine = read_prompts(mining)
+                with step(f"6. Mine preference pairs: {rounds} answers of the fine-tune to each of {len(mine)} "
+                          f"prompts ({mining})"):
+                    pairs = _mine_pairs(api, fine_tuned, mine, system, rounds, checks)
+                with step(f"7. Continue the fine-tune with DPO on {pairs['summary']['pairs']} pairs (beta {beta})"):
+                    job = api.fine_tuning.jobs.create(
+                        model=fine_tuned, training_file=pairs["file"]["id"], suffix="ft-travel-dpo", seed=42,
+                        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": beta}}})
+                    out.print(f"Job {job.id}")
+                    jobs_wait(job.id, base_url=url, api_key=key)
+                    preferred = api.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+                with step(f"8. Compare the base model, the fine-tune and the DPO fine-tune on {len(prompts)} "
+                          "held-out prompts"):
+                    compare([model, fine_tuned, preferred], prompts=data / "prompts.jsonl", system=system, seed=42,
+                            temperature=0.7, max_tokens=256, parallel=8, validation=files["valid.jsonl"],
+                            style=files["train.jsonl"], report_dir=report_dir, checks=checks, base_url=url,
+                            api_key=key, as_json=False)
     out.print(f"[bold]The lab took {(time.monotonic() - started) / 60:.1f} minutes.[/bold] "
               f"Chat with the models: `tunelab serve`, then `tunelab chat ft-travel --system \"…\"`.",
               highlight=False)
+
+
+def _mine_pairs(api, model: str, prompts: list[dict], system: str, rounds: int, checks) -> dict:
+    """`rounds` answers of `model` to each prompt (one comparison per seed, at a higher temperature for variety),
+    turned into preference pairs by the checks and saved as a training file: the pairs API's answer."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    runs = []
+    progress = Progress(TextColumn("[bold]Answering"), MofNCompleteColumn(), BarColumn(), TextColumn("answers"),
+                        TimeElapsedColumn(), transient=True)
+    with progress:
+        task = progress.add_task("mine", total=rounds * len(prompts))
+        for seed in range(1, rounds + 1):
+            run = api.post("/evaluations", cast_to=object, options={"headers": _once()}, body={
+                "candidates": [model], "prompts": prompts, "system": system, "seed": seed, "temperature": 1.0,
+                "max_tokens": 256, "parallel": 8, "checks": checks or None})
+            while run["status"] == "running":
+                time.sleep(1)
+                run = api.get(f"/evaluations/{run['id']}", cast_to=object)
+                progress.update(task, completed=(seed - 1) * len(prompts) + run["progress"]["done"])
+            if run["status"] == "failed":
+                raise InvalidRequest(f"the mining comparison {run['id']} failed: {run['error']}")
+            runs.append(run["id"])
+    pairs = api.post("/pairs", cast_to=object, options={"headers": _once()},
+                     body={"evaluations": runs, "save": True, "filename": "travel-pairs.jsonl"})
+    summary = pairs["summary"]
+    out.print(f"{summary['pairs']} pairs from {summary['prompts_with_pair']} of {len(prompts)} prompts → "
+              f"{pairs['file']['id']}", highlight=False)
+    return pairs
 
 
 def _replace_deployment(api, name: str) -> None:
