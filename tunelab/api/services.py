@@ -31,6 +31,7 @@ from .files.service import FilesService
 from .jobs.service import JobsService
 from .models.service import ModelsService
 from .storage.service import StorageService
+from .stored.service import StoredCompletionsService
 from .uploads.service import UploadsService
 
 
@@ -60,6 +61,7 @@ class Services:
     exports: ExportsService
     live: Deployments  # the deployments themselves: provisioned again at each start
     completions: CompletionStore  # chat answers kept with `store: true`
+    stored: StoredCompletionsService
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -93,7 +95,7 @@ class Services:
                                            ServedCandidates(chat, deployments, pool), settings),
             storage=StorageService(db, settings.models_dir, exported.root),
             exports=ExportsService(exported, registry, ExportRunner(exported, registry)),
-            live=deployments, completions=completions)
+            live=deployments, completions=completions, stored=StoredCompletionsService(completions, files))
 
     def open(self) -> None:
         """Check and migrate the database and clear what an earlier crash left half-written."""
