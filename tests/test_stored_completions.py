@@ -226,3 +226,18 @@ def test_export_as_supervised_and_preference_files(service):
         assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
         assert says in refused.json()["error"]["message"]
     assert len(client.files.list().data) == 2  # the refused exports made no file
+
+
+def test_the_storage_report_lists_stored_completions_and_clean_deletes_them(capsys, service, monkeypatch):
+    from test_cli import tunelab
+
+    client = service.client()
+    kept = [client.chat.completions.create(model="tiny", messages=ASK, max_tokens=2, store=True).id
+            for _ in range(2)]
+    assert client.get("/storage", cast_to=object)["stored_completions"] == [{"id": i, "model": "tiny"} for i in kept]
+    monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
+    code, output = tunelab(capsys, "clean", "--stored-completions", "--yes")
+    assert code == 0, output
+    assert [line.split()[-1] for line in output.splitlines() if line.startswith("Deleted ")] == kept
+    assert client.chat.completions.list().data == []
+    assert client.get("/storage", cast_to=object)["stored_completions"] == []
