@@ -185,10 +185,10 @@ def test_export_as_supervised_and_preference_files(service):
     good, bad = made[0].id, made[1].id  # two answers to the same prompt
     client.chat.completions.update(good, metadata={"set": "export", "rating": "good"})
     client.chat.completions.update(bad, metadata={"set": "export", "rating": "bad"})
-    edited = http.post(f"/chat/completions/{made[2].id}", json={"edited_content": "Chile's lakes. Which region?"})
-    assert edited.status_code == 200
-    assert edited.json()["edited_content"] == "Chile's lakes. Which region?"
-    assert edited.json()["choices"][0]["message"]["content"] == answer[made[2].id]  # the original stays
+    edited = client.chat.completions.update(made[2].id, metadata={"set": "export"},
+                                            extra_body={"edited_content": "Chile's lakes. Which region?"})
+    assert edited.model_extra["edited_content"] == "Chile's lakes. Which region?"
+    assert edited.choices[0].message.content == answer[made[2].id]  # the original stays
 
     supervised = http.post("/stored_completions/export", json={"format": "supervised",
                                                                "metadata": {"set": "export"}})
