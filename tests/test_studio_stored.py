@@ -5,6 +5,7 @@ in view); the filter narrows the list; and the page exports a preference file wh
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from playwright.sync_api import expect
@@ -103,3 +104,20 @@ def test_rate_edit_and_export_stored_completions_as_a_preference_file(page, serv
         {"input": {"messages": ASK}, "preferred_output": [{"role": "assistant", "content": preferred}],
          "non_preferred_output": [{"role": "assistant", "content": original[second.id]}]}
         for preferred in (edit, original[first.id])]
+
+
+def test_clean_up_deletes_stored_completions_last(page, server):
+    client = server.client()
+    kept = {c.id for c in client.chat.completions.list()}
+    assert len(kept) == 2  # the two of the test above
+    page.goto(server.root + f"/?token={KEY}")
+    page.goto(server.root + "/#/clean-up")
+    rows = page.locator("section[data-kind=stored] tbody tr")
+    expect(rows).to_have_count(2)
+    page.get_by_role("button", name="Delete all", exact=True).click()
+    page.locator("dialog button.danger").click()
+    page.get_by_text(re.compile(r"Freed \d")).wait_for()
+    done = page.locator("ol.log li").all_inner_texts()
+    assert [line.split()[1] for line in done][-2:] == ["stored", "stored"], done  # after the files
+    assert client.chat.completions.list().data == []
+    expect(page.locator("p.empty", has_text="None.")).to_have_count(7)  # one per kind

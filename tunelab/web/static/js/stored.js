@@ -3,8 +3,23 @@
 // it (the edit is kept beside the original, which stays visible), and export what the filter shows as a supervised
 // or preference training file (POST /v1/stored_completions/export), opened in Data for its pre-flight report.
 
-import { all, post } from "./api.js";
+import { get, post } from "./api.js";
 import { busy, dialog, errorBox, field, h, notice, replace, table, when } from "./ui.js";
+
+const SHOWN = 500; // rows listed at most; the export is not limited by it
+
+// The newest stored completions the filter matches, page by page (`after` = the last id), up to SHOWN.
+async function newest(query) {
+  const found = [];
+  let after;
+  for (;;) {
+    const page = await get("/chat/completions", { ...query, after });
+    found.push(...page.data);
+    if (!page.has_more || !page.data.length) return { found, more: false };
+    if (found.length >= SHOWN) return { found: found.slice(0, SHOWN), more: true };
+    after = page.last_id;
+  }
+}
 
 export async function render(main, { query }) {
   const model = h("input", { name: "model", placeholder: "any model or deployment", value: query.get("model") || "" });
@@ -49,12 +64,13 @@ export async function render(main, { query }) {
     const query = { order: "desc", limit: 100, model: chosen.model };
     for (const [key, value] of Object.entries(chosen.metadata)) query[`metadata[${key}]`] = value;
     let found;
+    let more;
     try {
-      found = await all("/chat/completions", query);
+      ({ found, more } = await newest(query));
     } catch (error) {
       return replace(list, errorBox(error));
     }
-    replace(list, table([
+    replace(list, more ? h("p", { class: "hint" }, `The newest ${SHOWN} are shown; narrow the filter to see others. An export takes every match, shown or not.`) : null, table([
       { title: "Created", cell: (c) => when(c.created) },
       { title: "Model", cell: (c) => h("code", {}, c.model) },
       { title: "Asked", cell: (c) => h("span", { class: "asked" }, firstUser(c)) },
