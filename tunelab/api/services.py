@@ -15,6 +15,7 @@ from ..inference.pool import EnginePool
 from ..jobs.queue import Queue
 from ..models.registry import Registry
 from ..safety.policy import Policies
+from ..store.completions import CompletionStore
 from ..store.db import Database
 from ..store.exports import Exports
 from ..store.files import Files
@@ -30,6 +31,7 @@ from .files.service import FilesService
 from .jobs.service import JobsService
 from .models.service import ModelsService
 from .storage.service import StorageService
+from .stored.service import StoredCompletionsService
 from .uploads.service import UploadsService
 
 
@@ -58,6 +60,8 @@ class Services:
     storage: StorageService
     exports: ExportsService
     live: Deployments  # the deployments themselves: provisioned again at each start
+    completions: CompletionStore  # chat answers kept with `store: true`
+    stored: StoredCompletionsService
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -74,7 +78,8 @@ class Services:
         deployments = Deployments(db, registry, pool, policies, engines)
         runs = Runs(db)
         exported = Exports(db, settings.home.expanduser() / "exports")
-        chat = ChatService(deployments, policies, pool)
+        completions = CompletionStore(db)
+        chat = ChatService(deployments, policies, pool, completions)
         return cls(
             settings=settings, db=db, keys=Keys(settings.home, settings.api_key),
             store=files, parts=parts, queue=queue, registry=registry, pool=pool, runs=runs,
@@ -90,7 +95,7 @@ class Services:
                                            ServedCandidates(chat, deployments, pool), settings),
             storage=StorageService(db, settings.models_dir, exported.root),
             exports=ExportsService(exported, registry, ExportRunner(exported, registry)),
-            live=deployments)
+            live=deployments, completions=completions, stored=StoredCompletionsService(completions, files))
 
     def open(self) -> None:
         """Check and migrate the database and clear what an earlier crash left half-written."""

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ...store.completions import metadata_problem
 from ..protocol import Wire
 
 FINGERPRINT = "fp_tunelab"
@@ -30,8 +31,9 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """`POST /v1/chat/completions`. Fields the cloud accepts that do not apply here (`user`, `store`,
-    `metadata`, `service_tier`, …) are accepted and ignored, as the SDK may send them."""
+    """`POST /v1/chat/completions`. With `store: true` the answer is kept with its `metadata` (the stored
+    completions API lists, rates and exports it). Fields the cloud accepts that do not apply here (`user`,
+    `service_tier`, …) are accepted and ignored, as the SDK may send them."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -51,6 +53,18 @@ class ChatRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool | None = False
+    metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v):
+        problem = metadata_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("stop")
     @classmethod

@@ -4,7 +4,8 @@
 submits its generations; `complete()` then builds the whole `chat.completion`, `stream()` yields
 `chat.completion.chunk`s as the tokens come, for the route to send as server-sent events. Both wait on an
 asyncio queue fed by the engine's thread, so the event loop never blocks; a stream that is abandoned cancels its
-generations.
+generations. With `store: true` the answer is kept (`store/completions.py`) as the client received it: the whole
+object, or a stream's chunks put together once it has ended; a stream abandoned or failed keeps nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ...errors import InvalidRequest, NotFound, TunelabError
 from ...inference.engine import SamplingParams
 from ...inference.pool import EnginePool, Target
 from ...safety.policy import ContentFiltered, Policies, Policy
+from ...store.completions import CompletionStore
 from .protocol import (ChatChoice, ChatChoiceMessage, ChatCompletion, ChatCompletionChunk, ChatRequest,
                        ChoiceLogprobs, ChunkChoice, ChunkDelta, PromptFilterResult, Usage)
 
@@ -63,6 +65,7 @@ class Answering:
         self.generations = []
         self.limiter, self.charge, self.headers = None, None, {}
         self.policy, self.prompt_results = None, None
+        self.deployment = None
 
     def listener(self, index: int):
         def on_event(kind, payload):
@@ -108,6 +111,7 @@ class ChatService:
     deployments: Deployments
     policies: Policies
     pool: EnginePool
+    completions: CompletionStore | None = None  # where `store: true` keeps answers
 
     async def begin(self, request: ChatRequest, name: str, *, explicit: bool = False) -> Answering:
         """Start answering `request` with `name`: a deployment (its model, under its rate limit and content
@@ -157,7 +161,7 @@ class ChatService:
                 headers = limiter.resize(charge, estimate, what=f"deployment {deployment}")
             stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
             state = Answering(n, len(prompt))
-            state.policy, state.prompt_results = policy, prompt_results
+            state.policy, state.prompt_results, state.deployment = policy, prompt_results, deployment
             if limiter is not None:
                 state.limiter, state.charge, state.headers = limiter, charge, headers
             for i in range(n):
@@ -208,9 +212,26 @@ class ChatService:
                                   usage=state.usage())
         if state.policy is not None:
             response.prompt_filter_results = state.prompt_filter_results()
+        await self._keep(response, state, request)
         return response
 
     async def stream(self, state: Answering, request: ChatRequest) -> AsyncIterator[ChatCompletionChunk]:
+        """Chunks as the text comes; with `store: true`, what was sent is kept once the stream has ended."""
+        kept = Received(state.n) if request.store and self.completions is not None else None
+        async for chunk in self._chunks(state, request):
+            if kept is not None:
+                kept.add(chunk)
+            yield chunk
+        if kept is not None:
+            await self._keep(kept.completion(state, request.model), state, request)
+
+    async def _keep(self, response: ChatCompletion, state: Answering, request: ChatRequest) -> None:
+        """One insert off the event loop, only where the client asked for it."""
+        if request.store and self.completions is not None:
+            await run_in_threadpool(self.completions.add, response.model_dump(), _kept_request(request, state),
+                                    request.metadata)
+
+    async def _chunks(self, state: Answering, request: ChatRequest) -> AsyncIterator[ChatCompletionChunk]:
         """Chunks as the text comes. Under a content filter, text is held back until a sentence ends and is
         vetted (with all that came before it) before it is sent, so nothing past flagged text ever leaves."""
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -272,6 +293,68 @@ class ChatService:
             state.settle()
         if include_usage:
             yield chunk([], usage=state.usage())
+
+
+class Received:
+    """A stream's chunks put back together into the `chat.completion` the client received: the text sent (held
+    text the filter stopped never was), each choice's finish reason and filter results, the usage."""
+
+    def __init__(self, n: int):
+        self.texts = [""] * n
+        self.logprobs: list[list | None] = [None] * n
+        self.finish: list = [None] * n
+        self.filtered: list = [None] * n
+        self.prompt_filter_results = None
+
+    def add(self, chunk: ChatCompletionChunk) -> None:
+        if "prompt_filter_results" in chunk.model_fields_set:
+            self.prompt_filter_results = chunk.prompt_filter_results
+        for choice in chunk.choices:
+            i = choice.index
+            self.texts[i] += choice.delta.content or ""
+            if choice.logprobs is not None:
+                self.logprobs[i] = (self.logprobs[i] or []) + choice.logprobs.content
+            if choice.finish_reason is not None:
+                self.finish[i] = choice.finish_reason
+            if "content_filter_results" in choice.model_fields_set:
+                self.filtered[i] = choice.content_filter_results
+
+    def completion(self, state: Answering, model: str) -> ChatCompletion:
+        choices = []
+        for i, text in enumerate(self.texts):
+            filtered_whole = self.finish[i] == "content_filter" and not text  # as the whole object says it
+            choice = ChatChoice(index=i, message=ChatChoiceMessage(content=None if filtered_whole else text),
+                                finish_reason=self.finish[i],
+                                logprobs=None if self.logprobs[i] is None else ChoiceLogprobs(content=self.logprobs[i]))
+            if self.filtered[i] is not None:
+                choice.content_filter_results = self.filtered[i]
+            choices.append(choice)
+        response = ChatCompletion(id=state.id, created=state.created, model=model, choices=choices,
+                                  usage=state.usage())
+        if self.prompt_filter_results is not None:
+            response.prompt_filter_results = self.prompt_filter_results
+        return response
+
+
+KEPT_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "temperature", "top_p", "max_completion_tokens",
+               "max_tokens", "n", "stop", "seed", "presence_penalty", "frequency_penalty")
+
+
+def _kept_request(request: ChatRequest, state: Answering) -> dict:
+    """What a stored completion keeps of its request: the messages as sent, the model asked (and the deployment
+    that answered), the system message's text, and the sampling settings that were set."""
+    messages = [m.model_dump(exclude_none=True) for m in request.messages]
+    kept = {"model": request.model, "messages": messages}
+    if state.deployment is not None:
+        kept["deployment"] = state.deployment
+    system = next((m for m in messages if m["role"] in ("system", "developer")), None)
+    if system is not None:
+        content = system.get("content")
+        kept["system"] = "".join(p.get("text", "") for p in content) if isinstance(content, list) else content
+    for name in KEPT_FIELDS:
+        if getattr(request, name) is not None:
+            kept[name] = getattr(request, name)
+    return kept
 
 
 def _screened(request: ChatRequest) -> list[str]:

@@ -10,6 +10,7 @@ import * as models from "./models.js";
 import * as playground from "./playground.js";
 import * as evaluate from "./evaluate.js";
 import * as cleanup from "./cleanup.js";
+import * as stored from "./stored.js";
 
 const PAGES = [
   ["data", "Data", data],
@@ -17,6 +18,7 @@ const PAGES = [
   ["models", "Models + endpoints", models],
   ["playground", "Playground", playground],
   ["evaluate", "Evaluate", evaluate],
+  ["stored", "Stored completions", stored],
   ["clean-up", "Clean up", cleanup],
 ];
 
