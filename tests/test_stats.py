@@ -11,6 +11,7 @@ def test_wilson_matches_newcombes_worked_examples():
     got = wilson(81, 263)
     assert (round(got.low, 4), round(got.high, 4), got.n) == (0.2553, 0.3662, 263)
     assert (wilson(0, 10).low, round(wilson(0, 10).high, 4)) == (0.0, 0.2775)
+    assert (wilson(0, 3).low, wilson(3, 3).high) == (0.0, 1.0)  # exactly, not within rounding
     assert wilson(0, 0).value is None
 
 
