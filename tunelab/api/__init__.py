@@ -4,6 +4,7 @@
 from .chat.router import router as chat
 from .content_filters.router import router as content_filters
 from .deployments.router import router as deployments
+from .evals.router import router as evals
 from .evaluations.router import router as evaluations
 from .exports.router import router as exports
 from .files.router import router as files
@@ -12,4 +13,4 @@ from .models.router import router as models
 from .storage.router import router as storage
 from .uploads.router import router as uploads
 
-ROUTERS = (files, uploads, jobs, models, chat, deployments, content_filters, evaluations, storage, exports)
+ROUTERS = (files, uploads, jobs, models, chat, deployments, content_filters, evaluations, storage, exports, evals)
