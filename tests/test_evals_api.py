@@ -376,3 +376,34 @@ def test_a_run_the_server_stopped_in_the_middle_of_is_failed_at_the_next_start(m
     with serve_in_thread() as running:
         found = running.client(max_retries=0).evals.runs.retrieve(run["id"], eval_id=ev["id"])
     assert found.status == "failed" and found.error.code == "server_stopped"
+
+
+def test_a_filtered_answer_leaves_nothing_of_its_text_in_any_output_item(service):
+    """A run on a deployment keeps its content filter: a blocklisted word of the model's answer appears in no field
+    of the run, its output items or their grader results, and the sample says it was filtered."""
+    import httpx2 as httpx
+
+    from test_deployments import deploy, wait_until_provisioned
+
+    client = service.client(max_retries=0)
+    ev = client.evals.create(name="filtered", data_source_config={"type": "custom", "item_schema": SCHEMA},
+                             testing_criteria=[{"type": "tunelab_check", "name": "engagement"},
+                                               {"type": "tunelab_check", "name": "length", "pass_threshold": 1}])
+    source = {"type": "completions", "input_messages": TEMPLATE,
+              "sampling_params": {"seed": 3, "temperature": 0.8, "max_completion_tokens": 24},
+              "source": {"type": "file_content", "content": [{"item": QUESTIONS[0]}]}}
+    plain = finished(client, ev.id, client.evals.runs.create(ev.id, data_source={**source, "model": "tiny"}).id)
+    text = items_of(client, ev.id, plain.id)[0].sample.output[0].content
+    asked = (SYSTEM + QUESTIONS[0]["question"]).lower()
+    word = max((w for w in text.split() if w.isalpha() and len(w) >= 3 and w.lower() not in asked), key=len)
+    http = httpx.Client(base_url=service.base_url, headers={"Authorization": "Bearer test-key"}, timeout=60)
+    assert http.put("/content_filters/no-word", json={"blocklist": [word]}).status_code == 200
+    assert deploy(http, service.base_url, "guarded", "tiny", policy="no-word").status_code == 201
+    assert wait_until_provisioned(http, service.base_url, "guarded") == "Succeeded"
+    run = finished(client, ev.id, client.evals.runs.create(ev.id, data_source={**source, "model": "guarded"}).id)
+    assert run.status == "completed"
+    raw = [http.get(f"/evals/{ev.id}/runs/{run.id}").text, http.get(f"/evals/{ev.id}/runs/{run.id}/output_items").text]
+    item = items_of(client, ev.id, run.id)[0]
+    raw.append(http.get(f"/evals/{ev.id}/runs/{run.id}/output_items/{item.id}").text)
+    assert all(word.lower() not in body.lower() for body in raw)
+    assert item.sample.finish_reason == "content_filter" and text.startswith(item.sample.output[0].content)
