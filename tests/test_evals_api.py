@@ -407,3 +407,27 @@ def test_a_filtered_answer_leaves_nothing_of_its_text_in_any_output_item(service
     raw.append(http.get(f"/evals/{ev.id}/runs/{run.id}/output_items/{item.id}").text)
     assert all(word.lower() not in body.lower() for body in raw)
     assert item.sample.finish_reason == "content_filter" and text.startswith(item.sample.output[0].content)
+
+
+def test_an_item_the_model_refuses_is_errored_and_the_run_goes_on(service):
+    """A prompt longer than the model's context is refused as a chat request would be: that item is errored with
+    the refusal, the others are answered, and a grader model refusing its prompt is an errored result."""
+    client = service.client(max_retries=0)
+    long = "Tell me about Lisbon. " * 400
+    ev = client.evals.create(name="refusals", data_source_config={"type": "custom", "item_schema": SCHEMA},
+                             testing_criteria=[{"type": "tunelab_check", "name": "engagement"},
+                                               {"type": "score_model", "name": "judge", "model": "tiny",
+                                                "sampling_params": {"max_completions_tokens": 2},
+                                                "input": [{"role": "user", "content": "{{item.extra}}"}]}])
+    run = finished(client, ev.id, client.evals.runs.create(ev.id, data_source={
+        "type": "completions", "model": "tiny", "input_messages": TEMPLATE,
+        "sampling_params": {"max_completion_tokens": 4},
+        "source": {"type": "file_content", "content": [{"item": {"question": long, "extra": "x"}},
+                                                       {"item": {"question": "Hi?", "extra": long}}]}}).id)
+    assert run.status == "completed" and run.result_counts.errored == 2
+    refused, answered = items_of(client, ev.id, run.id)
+    assert refused.sample.error.code == "invalid_request_error" and "context" in refused.sample.error.message
+    assert all("no sample to grade" in r.error for r in refused.results)
+    assert answered.sample.error is None and answered.sample.usage.completion_tokens > 0
+    judge = {r.name: r for r in answered.results}["judge"]
+    assert judge.passed is False and "context" in judge.error

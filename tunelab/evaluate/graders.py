@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, TunelabError
 from . import checks as registry
 from .checks import Case, Score
 from .compare import Answer, Spec
@@ -226,7 +226,10 @@ class ModelGrader:
             messages.append({"role": "user", "content": self.instruction()})
         spec = Spec(candidates=[self.model], prompts=[], seed=self.sampling["seed"],
                     temperature=self.sampling["temperature"], max_tokens=self.sampling["max_completions_tokens"])
-        answer = await ask(self.model, messages, spec)
+        try:
+            answer = await ask(self.model, messages, spec)
+        except TunelabError as exc:  # refused as a chat request would be: this item's error, not the run's
+            return _errored(self, exc.message, model=self.model)
         usage = [(self.model, answer)]
         if answer.error or answer.finish_reason == "content_filter":
             why = answer.error or "the grader model's answer was filtered"

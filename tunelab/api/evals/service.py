@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ...config import Settings
 from ...deploy.deployments import Deployments
-from ...errors import InvalidRequest, NotFound
+from ...errors import InvalidRequest, NotFound, TunelabError
 from ...evaluate import graders as grading
 from ...evaluate.compare import Answer, Candidates, Spec
 from ...evaluate.graders import MissingValue, Result, Tally
@@ -362,9 +362,10 @@ class EvalsService:
             self.store.finish(run_id, "completed", tally.to_dict())
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # what went wrong inside stays in the server's log
             log.exception("eval run %s failed", run_id)
-            self.store.finish(run_id, "failed", error=("run_failed", f"{type(exc).__name__}: {exc}"))
+            message = exc.message if isinstance(exc, TunelabError) else "the run failed; see the server's log"
+            self.store.finish(run_id, "failed", error=("run_failed", message))
 
     async def _item(self, item: dict, given: dict | None, graders: list, plan: Plan):
         """One item: its sample (generated or given), every grader's result, its status and the answers used."""
@@ -376,10 +377,14 @@ class EvalsService:
             except MissingValue as exc:
                 messages, answer, error = [], None, {"code": "invalid_template", "message": str(exc)}
             else:
-                answer = await self.candidates.ask(plan.model, messages, plan.spec)
-                answers.append((plan.model, answer))
-                if answer.error:
-                    error = {"code": "generation_failed", "message": answer.error}
+                try:
+                    answer = await self.candidates.ask(plan.model, messages, plan.spec)
+                except TunelabError as exc:  # refused as a chat request would be (too long for the context …)
+                    answer, error = None, {"code": exc.code, "message": exc.message}
+                else:
+                    answers.append((plan.model, answer))
+                    if answer.error:
+                        error = {"code": "generation_failed", "message": answer.error}
             context = {"output_text": answer.text if answer else "", "model": plan.model, "input": messages,
                        "finish_reason": answer.finish_reason if answer else None}
             sample = _sample(messages, answer, plan, error)
