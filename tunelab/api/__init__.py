@@ -11,6 +11,8 @@ from .files.router import router as files
 from .jobs.router import router as jobs
 from .models.router import router as models
 from .storage.router import router as storage
+from .stored.router import router as stored
 from .uploads.router import router as uploads
 
-ROUTERS = (files, uploads, jobs, models, chat, deployments, content_filters, evaluations, storage, exports, evals)
+ROUTERS = (files, uploads, jobs, models, chat, deployments, content_filters, evaluations, storage, exports,
+           stored, evals)

@@ -33,6 +33,7 @@ from .files.service import FilesService
 from .jobs.service import JobsService
 from .models.service import ModelsService
 from .storage.service import StorageService
+from .stored.service import StoredCompletionsService
 from .uploads.service import UploadsService
 
 
@@ -62,6 +63,7 @@ class Services:
     exports: ExportsService
     live: Deployments  # the deployments themselves: provisioned again at each start
     completions: CompletionStore  # chat answers kept with `store: true`
+    stored: StoredCompletionsService
     evals: EvalsService  # the evals API: evals, runs, output items
 
     @classmethod
@@ -96,7 +98,7 @@ class Services:
                                            ServedCandidates(chat, deployments, pool), settings),
             storage=StorageService(db, settings.models_dir, exported.root),
             exports=ExportsService(exported, registry, ExportRunner(exported, registry)),
-            live=deployments, completions=completions,
+            live=deployments, completions=completions, stored=StoredCompletionsService(completions, files),
             evals=EvalsService(Evals(db), files, completions, deployments, registry,
                                ServedCandidates(chat, deployments, pool), settings))
 

@@ -48,6 +48,11 @@ class EvaluationHeld(BaseModel):
     status: str
 
 
+class StoredCompletionHeld(BaseModel):
+    id: str
+    model: str
+
+
 class BaseModelHeld(BaseModel):
     name: str
     bytes: int
@@ -61,6 +66,7 @@ class Storage(BaseModel):
     jobs: list[JobHeld]
     files: list[FileHeld]
     evaluations: list[EvaluationHeld]
+    stored_completions: list[StoredCompletionHeld]
     base_models: list[BaseModelHeld]
     removable_bytes: int
     database_bytes: int

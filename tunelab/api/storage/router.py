@@ -18,8 +18,9 @@ def storage(request: Request) -> StorageService:
 
 @router.get("", response_model=Storage)
 def get_storage(svc: StorageService = Depends(storage)):
-    """Deployments, exports, fine-tuned models, jobs (checkpoints and run directories), files and comparisons,
-    with their bytes on disk, in the order `tunelab clean` deletes them; base models are listed apart and kept."""
+    """Deployments, exports, fine-tuned models, jobs (checkpoints and run directories), files, comparisons and
+    stored chat completions, with their bytes on disk, in the order `tunelab clean` deletes them; base models
+    are listed apart and kept."""
     return svc.report()
 
 

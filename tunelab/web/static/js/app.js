@@ -11,6 +11,7 @@ import * as playground from "./playground.js";
 import * as evaluate from "./evaluate.js";
 import * as evals from "./evals.js";
 import * as cleanup from "./cleanup.js";
+import * as stored from "./stored.js";
 
 const PAGES = [
   ["data", "Data", data],
@@ -19,6 +20,7 @@ const PAGES = [
   ["playground", "Playground", playground],
   ["evaluate", "Evaluate", evaluate],
   ["evals", "Evals", evals],
+  ["stored", "Stored completions", stored],
   ["clean-up", "Clean up", cleanup],
 ];
 
