@@ -182,7 +182,8 @@ def test_model_graders_run_on_a_local_model_and_an_unparsable_answer_is_an_error
             {"type": "label_model", "name": "tone", "model": "tiny", "labels": ["QX_FRIENDLY", "QX_RUDE"],
              "passing_labels": ["QX_FRIENDLY"], "sampling_params": {"max_completions_tokens": 6},
              "input": [{"role": "user", "content": "Tone of: {{sample.output_text}}"}]}])
-    rows = [{"item": q, "sample": {"output_text": f"Try {q['question'][-8:]} soon. Where next?"}} for q in QUESTIONS[:3]]
+    rows = [{"item": q, "sample": {"output_text": f"Try {q['question'][-8:]} soon. Where next?"}}
+            for q in QUESTIONS[:3]]
     run = finished(client, ev.id, client.evals.runs.create(ev.id, data_source={
         "type": "jsonl", "source": {"type": "file_content", "content": rows}}).id)
     assert run.status == "completed"
@@ -195,7 +196,8 @@ def test_model_graders_run_on_a_local_model_and_an_unparsable_answer_is_an_error
         else:
             assert 0 <= judge.score <= 10 and judge.passed is (judge.score >= 5)
     per = criteria(run)
-    assert per["tone"]["errored"] == 3 and per["judge"]["passed"] + per["judge"]["failed"] + per["judge"]["errored"] == 3
+    assert per["tone"]["errored"] == 3
+    assert per["judge"]["passed"] + per["judge"]["failed"] + per["judge"]["errored"] == 3
     assert run.per_model_usage[0].invocation_count == 6  # two grader answers per item
 
 
@@ -299,9 +301,11 @@ def test_bad_evals_and_runs_are_refused_naming_the_field(service, tmp_path):
     refusals = {
         "testing_criteria[1].type": dict(data_source_config=config, testing_criteria=[good, {"type": "vibes",
                                                                                              "name": "v"}]),
-        "testing_criteria[0].input": dict(data_source_config=config, testing_criteria=[{**good, "input": "{{answer}}"}]),
+        "testing_criteria[0].input": dict(data_source_config=config,
+                                          testing_criteria=[{**good, "input": "{{answer}}"}]),
         "testing_criteria[0].model": dict(data_source_config=config, testing_criteria=[{
-            "type": "score_model", "name": "j", "model": "no-such-model", "input": [{"role": "user", "content": "x"}]}]),
+            "type": "score_model", "name": "j", "model": "no-such-model",
+            "input": [{"role": "user", "content": "x"}]}]),
         "testing_criteria[0].name": dict(data_source_config=config, testing_criteria=[{"type": "tunelab_check",
                                                                                         "name": "vibes"}]),
         "data_source_config.type": dict(data_source_config={"type": "bigquery"}, testing_criteria=[good]),

@@ -87,9 +87,9 @@ def test_a_bad_template_is_refused_naming_the_field(template):
 
 # ---------------------------------------------------------------------------------------------------- graders
 
-@pytest.mark.parametrize("operation,output,passed", [("eq", "Lisbon", True), ("eq", "lisbon", False),
-                                                     ("ne", "Porto", True), ("like", "I love Lisbon!", True),
-                                                     ("like", "I love LISBON", False), ("ilike", "I love LISBON", True)])
+@pytest.mark.parametrize("operation,output,passed", [
+    ("eq", "Lisbon", True), ("eq", "lisbon", False), ("ne", "Porto", True), ("like", "I love Lisbon!", True),
+    ("like", "I love LISBON", False), ("ilike", "I love LISBON", True)])
 def test_string_check(operation, output, passed):
     result = grade({"type": "string_check", "name": "city", "input": "{{sample.output_text}}",
                     "reference": "{{item.city}}", "operation": operation}, {"city": "Lisbon"}, output)

@@ -212,7 +212,8 @@ class ModelGrader:
             low, high = self.range
             return (f'Answer with only a JSON object {{"result": <score>}}, where <score> is a number from {low:g} '
                     f'to {high:g}.')
-        return f'Answer with only a JSON object {{"label": <label>}}, where <label> is one of: {", ".join(self.labels)}.'
+        return (f'Answer with only a JSON object {{"label": <label>}}, where <label> is one of: '
+                f'{", ".join(self.labels)}.')
 
     async def grade(self, context: dict, ask: Ask) -> Result:
         try:
@@ -302,7 +303,8 @@ class TunelabCheck:
         system = next((m["content"] for m in sample.get("input") or [] if m.get("role") in ("system", "developer")),
                       None)
         case = Case(prompt=prompt, answer=sample.get("output_text") or "", system=system,
-                    reference=reference if isinstance(reference, str) else None, off_topic=item.get("kind") == "off_topic")
+                    reference=reference if isinstance(reference, str) else None,
+                    off_topic=item.get("kind") == "off_topic")
         try:
             raw = await asyncio.to_thread(self.check.score, case)
         except Exception as exc:  # a check is the user's code: its failure is this item's error, not the run's

@@ -113,7 +113,8 @@ class Evals:
                           json.dumps(results), json.dumps(sample), int(time.time())))
         return True
 
-    def finish(self, run_id: str, status: str, summary: dict | None = None, error: tuple[str, str] | None = None) -> bool:
+    def finish(self, run_id: str, status: str, summary: dict | None = None,
+               error: tuple[str, str] | None = None) -> bool:
         """An unfinished run → completed, failed or canceled (with its final summary, or why it failed)."""
         code, message = error or (None, None)
         with self.db.write() as conn:

@@ -143,7 +143,8 @@ class EvalsService:
         plan = self._plan(body.data_source, found)
         name = body.name or f"{plan.model or body.data_source['type']} run"
         record = self.store.add_run(eval_id, name=name, metadata=metadata, model=plan.model,
-                                    data_source=body.data_source, report_url=f"{studio}#/evals/{eval_id}?run={{run_id}}",
+                                    data_source=body.data_source,
+                                    report_url=f"{studio}#/evals/{eval_id}?run={{run_id}}",
                                     summary=Tally([g.name for g in graders]).to_dict())
         task = asyncio.get_running_loop().create_task(self._run(record["id"], eval_id, graders, plan))
         self._tasks[record["id"]] = task
@@ -266,7 +267,8 @@ class EvalsService:
         if kind == "file_content":
             content = origin.get("content")
             if not isinstance(content, list):
-                raise InvalidRequest(f"{where}.content must be a list of {{\"item\": {{...}}}}", param=f"{where}.content")
+                raise InvalidRequest(f"{where}.content must be a list of {{\"item\": {{...}}}}",
+                                     param=f"{where}.content")
             for i, row in enumerate(content):
                 rows.append(self._row(row, f"{where}.content[{i}]", found))
         else:
@@ -283,7 +285,8 @@ class EvalsService:
                 try:
                     row = json.loads(line)
                 except ValueError as exc:
-                    raise InvalidRequest(f"{where}.id: line {number} is not JSON ({exc})", param=f"{where}.id") from None
+                    raise InvalidRequest(f"{where}.id: line {number} is not JSON ({exc})",
+                                         param=f"{where}.id") from None
                 rows.append(self._row(row, f"{where}.id: line {number}", found, param=f"{where}.id"))
         if not rows:
             raise InvalidRequest(f"{where}: the data source has no items", param=where)
@@ -307,7 +310,8 @@ class EvalsService:
             if found["data_source_config"]["type"] == "custom" else None
         problem = _schema_problem(item, schema or {})
         if problem:
-            raise InvalidRequest(f"{where}.item: {problem}, as the eval's item_schema asks", param=param or f"{where}.item")
+            raise InvalidRequest(f"{where}.item: {problem}, as the eval's item_schema asks",
+                                 param=param or f"{where}.item")
         return item, sample
 
     def _stored(self, origin: dict, found: dict) -> list[tuple[dict, dict | None]]:
