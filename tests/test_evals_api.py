@@ -435,3 +435,21 @@ def test_an_item_the_model_refuses_is_errored_and_the_run_goes_on(service):
     assert answered.sample.error is None and answered.sample.usage.completion_tokens > 0
     judge = {r.name: r for r in answered.results}["judge"]
     assert judge.passed is False and "context" in judge.error
+
+
+def test_the_storage_report_lists_evals_and_clean_deletes_them(capsys, service, monkeypatch):
+    from test_cli import tunelab
+
+    client = service.client(max_retries=0)
+    ev = client.evals.create(name="to clean", data_source_config={"type": "custom", "item_schema": SCHEMA},
+                             testing_criteria=[{"type": "string_check", "name": "s", "input": "{{item.question}}",
+                                                "reference": "Hi", "operation": "eq"}])
+    finished(client, ev.id, client.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {
+        "type": "file_content", "content": [{"item": {"question": "Hi"}}]}}).id)
+    assert client.get("/storage", cast_to=object)["evals"] == [{"id": ev.id, "name": "to clean", "runs": 1}]
+    monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
+    code, output = tunelab(capsys, "clean", "--evals", "--yes")
+    assert code == 0, output
+    assert [line.split()[-1] for line in output.splitlines() if line.startswith("Deleted ")] == [ev.id]
+    assert client.evals.list().data == [] and client.get("/storage", cast_to=object)["evals"] == []
+    assert service.app.state.service.db.query("SELECT COUNT(*) AS n FROM eval_output_items")[0]["n"] == 0
