@@ -1,5 +1,5 @@
 """The studio's Evals page in a real headless Chromium: a run's `report_url` opens the run with each grader's pass
-rate and interval and every output item's results; the eval lists its runs."""
+rate and interval and every output item's results; the eval lists its runs; clean-up lists the eval."""
 
 from __future__ import annotations
 
@@ -47,5 +47,10 @@ def test_a_runs_report_url_opens_it_in_the_studio(service):
         page.locator("a", has_text="first").wait_for()
         page.click("text=← Evals")
         page.locator("a", has_text="greetings").wait_for()
+        page.goto(f"{root}/#/clean-up")  # clean-up lists the eval with its runs, after the other kinds
+        row = page.locator("section[data-kind=eval] tbody tr").first
+        row.wait_for()
+        assert ev.id in row.inner_text() and "greetings (1 runs)" in row.inner_text()
+        assert page.locator("section[data-kind]").evaluate_all("s => s.map(x => x.dataset.kind)")[-1] == "eval"
         browser.close()
     assert not errors, errors
