@@ -412,4 +412,4 @@ def test_delete_everything_in_dependency_order(page, server):
     storage = api(server).get("/storage").json()
     assert not any(storage[k] for k in ("deployments", "exports", "models", "jobs", "files", "evaluations"))
     assert not [p for p in (server.home / "exports").rglob("*") if p.is_file()]
-    assert page.locator("p.empty", has_text="None.").count() == 7  # one per kind, stored chat completions included
+    assert page.locator("p.empty", has_text="None.").count() == 8  # one per kind, stored completions and evals too

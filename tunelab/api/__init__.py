@@ -4,6 +4,7 @@
 from .chat.router import router as chat
 from .content_filters.router import router as content_filters
 from .deployments.router import router as deployments
+from .evals.router import router as evals
 from .evaluations.router import router as evaluations
 from .exports.router import router as exports
 from .files.router import router as files
@@ -14,4 +15,4 @@ from .stored.router import router as stored
 from .uploads.router import router as uploads
 
 ROUTERS = (files, uploads, jobs, models, chat, deployments, content_filters, evaluations, storage, exports,
-           stored)
+           stored, evals)

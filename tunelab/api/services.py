@@ -17,6 +17,7 @@ from ..models.registry import Registry
 from ..safety.policy import Policies
 from ..store.completions import CompletionStore
 from ..store.db import Database
+from ..store.evals import Evals
 from ..store.exports import Exports
 from ..store.files import Files
 from ..store.uploads import Uploads
@@ -24,6 +25,7 @@ from .auth import Keys
 from .chat.service import ChatService
 from .content_filters.service import ContentFiltersService
 from .deployments.service import DeploymentsService
+from .evals.service import EvalsService
 from .evaluations.service import EvaluationsService, ServedCandidates
 from .exports.runner import ExportRunner
 from .exports.service import ExportsService
@@ -62,6 +64,7 @@ class Services:
     live: Deployments  # the deployments themselves: provisioned again at each start
     completions: CompletionStore  # chat answers kept with `store: true`
     stored: StoredCompletionsService
+    evals: EvalsService  # the evals API: evals, runs, output items
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -95,7 +98,9 @@ class Services:
                                            ServedCandidates(chat, deployments, pool), settings),
             storage=StorageService(db, settings.models_dir, exported.root),
             exports=ExportsService(exported, registry, ExportRunner(exported, registry)),
-            live=deployments, completions=completions, stored=StoredCompletionsService(completions, files))
+            live=deployments, completions=completions, stored=StoredCompletionsService(completions, files),
+            evals=EvalsService(Evals(db), files, completions, deployments, registry,
+                               ServedCandidates(chat, deployments, pool), settings))
 
     def open(self) -> None:
         """Check and migrate the database and clear what an earlier crash left half-written."""
@@ -105,6 +110,7 @@ class Services:
         self.store.sweep()
         self.parts.sweep()
         self.runs.recover()
+        self.evals.store.recover()
         self.exported.recover()
 
 

@@ -4,7 +4,7 @@
     tunelab clean --deployments            # a selection; asks before deleting
 
 Order: deployments → exports → fine-tuned models → jobs (their checkpoints and run directories) → files (result
-files, then uploads) → comparisons → stored chat completions. A finished export depends on nothing (its model may go before or after it);
+files, then uploads) → comparisons → stored chat completions → evals. A finished export depends on nothing (its model may go before or after it);
 exports go before the models because a running one reads its model's weights. Every deletion goes through the
 service's API; one that is refused (a deployed model, a running job or export) is reported with the reason, never
 skipped silently, and the command then exits 1.
@@ -20,7 +20,7 @@ from rich.table import Table
 from ..errors import InvalidRequest, TunelabError
 from .client import ApiKey, BaseUrl, api_errors, client, err, out
 
-KINDS = ("deployments", "exports", "models", "jobs", "files", "evaluations", "stored_completions")
+KINDS = ("deployments", "exports", "models", "jobs", "files", "evaluations", "stored_completions", "evals")
 
 
 def size(n: int) -> str:
@@ -51,6 +51,8 @@ def plan(storage: dict, kinds: set[str]) -> list[tuple[str, str, str, int]]:
         steps += [("evaluation", e["id"], f"comparison ({e['status']})", 0) for e in storage["evaluations"]]
     if "stored_completions" in kinds:
         steps += [("stored completion", c["id"], c["model"], 0) for c in storage["stored_completions"]]
+    if "evals" in kinds:
+        steps += [("eval", e["id"], f"{e['name']} ({e['runs']} runs)", 0) for e in storage["evals"]]
     return steps
 
 
@@ -64,7 +66,7 @@ def described(export: dict) -> str:
 
 ROUTES = {"deployment": "/deployments/{}", "export": "/exports/{}", "model": "/models/{}",
           "job": "/fine_tuning/jobs/{}", "file": "/files/{}", "evaluation": "/evaluations/{}",
-          "stored completion": "/chat/completions/{}"}
+          "stored completion": "/chat/completions/{}", "eval": "/evals/{}"}
 
 
 def clean(
@@ -79,12 +81,13 @@ def clean(
     evaluations: bool = typer.Option(False, "--evaluations", help="Delete stored comparisons."),
     stored_completions: bool = typer.Option(False, "--stored-completions", help="Delete stored chat completions "
                                             "(with their ratings and edits)."),
+    evals: bool = typer.Option(False, "--evals", help="Delete evals with their runs and output items."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before deleting."),
     base_url: BaseUrl = None, api_key: ApiKey = None,
 ) -> None:
     """Show what the service holds and delete all of it (--all) or a selection, in dependency order."""
     chosen = {k for k, on in zip(KINDS, (deployments, exports, models, jobs, files, evaluations,
-                                             stored_completions)) if on or everything}
+                                             stored_completions, evals)) if on or everything}
     api = client(base_url, api_key)
     with api_errors(base_url):
         storage = api.get("/storage", cast_to=object)
@@ -92,7 +95,7 @@ def clean(
     _show(storage, steps, chosen)
     if not chosen:
         out.print("Nothing selected: pass --all or a selection (--deployments, --exports, --models, --jobs, "
-                  "--files, --evaluations, --stored-completions).")
+                  "--files, --evaluations, --stored-completions, --evals).")
         return
     if not steps:
         out.print("Nothing to delete.")

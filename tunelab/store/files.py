@@ -19,7 +19,7 @@ from .blobs import BlobStore, BlobWriter, new_id
 from .db import Database
 from .idempotency import forget, remember
 
-UPLOAD_PURPOSES = ("fine-tune",)
+UPLOAD_PURPOSES = ("fine-tune", "evals")  # training data, and the data of eval runs
 
 
 class Files:
@@ -123,7 +123,7 @@ class Files:
             found = self.get(file_id)
         except NotFound:
             raise NotFound(f"no file with id {file_id!r}", param=param) from None
-        if found["purpose"] not in UPLOAD_PURPOSES:
+        if found["purpose"] != "fine-tune":
             raise InvalidRequest(f"file {file_id} has purpose {found['purpose']!r}; the pre-flight report checks "
                                  "training data (purpose 'fine-tune')", param=param)
         return found
@@ -148,7 +148,8 @@ def check_new_file(purpose: str | None, filename: str | None, size: int, *, file
     if not purpose:
         raise InvalidRequest("missing required parameter 'purpose' (use 'fine-tune')", param="purpose")
     if purpose not in UPLOAD_PURPOSES:
-        raise InvalidRequest(f"purpose {purpose!r} is not supported; tunelab accepts 'fine-tune'", param="purpose")
+        raise InvalidRequest(f"purpose {purpose!r} is not supported; tunelab accepts 'fine-tune' and 'evals'",
+                             param="purpose")
     if filename is None:
         raise InvalidRequest(f"missing required parameter {file_param!r}", param=file_param)
     if not filename.lower().endswith(".jsonl"):

@@ -1,5 +1,6 @@
 """What the service holds and the disk it takes, by kind, in the order clean-up deletes it: deployments, exports,
-fine-tuned models, jobs (with their checkpoints and run directories), files, comparisons, stored chat completions. Exports go before the
+fine-tuned models, jobs (with their checkpoints and run directories), files, comparisons, stored chat completions, evals
+(with their runs and output items). Exports go before the
 models because a running export reads its model's weights; a finished one depends on nothing. Base models are
 listed apart: clean-up keeps them (they are a cache of the installed packages)."""
 
@@ -45,9 +46,12 @@ def usage(db, models_dir: Path, exports_dir: Path) -> dict:
                    for r in db.query("SELECT id, status FROM evaluations ORDER BY created_at")]
     stored = [{"id": r["id"], "model": r["model"]}
               for r in db.query("SELECT id, model FROM stored_completions ORDER BY created_at, rowid")]
+    evals = [{"id": r["id"], "name": r["name"], "runs": r["runs"]} for r in db.query(
+        "SELECT e.id, e.name, (SELECT COUNT(*) FROM eval_runs r WHERE r.eval_id = e.id) AS runs FROM evals e "
+        "ORDER BY e.created_at, e.rowid")]
     base = [{"name": p.name, "bytes": disk_bytes(p)} for p in sorted(models_dir.iterdir()) if p.is_dir()] \
         if models_dir.is_dir() else []
     removable = sum(x["bytes"] for group in (exports, models, jobs, files) for x in group)
     return {"deployments": deployments, "exports": exports, "models": models, "jobs": jobs, "files": files,
-            "evaluations": evaluations, "stored_completions": stored, "base_models": base, "removable_bytes": removable,
+            "evaluations": evaluations, "stored_completions": stored, "evals": evals, "base_models": base, "removable_bytes": removable,
             "database_bytes": db.bytes()}

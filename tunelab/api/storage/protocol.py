@@ -53,6 +53,12 @@ class StoredCompletionHeld(BaseModel):
     model: str
 
 
+class EvalHeld(BaseModel):
+    id: str
+    name: str
+    runs: int
+
+
 class BaseModelHeld(BaseModel):
     name: str
     bytes: int
@@ -67,6 +73,7 @@ class Storage(BaseModel):
     files: list[FileHeld]
     evaluations: list[EvaluationHeld]
     stored_completions: list[StoredCompletionHeld]
+    evals: list[EvalHeld]
     base_models: list[BaseModelHeld]
     removable_bytes: int
     database_bytes: int

@@ -9,6 +9,7 @@ import * as job from "./job.js";
 import * as models from "./models.js";
 import * as playground from "./playground.js";
 import * as evaluate from "./evaluate.js";
+import * as evals from "./evals.js";
 import * as cleanup from "./cleanup.js";
 import * as stored from "./stored.js";
 
@@ -18,6 +19,7 @@ const PAGES = [
   ["models", "Models + endpoints", models],
   ["playground", "Playground", playground],
   ["evaluate", "Evaluate", evaluate],
+  ["evals", "Evals", evals],
   ["stored", "Stored completions", stored],
   ["clean-up", "Clean up", cleanup],
 ];

@@ -1,7 +1,7 @@
 // Clean up: what the service holds (GET /v1/storage: deployments, exports, fine-tuned models, jobs with their
-// checkpoints, files, comparisons, stored chat completions, and the disk each takes), deleted all or by selection
-// in dependency order — deployments → exports → models → jobs → result files → uploads → comparisons → stored
-// completions — as `tunelab clean` does (a running export reads its model, so exports go first). A deletion the
+// checkpoints, files, comparisons, stored chat completions, evals, and the disk each takes), deleted all or by
+// selection in dependency order — deployments → exports → models → jobs → result files → uploads → comparisons →
+// stored completions → evals — as `tunelab clean` does (a running export reads its model, so exports go first). A deletion the
 // service refuses (a running export or job, say) is shown with its reason; nothing is skipped silently.
 
 import { del, get, post } from "./api.js";
@@ -9,9 +9,10 @@ import { bytes, confirmDialog, errorText, h, progress, replace } from "./ui.js";
 
 const ROUTES = { deployment: (id) => `/deployments/${encodeURIComponent(id)}`, export: (id) => `/exports/${id}`, model: (id) => `/models/${encodeURIComponent(id)}`,
                  job: (id) => `/fine_tuning/jobs/${id}`, file: (id) => `/files/${id}`, evaluation: (id) => `/evaluations/${id}`,
-                 stored: (id) => `/chat/completions/${id}` };
+                 stored: (id) => `/chat/completions/${id}`, eval: (id) => `/evals/${id}` };
 const GROUPS = [["deployment", "Deployments"], ["export", "Exports with their files"], ["model", "Fine-tuned models"], ["job", "Fine-tuning jobs (checkpoints and run directories)"],
-                ["file", "Files"], ["evaluation", "Comparisons"], ["stored", "Stored chat completions"]];
+                ["file", "Files"], ["evaluation", "Comparisons"], ["stored", "Stored chat completions"],
+                ["eval", "Evals with their runs"]];
 
 // Everything to delete, in the order it must go: [{kind, id, what, bytes}].
 function plan(storage) {
@@ -24,6 +25,7 @@ function plan(storage) {
     ...files.map((f) => ({ kind: "file", id: f.id, what: `${f.filename} (${f.purpose})`, bytes: f.bytes })),
     ...storage.evaluations.map((e) => ({ kind: "evaluation", id: e.id, what: `comparison (${e.status})`, bytes: 0 })),
     ...(storage.stored_completions || []).map((c) => ({ kind: "stored", id: c.id, what: c.model, bytes: 0 })),
+    ...(storage.evals || []).map((e) => ({ kind: "eval", id: e.id, what: `${e.name} (${e.runs} runs)`, bytes: 0 })),
   ];
 }
 
@@ -37,7 +39,7 @@ export async function render(main) {
   const body = h("div", {});
   const outcome = h("div", { "aria-live": "polite" });
   replace(main, h("header", { class: "page" }, h("h1", {}, "Clean up"),
-    h("p", {}, "Everything the service holds, with the disk it takes. Delete all of it or a selection; it goes in dependency order (deployments, exports, models, jobs, files, comparisons, stored chat completions). Base models are kept.")),
+    h("p", {}, "Everything the service holds, with the disk it takes. Delete all of it or a selection; it goes in dependency order (deployments, exports, models, jobs, files, comparisons, stored chat completions, evals). Base models are kept.")),
   outcome, body);
 
   async function show() {
