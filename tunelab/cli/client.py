@@ -146,6 +146,9 @@ def jobs_create(
     batch_size: str = typer.Option("auto", "--batch-size", help="'auto' or 1–256."),
     learning_rate_multiplier: str = typer.Option("auto", "--learning-rate-multiplier", help="'auto' or a factor."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Fixes data order and initialisation."),
+    early_stopping_patience: Optional[int] = typer.Option(
+        None, "--early-stopping-patience", help="Stop once the validation loss has not improved for N epochs; the "
+        "fine-tuned model is then the best checkpoint's weights (needs --validation)."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job until it finishes."),
     base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False,
 ) -> None:
@@ -160,7 +163,8 @@ def jobs_create(
             model=model or get_settings().default_model, training_file=training_file,
             validation_file=validation_file, suffix=suffix, seed=seed,
             method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-            extra_headers=_once())
+            extra_headers=_once(), extra_body=({"early_stopping": {"patience": early_stopping_patience}}
+                                               if early_stopping_patience is not None else None))
     if as_json and not wait:
         return _print_json(job)
     out.print(f"Created [bold]{job.id}[/bold] ({job.status})")
@@ -224,6 +228,9 @@ def jobs_show(job_id: str = typer.Argument(..., help="The job id (ftjob-…)."),
             ("fine-tuned model", job.fine_tuned_model or "–"), ("result files", ", ".join(job.result_files) or "–")]
     if job.estimated_finish:
         rows.append(("estimated finish", _when(job.estimated_finish)))
+    recommended = getattr(job, "recommended_checkpoint", None)  # tunelab's own field
+    if recommended:
+        rows.append(("recommended checkpoint", f"{recommended['id']}\n{recommended['reason']}"))
     if job.error and job.error.message:
         rows.append(("error", f"[red]{job.error.code}[/red]: {job.error.message}"))
     table = Table(show_header=False, box=None)

@@ -178,6 +178,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     nproc: int = typer.Option(1, "--nproc", help="Training processes (1–64), under torchrun: each takes its share "
                               "of every batch."),
+    early_stopping_patience: Optional[int] = typer.Option(
+        None, "--early-stopping-patience", help="Stop once the full validation loss has not improved for N epochs; "
+        "the adapter is then the best checkpoint's weights (needs --validation)."),
 ) -> None:
     """Fine-tune a base model on chat JSONL; writes the adapter, results.csv, config and manifest to --out."""
     from ..train.config import parse_config
@@ -195,7 +198,11 @@ def train(
         model=model or get_settings().default_model, train_file=train_file, validation_file=validation,
         suffix=suffix, n_epochs=parse_auto(epochs, int), batch_size=parse_auto(batch_size, int),
         learning_rate_multiplier=parse_auto(learning_rate_multiplier, float), seed=seed, method=method,
-        lora_rank=lora_rank, out=out_dir, precision=get_settings().train_precision)
+        lora_rank=lora_rank, out=out_dir, precision=get_settings().train_precision,
+        early_stopping_patience=early_stopping_patience)
+    if early_stopping_patience is not None and validation is None:
+        raise TunelabError("--early-stopping-patience watches the validation loss: give --validation too",
+                           param="early_stopping_patience")
     if world_size() > 1:  # started by a torchrun of the user's (several nodes): this process is one rank
         raise typer.Exit(rank_main(config.model_dump_json(), resume))
     if not 1 <= nproc <= MAX_PROCESSES:
@@ -215,6 +222,9 @@ def train(
     out.print(f"  adapter:  {result.weights}" if config.method == "lora" else f"  model:    {result.weights}")
     out.print(f"  metrics:  {result.out / 'results.csv'}")
     out.print(f"  manifest: {result.out / 'manifest.json'}")
+    if result.recommendation:
+        found = result.recommendation
+        out.print(f"  use:      {result.out / 'checkpoints' / found['id']} ({found['reason']})", highlight=False)
 
 
 @app.command()
