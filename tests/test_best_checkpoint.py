@@ -83,7 +83,8 @@ def test_early_stopping_needs_a_validation_file_and_a_patience_of_one_or_more(se
     client = service.client()
     train = upload(client, tmp_path, varied_chats(12))
     with pytest.raises(openai.BadRequestError) as refused:
-        client.fine_tuning.jobs.create(model="tiny", training_file=train.id, extra_body={"early_stopping": {"patience": 2}})
+        client.fine_tuning.jobs.create(model="tiny", training_file=train.id,
+                                       extra_body={"early_stopping": {"patience": 2}})
     assert refused.value.body["param"] == "early_stopping" and "validation_file" in refused.value.body["message"]
     valid = upload(client, tmp_path, varied_chats(16)[12:], name="valid.jsonl")
     for patience in (0, -1, "2", None):

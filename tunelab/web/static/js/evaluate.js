@@ -186,7 +186,7 @@ function flags(answer) {
   return found.join("; ");
 }
 
-// A check's figure with its 95% interval and n (report.py's `figure`): "97% (86%–100%, n=36)" or "0.62 (0.58–0.66, n=36)";
+// A check's figure with its 95% interval and n (render.py's `figure`): "97% (86%–100%, n=36)" or "0.62 (0.58–0.66, n=36)";
 // a report from before intervals shows the value alone.
 function format(check, summary) {
   const value = summary.mean;
