@@ -173,13 +173,13 @@ def _config(request: dict, run_dir: Path, files: Files, registry: Registry) -> t
     if start.weights is not None and start.method == "lora":
         rank = json.loads((start.weights / "adapter_config.json").read_text())["r"]
         extra = {"init_adapter": start.weights, "lora_rank": rank}
+    extra["early_stopping_patience"] = (request.get("early_stopping") or {}).get("patience")
     model = str(start.weights) if start.method == "full" else start.base
     config = TrainConfig(model=model, train_file=train, validation_file=valid, suffix=request["suffix"],
                          n_epochs=hp["n_epochs"], batch_size=hp["batch_size"],
                          learning_rate_multiplier=hp["learning_rate_multiplier"], seed=request["seed"],
                          method=start.method or "lora", out=run_dir,
-                         precision=get_settings().train_precision,
-                         early_stopping_patience=(request.get("early_stopping") or {}).get("patience"), **extra)
+                         precision=get_settings().train_precision, **extra)
     return config, names
 
 

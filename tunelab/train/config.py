@@ -28,10 +28,10 @@ WARMUP_SHARE = 0.05  # of all steps, linear warm-up before a linear decay to zer
 
 # How each field is called on the command line, so an error names what the user typed.
 FLAGS = {
+    "early_stopping_patience": "--early-stopping-patience",
     "n_epochs": "--epochs", "batch_size": "--batch-size", "learning_rate_multiplier": "--learning-rate-multiplier",
     "seed": "--seed", "method": "--method", "lora_rank": "--lora-rank", "suffix": "--suffix",
     "train_file": "--train", "validation_file": "--validation", "model": "--model", "out": "--out",
-    "early_stopping_patience": "--early-stopping-patience",
 }
 
 

@@ -144,7 +144,7 @@ class FineTuningJob(BaseModel):
             estimated_finish=row["estimated_finish"] if row["status"] == "running" else None,
             integrations=[], metadata=request["metadata"], user_provided_suffix=request["suffix"],
             hyperparameters=shown, method={"type": "supervised", "supervised": {"hyperparameters": shown}},
-            nproc=request.get("nproc", 1), early_stopping=request.get("early_stopping"))
+            nproc=request.get("nproc", 1))
 
 
 class JobList(Page[FineTuningJob]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import hashlib
+import json
 import random
 import shutil
 import time
@@ -139,6 +140,7 @@ class JobsService:
 
     def _shown(self, row) -> FineTuningJob:
         job = FineTuningJob.of(row, self.owner)
+        job.early_stopping = json.loads(row["request"]).get("early_stopping")
         job.recommended_checkpoint = recommended_checkpoint(self.registry, row)
         return job
 
