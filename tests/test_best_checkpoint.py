@@ -15,6 +15,7 @@ from tunelab.train.best import Point, Tracker, recommend
 from tunelab.train.config import parse_config
 from tunelab.train.recipe import run
 from conftest import upload, varied_chats, wait_for, write_jsonl
+from test_cli import tunelab
 from test_train import Recorder
 
 # Ten templated conversations to learn by heart at a high learning rate, and a validation set whose answers are in
@@ -79,7 +80,7 @@ def test_early_stopping_ends_on_the_best_checkpoint_which_is_never_pruned(tiny_m
     assert not all(torch.equal(final[k], last[k]) for k in final)
 
 
-def test_early_stopping_needs_a_validation_file_and_a_patience_of_one_or_more(service, tmp_path):
+def test_early_stopping_needs_a_validation_file_and_a_patience_of_one_or_more(service, tmp_path, capsys):
     client = service.client()
     train = upload(client, tmp_path, varied_chats(12))
     with pytest.raises(openai.BadRequestError) as refused:
@@ -92,9 +93,13 @@ def test_early_stopping_needs_a_validation_file_and_a_patience_of_one_or_more(se
             client.fine_tuning.jobs.create(model="tiny", training_file=train.id, validation_file=valid.id,
                                            extra_body={"early_stopping": {"patience": patience}})
         assert refused.value.body["param"].startswith("early_stopping"), refused.value.body
-    with pytest.raises(Exception) as refused:
-        parse_config(model="tiny", train_file=tmp_path / "train.jsonl", early_stopping_patience=0)
-    assert "--early-stopping-patience" in str(refused.value)
+    path = write_jsonl(tmp_path / "cli.jsonl", varied_chats(12))
+    code, output = tunelab(capsys, "train", "--train", str(path), "--early-stopping-patience", "2")
+    assert code == 2 and output.strip() == ("error: --early-stopping-patience watches the validation loss: give "
+                                            "--validation too")
+    code, output = tunelab(capsys, "train", "--train", str(path), "--validation", str(path),
+                           "--early-stopping-patience", "0")
+    assert code == 2 and output.strip().startswith("error: invalid settings: --early-stopping-patience:")
     assert not client.fine_tuning.jobs.list().data  # nothing half-made
 
 
