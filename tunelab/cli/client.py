@@ -146,9 +146,6 @@ def jobs_create(
     batch_size: str = typer.Option("auto", "--batch-size", help="'auto' or 1–256."),
     learning_rate_multiplier: str = typer.Option("auto", "--learning-rate-multiplier", help="'auto' or a factor."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Fixes data order and initialisation."),
-    early_stopping_patience: Optional[int] = typer.Option(
-        None, "--early-stopping-patience", help="Stop once the validation loss has not improved for N epochs; the "
-        "fine-tuned model is then the best checkpoint's weights (needs --validation)."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job until it finishes."),
     base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False,
 ) -> None:
@@ -163,8 +160,7 @@ def jobs_create(
             model=model or get_settings().default_model, training_file=training_file,
             validation_file=validation_file, suffix=suffix, seed=seed,
             method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-            extra_headers=_once(), extra_body=({"early_stopping": {"patience": early_stopping_patience}}
-                                               if early_stopping_patience is not None else None))
+            extra_headers=_once())
     if as_json and not wait:
         return _print_json(job)
     out.print(f"Created [bold]{job.id}[/bold] ({job.status})")

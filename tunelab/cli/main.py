@@ -174,13 +174,13 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Fixes data order and initialisation."),
     method: str = typer.Option("lora", "--method", help="lora or full."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank r."),
+    early_stopping_patience: Optional[int] = typer.Option(
+        None, "--early-stopping-patience", help="Stop once the full validation loss has not improved for N epochs; "
+        "the adapter is then the best checkpoint's weights (needs --validation)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: $TUNELAB_HOME/runs/…]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     nproc: int = typer.Option(1, "--nproc", help="Training processes (1–64), under torchrun: each takes its share "
                               "of every batch."),
-    early_stopping_patience: Optional[int] = typer.Option(
-        None, "--early-stopping-patience", help="Stop once the full validation loss has not improved for N epochs; "
-        "the adapter is then the best checkpoint's weights (needs --validation)."),
 ) -> None:
     """Fine-tune a base model on chat JSONL; writes the adapter, results.csv, config and manifest to --out."""
     from ..train.config import parse_config
@@ -194,15 +194,15 @@ def train(
     for path in (train_file, validation):
         if path is not None and not path.is_file():
             raise TunelabError(f"{path}: no such file", param="train" if path == train_file else "validation")
-    config = parse_config(
-        model=model or get_settings().default_model, train_file=train_file, validation_file=validation,
-        suffix=suffix, n_epochs=parse_auto(epochs, int), batch_size=parse_auto(batch_size, int),
-        learning_rate_multiplier=parse_auto(learning_rate_multiplier, float), seed=seed, method=method,
-        lora_rank=lora_rank, out=out_dir, precision=get_settings().train_precision,
-        early_stopping_patience=early_stopping_patience)
     if early_stopping_patience is not None and validation is None:
         raise TunelabError("--early-stopping-patience watches the validation loss: give --validation too",
                            param="early_stopping_patience")
+    config = parse_config(
+        early_stopping_patience=early_stopping_patience,
+        model=model or get_settings().default_model, train_file=train_file, validation_file=validation,
+        suffix=suffix, n_epochs=parse_auto(epochs, int), batch_size=parse_auto(batch_size, int),
+        learning_rate_multiplier=parse_auto(learning_rate_multiplier, float), seed=seed, method=method,
+        lora_rank=lora_rank, out=out_dir, precision=get_settings().train_precision)
     if world_size() > 1:  # started by a torchrun of the user's (several nodes): this process is one rank
         raise typer.Exit(rank_main(config.model_dump_json(), resume))
     if not 1 <= nproc <= MAX_PROCESSES:
