@@ -268,6 +268,8 @@ def verdict(candidates: list[dict], prompts: int | None = None, values: dict | N
         summary = (f"{winner} is the clear winner on {count} prompts: ahead of every other candidate beyond the "
                    f"noise on {len(settled_wins[winner])} of {measured} checks "
                    f"({', '.join(titles[k] for k in settled_wins[winner])}) and behind on none")
+    elif len(candidates) == 1:
+        summary = f"{candidates[0]['name']} alone on {count} prompts: no other candidate to compare it with"
     else:
         summary = f"no clear winner on {count} prompts"
         if settled:
