@@ -337,6 +337,10 @@ def test_start_a_comparison_and_read_its_report(page, server):
     assert page.locator("table.answers tbody tr").count() == 5
     charts = page.evaluate("[...document.querySelectorAll('main canvas')].filter(c => Chart.getChart(c)).length")
     assert charts == 2  # policy and engagement; redirect scores off-topic prompts only, and these hold none
+    # five prompts: every share with its n and 95% interval, and no winner called on so few
+    measured = page.locator("main table:not(.answers)").inner_text()
+    assert re.search(r"\d+% \(\d+%–\d+%, n=5\)", measured), measured
+    assert page.locator(".verdict").inner_text().startswith("no clear winner on 5 prompts")
     with page.expect_download() as download:
         page.click("text=Download HTML")
     report = Path(download.value.path()).read_text()

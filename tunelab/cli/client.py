@@ -224,6 +224,9 @@ def jobs_show(job_id: str = typer.Argument(..., help="The job id (ftjob-…)."),
             ("fine-tuned model", job.fine_tuned_model or "–"), ("result files", ", ".join(job.result_files) or "–")]
     if job.estimated_finish:
         rows.append(("estimated finish", _when(job.estimated_finish)))
+    recommended = getattr(job, "recommended_checkpoint", None)  # tunelab's own field
+    if recommended:
+        rows.append(("recommended checkpoint", f"{recommended['id']}\n{recommended['reason']}"))
     if job.error and job.error.message:
         rows.append(("error", f"[red]{job.error.code}[/red]: {job.error.message}"))
     table = Table(show_header=False, box=None)

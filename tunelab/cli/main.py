@@ -174,6 +174,9 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Fixes data order and initialisation."),
     method: str = typer.Option("lora", "--method", help="lora or full."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank r."),
+    early_stopping_patience: Optional[int] = typer.Option(
+        None, "--early-stopping-patience", help="Stop once the full validation loss has not improved for N epochs; "
+        "the adapter is then the best checkpoint's weights (needs --validation)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: $TUNELAB_HOME/runs/…]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     nproc: int = typer.Option(1, "--nproc", help="Training processes (1–64), under torchrun: each takes its share "
@@ -191,7 +194,11 @@ def train(
     for path in (train_file, validation):
         if path is not None and not path.is_file():
             raise TunelabError(f"{path}: no such file", param="train" if path == train_file else "validation")
+    if early_stopping_patience is not None and validation is None:
+        raise TunelabError("--early-stopping-patience watches the validation loss: give --validation too",
+                           param="early_stopping_patience")
     config = parse_config(
+        early_stopping_patience=early_stopping_patience,
         model=model or get_settings().default_model, train_file=train_file, validation_file=validation,
         suffix=suffix, n_epochs=parse_auto(epochs, int), batch_size=parse_auto(batch_size, int),
         learning_rate_multiplier=parse_auto(learning_rate_multiplier, float), seed=seed, method=method,
@@ -215,6 +222,9 @@ def train(
     out.print(f"  adapter:  {result.weights}" if config.method == "lora" else f"  model:    {result.weights}")
     out.print(f"  metrics:  {result.out / 'results.csv'}")
     out.print(f"  manifest: {result.out / 'manifest.json'}")
+    if result.recommendation:
+        found = result.recommendation
+        out.print(f"  use:      {result.out / 'checkpoints' / found['id']} ({found['reason']})", highlight=False)
 
 
 @app.command()

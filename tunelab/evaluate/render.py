@@ -15,12 +15,22 @@ CHART_JS = Path(__file__).resolve().parent.parent / "web" / "static" / "vendor" 
 COLORS = ("#2f6fde", "#d9622b", "#2a9d6f", "#8e5ad6")
 
 SHARES = ("policy", "engagement", "redirect")
+INTERVALS = ("Each figure: value (95% interval, n answers scored): Wilson's interval for a share, the normal interval "
+             "for a mean. A check names a winner only where the difference holds beyond that noise.")
 
 
-def _value(check: str, value) -> str:
+def figure(summary: dict, check: str = "") -> str:
+    """A check's value for a reader: `97% (90–99%, n=36)` for a rate, `0.62 (0.58–0.66, n=36)` for a mean; the
+    interval is left out where there is none (a report from before intervals, or a single value)."""
+    value = summary.get("mean")
     if value is None:
         return "–"
-    return f"{value:.0%}" if check in SHARES else f"{value:.2f}"
+    rate = summary.get("kind") == "rate" or (summary.get("kind") is None and check in SHARES)
+    shown = (lambda v: f"{v:.0%}") if rate else (lambda v: f"{v:.2f}")
+    interval = summary.get("interval") or {}
+    if interval.get("low") is None or interval.get("high") is None:
+        return shown(value) + (f" (n={interval['n']})" if interval.get("n") else "")
+    return f"{shown(value)} ({shown(interval['low'])}–{shown(interval['high'])}, n={interval['n']})"
 
 
 def rows(evaluation: dict) -> list[tuple[str, str, list[str]]]:
@@ -30,10 +40,10 @@ def rows(evaluation: dict) -> list[tuple[str, str, list[str]]]:
     lines = []
     for check, summary in candidates[0]["checks"].items():
         direction = {True: "higher is better", False: "lower is better", None: ""}[summary["higher_is_better"]]
-        lines.append((summary["title"], direction, [_value(check, c["checks"][check]["mean"]) for c in candidates]))
+        lines.append((summary["title"], direction, [figure(c["checks"][check], check) for c in candidates]))
     loss = [c["validation"] for c in candidates]
     if any(loss):
-        lines.append(("Validation loss (perplexity)", "lower is better",
+        lines.append(("Validation loss (perplexity), token-weighted: no interval", "lower is better",
                       [f"{v['loss']:.3f} ({v['perplexity']:.1f})" if v and v["loss"] is not None else "–"
                        for v in loss]))
     lines += [
@@ -60,7 +70,8 @@ def markdown(evaluation: dict) -> str:
     out += [f"- {line}" for line in report["verdict"]["details"]] + [""]
     settings = report["settings"]
     out += [f"{settings['prompts']} prompts, seed {settings['seed']}, temperature {settings['temperature']}, "
-            f"max_tokens {settings['max_tokens']}. System message: {settings['system'] or '(none)'}", ""]
+            f"max_tokens {settings['max_tokens']}. System message: {settings['system'] or '(none)'}", "",
+            INTERVALS, ""]
     out += ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     out += [f"| {label} ({direction}) | " + " | ".join(values) + " |" if direction else
             f"| {label} | " + " | ".join(values) + " |" for label, direction, values in rows(evaluation)]
@@ -112,6 +123,7 @@ vertical-align:top;text-align:left}} th small,td small{{display:block;color:#667
 <p class="verdict"><strong>{escape(report['verdict']['summary'])}</strong></p><ul>{details}</ul>
 <p>{report['settings']['prompts']} prompts · seed {report['settings']['seed']} · temperature
 {report['settings']['temperature']} · system message: {escape(report['settings']['system'] or '(none)')}</p>
+<p>{escape(INTERVALS)}</p>
 {chart}<table><tr><th></th>{head}</tr>{summary}</table>
 <h2>Answers side by side</h2><table><tr><th>prompt</th>{head}</tr>{answers}</table></body></html>"""
 
@@ -120,7 +132,10 @@ def _chart(report: dict) -> str:
     """A grouped bar chart of the share checks (policy, engagement, redirect), one bar per candidate; the same
     figures are in the table below it."""
     candidates = report["candidates"]
-    shown = [check for check in SHARES if check in candidates[0]["checks"]]
+    first = candidates[0]["checks"]
+    rates = [check for check, summary in first.items()
+             if summary.get("kind") == "rate" or (summary.get("kind") is None and check in SHARES)]
+    shown = [c for c in SHARES if c in rates] + [c for c in rates if c not in SHARES]
     if not shown:
         return ""
     config = {

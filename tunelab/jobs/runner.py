@@ -46,6 +46,7 @@ from ..store.db import Database  # noqa: E402
 from ..store.files import Files  # noqa: E402
 from ..train.config import TrainConfig  # noqa: E402
 from ..train.faults import disk_full, out_of_memory  # noqa: E402
+from .best_checkpoint import recommended_checkpoint  # noqa: E402
 from .events import JobReporter, add_event, note_outcome  # noqa: E402
 from .queue import Lease, LeaseLost, Queue  # noqa: E402
 
@@ -172,6 +173,7 @@ def _config(request: dict, run_dir: Path, files: Files, registry: Registry) -> t
     if start.weights is not None and start.method == "lora":
         rank = json.loads((start.weights / "adapter_config.json").read_text())["r"]
         extra = {"init_adapter": start.weights, "lora_rank": rank}
+    extra["early_stopping_patience"] = (request.get("early_stopping") or {}).get("patience")
     model = str(start.weights) if start.method == "full" else start.base
     config = TrainConfig(model=model, train_file=train, validation_file=valid, suffix=request["suffix"],
                          n_epochs=hp["n_epochs"], batch_size=hp["batch_size"],
@@ -192,6 +194,10 @@ def _succeeded(db, queue: Queue, files: Files, registry: Registry, lease: Lease,
                                 method=method, path=result.weights, owned_by=owner)
         queue.finish(lease, "succeeded", conn=conn, trained_tokens=result.trained_tokens, result_file=results)
         add_event(conn, lease.job_id, f"New fine-tuned model created: {model_id}")
+        found = recommended_checkpoint(registry, queue.get(lease.job_id, conn))
+        if found:
+            add_event(conn, lease.job_id, f"Recommended checkpoint: {found['id']}: {found['reason']}",
+                      data={"recommended_checkpoint": found})
         add_event(conn, lease.job_id, "The job has successfully completed")
     crash_point("final.after_record")
 

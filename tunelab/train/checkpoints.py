@@ -30,13 +30,14 @@ PREFIX = "step-"
 
 
 def save_checkpoint(root: Path, step: int, *, write_weights, optimizer: torch.optim.Optimizer,
-                    state: dict, keep: int) -> Path:
-    """Write checkpoint `step` under `root` and keep only the newest `keep` complete ones.
+                    state: dict, keep: int, keep_step: int | None = None) -> Path:
+    """Write checkpoint `step` under `root` and keep only the newest `keep` complete ones, and the one at
+    `keep_step` (the run's best so far: the checkpoint recommended to the user must outlive the pruning).
 
     `write_weights(dir)` saves the model's trainable weights into `dir`; `state` is JSON (scheduler, position).
     """
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:06d}"
+    final = checkpoint_path(root, step)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
         write_weights(work)
@@ -70,9 +71,14 @@ def save_checkpoint(root: Path, step: int, *, write_weights, optimizer: torch.op
         raise
     verify(final)  # read back before anything older goes: the previous checkpoint stays until this one is good
     for old in complete_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != checkpoint_path(root, keep_step):
+            shutil.rmtree(old, ignore_errors=True)
     crash_point("checkpoint.after_prune")
     return final
+
+
+def checkpoint_path(root: Path, step: int | None) -> Path | None:
+    return root / f"{PREFIX}{step:06d}" if step is not None else None
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

@@ -28,6 +28,7 @@ WARMUP_SHARE = 0.05  # of all steps, linear warm-up before a linear decay to zer
 
 # How each field is called on the command line, so an error names what the user typed.
 FLAGS = {
+    "early_stopping_patience": "--early-stopping-patience",
     "n_epochs": "--epochs", "batch_size": "--batch-size", "learning_rate_multiplier": "--learning-rate-multiplier",
     "seed": "--seed", "method": "--method", "lora_rank": "--lora-rank", "suffix": "--suffix",
     "train_file": "--train", "validation_file": "--validation", "model": "--model", "out": "--out",
@@ -68,6 +69,9 @@ class TrainConfig(BaseModel):
     eval_every: int | None = Field(default=None, ge=1, description="steps between validation batches")
     max_seq_len: int | None = Field(default=None, ge=16, description="training context; default: the model's")
     keep_checkpoints: int = Field(default=3, ge=1)
+    early_stopping_patience: int | None = Field(default=None, ge=1, description="stop once the full validation "
+                                                "loss has not improved for this many epochs (needs a validation "
+                                                "file); the fine-tune is then the best checkpoint's weights")
     checkpoint_every_steps: int | None = Field(default=None, ge=1, description="a checkpoint every this many steps "
                                                "besides each epoch's; default: TUNELAB_CHECKPOINT_EVERY_STEPS")
     checkpoint_every_minutes: float | None = Field(default=None, gt=0, description="a checkpoint after this many "

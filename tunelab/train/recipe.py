@@ -37,7 +37,7 @@ from ..data.samples import Sample, load_samples
 from ..errors import CheckpointError, InvalidRequest
 from ..models.catalog import LocalModel, resolve_model
 from ..models.load import load_causal_lm, load_tokenizer
-from . import checkpoints
+from . import best, checkpoints
 from .config import Hyperparameters, TrainConfig, resolve
 from .distributed import Group
 from .metrics import Reporter, ResultsCsv, StepMetrics
@@ -56,6 +56,7 @@ class RunResult:
     trained_tokens: int
     metrics: dict  # the last step's metrics
     stopped_early: bool  # interrupted: a checkpoint was written and `--resume` continues
+    recommendation: dict | None = None  # the checkpoint to use, and why (train/best.py); None without validation
 
 
 def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
@@ -64,6 +65,9 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     With `group` (N processes), this rank trains on its share of each batch; only rank 0 writes and reports."""
     stop = stop or threading.Event()
     main = group is None or group.main
+    if config.early_stopping_patience and config.validation_file is None:
+        raise InvalidRequest("early stopping watches the validation loss: it needs a validation file",
+                             param="early_stopping_patience")
     if group and (config.out is None or config.seed is None):
         raise InvalidRequest("a run on several processes needs its --out and --seed fixed before it starts, so "
                              "every process trains the same run", param="out" if config.out is None else "seed")
@@ -91,10 +95,15 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     trained_tokens = sum(s.length for s in train_set) * hp.n_epochs
     clock = _Clock()
     current_epoch = -1
+    tracker = best.Tracker.from_checkpoints(ckpt_root)  # the epoch-end validation figures: best checkpoint, patience
+    patience = config.early_stopping_patience if valid_set else None
+    # A run that resumes from the checkpoint where early stopping had already decided (a crash in between) stops.
+    early = bool(patience and 0 < step < hp.total_steps and step % hp.steps_per_epoch == 0
+                 and tracker.epochs_since_best >= patience)
     # On N processes the loop runs while no rank has seen a stop: the ranks agree at every step's end.
     stopping = group.any(stop.is_set())[0] if group else False
     with _stop_on_signals(stop):
-        while step < hp.total_steps and not (stopping if group else stop.is_set()):
+        while not early and step < hp.total_steps and not (stopping if group else stop.is_set()):
             epoch, position = divmod(step, hp.steps_per_epoch)
             if position == 0 or epoch != current_epoch:
                 order, current_epoch = epoch_order(len(train_set), hp, epoch), epoch
@@ -125,21 +134,40 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
             stopping = stop.is_set()
             if group:  # one vote (MAX) so that all ranks stop, and checkpoint, at the same step
                 stopping, due = group.any(stopping, due)
+            if valid_set and epoch_done:
+                tracker.observe(epoch + 1, step, metrics.full_valid_loss,
+                                checkpoints.checkpoint_path(ckpt_root, step).name)
             if epoch_done or stopping or due:
                 if main:
                     path = _save_checkpoint(model, optimizer, scheduler, ckpt_root, step, hp, last,
-                                            config.keep_checkpoints)
+                                            config.keep_checkpoints, keep_step=tracker.best and tracker.best.step)
                     reporter.checkpoint(step, path, last)
                 if group:
                     group.barrier()
                 saved_at = time.monotonic()
+            # Every rank measured the same summed loss, so every rank makes the same decision here.
+            if patience and epoch_done and step < hp.total_steps and tracker.epochs_since_best >= patience:
+                early = True
+                break
 
-    stopped = step < hp.total_steps
+    if early:  # the fine-tune is the best checkpoint's weights, not the last epoch's
+        found, epochs = tracker.best, tracker.points[-1].epoch
+        trained_tokens = sum(s.length for s in train_set) * epochs
+        if main:
+            _load_weights(model, checkpoints.checkpoint_path(ckpt_root, found.step), hp)
+            reporter.message(f"Early stopping: the full validation loss has not improved for {patience} epoch(s) "
+                             f"since epoch {found.epoch} ({found.value:.3f}); training stopped after epoch "
+                             f"{epochs} of {hp.n_epochs}, and the fine-tuned model is the weights of "
+                             f"epoch {found.epoch}'s checkpoint (step {found.step}), not the last epoch's")
+
+    stopped = step < hp.total_steps and not early
     weights = out / ("adapter" if hp.method == "lora" else "model")
     if not stopped and main:
         _save_final(model, tokenizer, weights, out, base, config, hp, step, trained_tokens, last)
     reporter.finish()
-    return RunResult(out, weights, step, trained_tokens if not stopped else 0, last, stopped)
+    found = tracker.recommendation(stopped_early=early)
+    return RunResult(out, weights, step, trained_tokens if not stopped else 0, last, stopped,
+                     found.to_dict() if found else None)
 
 
 def setup_data(config: TrainConfig, base: LocalModel, reporter: Reporter) -> tuple[object, list[Sample], list[Sample]]:
@@ -350,11 +378,11 @@ def _causal(model):
 
 
 def _save_checkpoint(model, optimizer, scheduler, root: Path, step: int, hp: Hyperparameters, metrics: dict,
-                     keep: int) -> Path:
+                     keep: int, keep_step: int | None = None) -> Path:
     state = {"step": step, "epoch": math.ceil(step / hp.steps_per_epoch), "scheduler": scheduler.state_dict(),
              "metrics": metrics}
     return checkpoints.save_checkpoint(root, step, write_weights=lambda d: _write_weights(model, d),
-                                       optimizer=optimizer, state=state, keep=keep)
+                                       optimizer=optimizer, state=state, keep=keep, keep_step=keep_step)
 
 
 def _write_weights(model, directory: Path) -> None:

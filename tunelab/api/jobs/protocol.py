@@ -41,6 +41,14 @@ class Method(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
+class EarlyStopping(BaseModel):
+    """tunelab's own: stop once the full validation loss has not improved for `patience` epochs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patience: int = Field(ge=1, le=50, strict=True)
+
+
 class JobCreate(BaseModel):
     """`POST /v1/fine_tuning/jobs`. Unknown fields are refused, so a typo is not silently ignored."""
 
@@ -57,6 +65,8 @@ class JobCreate(BaseModel):
     integrations: list[dict[str, Any]] | None = None
     # tunelab's own: training processes under torchrun (the SDK sends it with `extra_body={"nproc": 2}`).
     nproc: int = Field(default=1, ge=1, le=MAX_PROCESSES, strict=True)
+    # tunelab's own: `extra_body={"early_stopping": {"patience": 2}}`; needs a validation file.
+    early_stopping: EarlyStopping | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -112,6 +122,10 @@ class FineTuningJob(BaseModel):
     hyperparameters: ShownHyperparameters
     method: MethodShown
     nproc: int  # tunelab's own: how many processes train the job
+    # tunelab's own: the early stopping asked for, and the checkpoint to use with why (train/best.py); null
+    # without a validation file. The service fills the recommendation from the job's checkpoints.
+    early_stopping: EarlyStopping | None = None
+    recommended_checkpoint: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row, owner: str) -> "FineTuningJob":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import hashlib
+import json
 import random
 import shutil
 import time
@@ -22,6 +23,7 @@ from ...data.validate import validate_file
 from ...deploy.deployments import Deployments
 from ...errors import InvalidRequest, NotFound
 from ...jobs import events
+from ...jobs.best_checkpoint import recommended_checkpoint
 from ...jobs.queue import FINAL, Queue
 from ...models.registry import Registry
 from ...store.blobs import new_id
@@ -69,6 +71,9 @@ class JobsService:
         if body.method and body.method.type != "supervised":
             raise InvalidRequest(f"the {body.method.type!r} method is not available: tunelab trains supervised "
                                  "fine-tunes", param="method.type")
+        if body.early_stopping and not body.validation_file:
+            raise InvalidRequest("early stopping watches the validation loss: give a validation_file, or leave "
+                                 "early_stopping out", param="early_stopping")
         if body.integrations:
             raise InvalidRequest("integrations (such as Weights & Biases) are not available in tunelab; the "
                                  "job's events and results.csv carry its metrics", param="integrations")
@@ -81,9 +86,12 @@ class JobsService:
             "hyperparameters": hyper.model_dump() if hyper else {k: "auto" for k in SHOWN},
             "metadata": body.metadata, "nproc": body.nproc,
         }
+        if body.early_stopping:
+            request["early_stopping"] = body.early_stopping.model_dump()
         # `nproc` left out at its default, so a retried request made before it existed still matches
-        fingerprint = hashlib.sha256(body.model_dump_json(exclude={"nproc"} if body.nproc == 1 else None).encode()
-                                     ).hexdigest()
+        left_out = {k for k, unset in (("nproc", body.nproc == 1), ("early_stopping", body.early_stopping is None))
+                    if unset}
+        fingerprint = hashlib.sha256(body.model_dump_json(exclude=left_out or None).encode()).hexdigest()
         with self.db.write() as conn:
             self._check_files(body, conn)
             while True:  # the model id carries 8 hex digits of the job id: keep them unique
@@ -124,11 +132,17 @@ class JobsService:
         row = self.queue.get(job_id, conn)
         if row is None:
             raise NotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
-        return FineTuningJob.of(row, self.owner)
+        return self._shown(row)
 
     def list(self, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None) -> JobList:
         rows, more = self.queue.page(after=after, limit=limit, metadata=metadata or {})
-        return JobList(data=[FineTuningJob.of(r, self.owner) for r in rows], has_more=more)
+        return JobList(data=[self._shown(r) for r in rows], has_more=more)
+
+    def _shown(self, row) -> FineTuningJob:
+        job = FineTuningJob.of(row, self.owner)
+        job.early_stopping = json.loads(row["request"]).get("early_stopping")
+        job.recommended_checkpoint = recommended_checkpoint(self.registry, row)
+        return job
 
     def events(self, job_id: str, *, after: str | None = None, limit: int = 20) -> EventList:
         self.get(job_id)

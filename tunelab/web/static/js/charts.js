@@ -34,10 +34,24 @@ export function stepChart(canvas, title, series, yTitle) {
 // rows: metrics in step order ({step, train_loss, …}); each dataset keeps the points whose value is present.
 export function setPoints(instance, rows) {
   for (const dataset of instance.data.datasets) {
+    if (dataset.mark) continue; // a marked point (markPoint) is not a metric
     dataset.data = rows.filter((r) => r[dataset.key] !== undefined && r[dataset.key] !== null)
       .map((r) => ({ x: r.step, y: r[dataset.key] }));
     dataset.hidden = dataset.data.length === 0;
   }
+  instance.update();
+}
+
+// One marked point on a step chart (a star, in the legend as `label`), e.g. the recommended checkpoint; null removes it.
+export function markPoint(instance, point, label) {
+  let dataset = instance.data.datasets.find((d) => d.mark);
+  if (!dataset) {
+    dataset = { mark: true, label, data: [], pointStyle: "star", pointRadius: 10, pointBorderWidth: 2, showLine: false,
+                borderColor: "#111827", backgroundColor: "#facc15" };
+    instance.data.datasets.push(dataset);
+  }
+  dataset.label = label;
+  dataset.data = point ? [point] : [];
   instance.update();
 }
 

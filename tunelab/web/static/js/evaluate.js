@@ -148,9 +148,9 @@ function showReport(into, report, charts) {
   const first = report.candidates[0];
   const rows = Object.entries(first.checks).map(([check, summary]) => [
     summary.title, summary.higher_is_better === null ? "" : summary.higher_is_better ? "higher is better" : "lower is better",
-    report.candidates.map((c) => format(check, c.checks[check].mean))]);
+    report.candidates.map((c) => format(check, c.checks[check]))]);
   if (report.candidates.some((c) => c.validation)) {
-    rows.push(["Validation loss (perplexity)", "lower is better", report.candidates.map((c) => (c.validation && c.validation.loss !== null ? `${number(c.validation.loss)} (${number(c.validation.perplexity, 1)})` : "–"))]);
+    rows.push(["Validation loss (perplexity), token-weighted: no interval", "lower is better", report.candidates.map((c) => (c.validation && c.validation.loss !== null ? `${number(c.validation.loss)} (${number(c.validation.perplexity, 1)})` : "–"))]);
   }
   rows.push(["Time to first token, median (s)", "lower is better", report.candidates.map((c) => plain(c.latency.ttft_s_median))]);
   rows.push(["Decode tokens/s, median", "higher is better", report.candidates.map((c) => plain(c.latency.tokens_per_s_median))]);
@@ -160,6 +160,7 @@ function showReport(into, report, charts) {
   replace(into,
     h("section", { class: "card" }, h("p", { class: "verdict" }, h("strong", {}, report.verdict.summary)),
       h("ul", {}, report.verdict.details.map((d) => h("li", {}, d))),
+      h("p", { class: "hint intervals" }, "Each figure: value (95% interval, n answers scored). A check names a winner only where the difference holds beyond that noise."),
       h("p", { class: "hint" }, `${report.settings.prompts} prompts · seed ${report.settings.seed} · temperature ${report.settings.temperature} · max tokens ${report.settings.max_tokens} · system message: ${report.settings.system || "(none)"}`)),
     h("section", { class: "card" }, h("h2", {}, "Measured"),
       h("div", { class: "charts three" }, canvases.map(([, canvas]) => h("div", { class: "chart short" }, canvas))),
@@ -185,9 +186,18 @@ function flags(answer) {
   return found.join("; ");
 }
 
-function format(check, value) {
+// A check's figure with its 95% interval and n (render.py's `figure`): "97% (86%–100%, n=36)" or "0.62 (0.58–0.66, n=36)";
+// a report from before intervals shows the value alone.
+function format(check, summary) {
+  const value = summary.mean;
   if (value === null || value === undefined) return "–";
-  return SHARES.includes(check) ? `${Math.round(value * 100)}%` : Number(value).toFixed(2);
+  const rate = summary.kind ? summary.kind === "rate" : SHARES.includes(check);
+  const shown = (v) => (rate ? `${Math.round(v * 100)}%` : Number(v).toFixed(2));
+  const interval = summary.interval || {};
+  if (interval.low === null || interval.low === undefined || interval.high === null || interval.high === undefined) {
+    return shown(value) + (interval.n ? ` (n=${interval.n})` : "");
+  }
+  return `${shown(value)} (${shown(interval.low)}–${shown(interval.high)}, n=${interval.n})`;
 }
 
 function plain(value) {

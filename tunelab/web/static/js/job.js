@@ -3,7 +3,7 @@
 // events; results.csv; Cancel / Pause / Resume; Export of the fine-tuned model or of a checkpoint.
 
 import { download, get, post } from "./api.js";
-import { setPoints, stepChart } from "./charts.js";
+import { markPoint, setPoints, stepChart } from "./charts.js";
 import { exportDialog } from "./export.js";
 import { badge, busy, confirmDialog, duration, errorBox, go, h, notice, number, poll, progress, redraw, replace, table, when } from "./ui.js";
 
@@ -30,7 +30,8 @@ export async function render(main, { id, query }) {
   const lossCanvas = h("canvas", { id: "loss-chart", "aria-label": "loss per step" });
   const accuracyCanvas = h("canvas", { id: "accuracy-chart", "aria-label": "token accuracy per step" });
   const latest = h("p", { class: "hint" });
-  replace(panels.Metrics, latest, h("div", { class: "charts" }, h("div", { class: "chart" }, lossCanvas), h("div", { class: "chart" }, accuracyCanvas)));
+  const recommended = h("p", { class: "recommended", hidden: true });
+  replace(panels.Metrics, latest, recommended, h("div", { class: "charts" }, h("div", { class: "chart" }, lossCanvas), h("div", { class: "chart" }, accuracyCanvas)));
   replace(main, h("a", { href: "#/fine-tuning", class: "back" }, "← Fine-tuning"), header, tabBar, Object.values(panels));
   show(query.get("tab") === "metrics" ? "Metrics" : "Details");
 
@@ -70,6 +71,7 @@ export async function render(main, { id, query }) {
     }
     setPoints(loss, metrics);
     setPoints(accuracy, metrics);
+    showRecommended(recommended, loss, job.recommended_checkpoint);
     lossCanvas.dataset.points = String(metrics.length);
     replace(latest, last ? `Step ${last.step} of ${last.total_steps}: training loss ${number(last.train_loss)}, token accuracy ${number(last.train_mean_token_accuracy)}` +
       (last.valid_loss !== undefined && last.valid_loss !== null ? `, validation loss ${number(last.valid_loss)}` : "") : "No metrics yet: they appear once training starts.");
@@ -90,6 +92,17 @@ export async function render(main, { id, query }) {
     loss.destroy();
     accuracy.destroy();
   };
+}
+
+// The checkpoint with the lowest full validation loss (the job's `recommended_checkpoint`): a star on the loss chart
+// and the sentence that says why, with its model id to deploy.
+function showRecommended(into, chart, found) {
+  markPoint(chart, found ? { x: found.step, y: found.valid_loss } : null, "recommended checkpoint");
+  into.hidden = !found;
+  if (!found) return;
+  into.dataset.step = String(found.step);
+  redraw(into, JSON.stringify(found), () => replace(into, h("strong", {}, "Recommended checkpoint: "), h("code", { class: "model-id" }, found.id), ` — ${found.reason}.`,
+    " ", h("button", { type: "button", class: "small", onclick: () => go(`#/models?deploy=${encodeURIComponent(found.id)}`) }, "Deploy")));
 }
 
 function showHeader(header, job, refresh) {
@@ -147,8 +160,8 @@ function details(panel, job, ordered, last) {
 
 async function checkpoints(panel, job) {
   const list = await get(`/fine_tuning/jobs/${job.id}/checkpoints`, { limit: 100 });
-  redraw(panel, JSON.stringify(list.data), () => replace(panel, table([
-    { title: "Step", cell: (c) => c.step_number, class: "num" },
+  redraw(panel, JSON.stringify([list.data, job.recommended_checkpoint && job.recommended_checkpoint.id]), () => replace(panel, table([
+    { title: "Step", cell: (c) => (job.recommended_checkpoint && job.recommended_checkpoint.id === c.fine_tuned_model_checkpoint ? [String(c.step_number), h("small", { class: "recommended" }, " ★ recommended")] : c.step_number), class: "num" },
     { title: "Checkpoint model", cell: (c) => h("code", {}, c.fine_tuned_model_checkpoint) },
     { title: "Training loss", cell: (c) => number(c.metrics.train_loss), class: "num" },
     { title: "Token accuracy", cell: (c) => number(c.metrics.train_mean_token_accuracy), class: "num" },
