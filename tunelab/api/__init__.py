@@ -9,7 +9,9 @@ from .exports.router import router as exports
 from .files.router import router as files
 from .jobs.router import router as jobs
 from .models.router import router as models
+from .pairs.router import router as pairs
 from .storage.router import router as storage
 from .uploads.router import router as uploads
 
-ROUTERS = (files, uploads, jobs, models, chat, deployments, content_filters, evaluations, storage, exports)
+ROUTERS = (files, uploads, jobs, models, chat, deployments, content_filters, evaluations, storage, exports,
+           pairs)

@@ -29,6 +29,7 @@ from .clean import clean
 from .compare import compare
 from .export import export
 from .lab import lab_app
+from .pairs import pairs
 from .client import ApiKey, BaseUrl, ServiceUnreachable, chat, delete_service_model, deploy, deployments_app, \
     files_app, jobs_app, list_service_models, parse_auto
 
@@ -48,6 +49,7 @@ app.command("chat")(chat)
 app.command("compare")(compare)
 app.command("clean")(clean)
 app.command("export")(export)
+app.command("pairs")(pairs)
 
 out = Console()
 err = Console(stderr=True)
