@@ -80,6 +80,12 @@ def test_only_the_chosen_checks_judge_and_a_check_that_does_not_apply_does_not_c
     # redirect applies to neither (None): judged on redirect only, nothing is judged at all
     only_redirect = mine([report(prompts)], checks=["redirect"])
     assert only_redirect.pairs == [] and only_redirect.summary["excluded"]["unjudged"] == 2
+    # an off-topic prompt: redirect applies, and joins the default checks
+    off = {"q": {"base": answer("Here is a sorting function. Anything else?", redirect=False),
+                 "ft": answer("That is beyond me, but where would you like to travel?", redirect=True)}}
+    steered = mine([report(off)])
+    assert steered.summary["checks"] == ["policy", "engagement", "redirect"]
+    assert [f.check for f in steered.pairs[0].failed] == ["redirect"] and steered.pairs[0].preferred.candidate == "ft"
     # redirect None beside a failing policy: the failure alone decides
     assert [f.check for f in mine([report(prompts)], checks=["policy", "redirect"]).pairs[0].failed] == ["policy"]
 
@@ -131,7 +137,8 @@ def test_each_failing_answer_gets_a_passing_one_in_turn_up_to_the_cap_and_the_ou
     good = [answer(f"Good answer {i}. Where to?") for i in range(2)]
     bad = [answer(f"Hotel Number{i} is great. Where to?", policy=True) for i in range(5)]
     answers = {f"g{i}": a for i, a in enumerate(good)} | {f"b{i}": a for i, a in enumerate(bad)}
-    answers["dup"] = answer("Hotel Number0 is great. Where to?", policy=True)  # the same text twice: one pair
+    answers["dup"] = answer("Hotel Number0 is great.  Where to?", policy=True)  # the same text twice: one pair
+    answers["odd"] = answer("Good answer 0.\nWhere to?", policy=True)  # judged both ways: never the loser
     rep = report({"q": answers}, candidates=list(answers))
     mined = mine([rep])
     assert [(p.preferred.candidate, p.non_preferred.candidate) for p in mined.pairs] == [
@@ -150,20 +157,17 @@ def test_edited_lines_are_checked_by_line_and_field():
     assert validate_rows([good, old_names]) == [good, good]
     cases = [
         ({**good, "preferred_output": [{"role": "assistant", "content": " "}]},
-         "line 2: preferred_output[0].content must be a non-empty string", "pairs[1].preferred_output[0].content"),
-        ({**good, "non_preferred_output": []}, "line 2: non_preferred_output must be a list of exactly one",
-         "pairs[1].non_preferred_output"),
-        ({**good, "input": {"messages": [{"role": "robot", "content": "Hi"}]}},
-         "line 2: input.messages[0].role must be one of", "pairs[1].input.messages[0].role"),
-        ({**good, "why": "policy"}, "line 2: why is not a field", "pairs[1].why"),
-        ({**good, "preferred_output": good["non_preferred_output"]}, "line 2: preferred_output is the same answer",
-         "pairs[1].preferred_output"),
-        ("text", "line 2: a preference line is an object", "pairs[1]"),
+         "line 2: `preferred_output` [0].content is empty"),
+        ({**good, "non_preferred_output": []}, "line 2: `non_preferred_output` must be a list of exactly one"),
+        ({**good, "input": {"messages": [{"role": "robot", "content": "Hi"}]}}, "line 2: input.messages[0]"),
+        ({**good, "why": "policy"}, "line 2: unknown key 'why'"),
+        ({**good, "preferred_output": good["non_preferred_output"]}, "line 2: `preferred_output` is the same answer"),
+        ("text", "line 2: a preference line is an object"),
     ]
-    for bad, message, param in cases:
+    for bad, message in cases:
         with pytest.raises(InvalidRequest) as refused:
             validate_rows([good, bad])
-        assert refused.value.message.startswith(message) and refused.value.param == param
+        assert refused.value.message.startswith(message) and refused.value.param == "pairs[1]"
     with pytest.raises(InvalidRequest, match="non-empty list"):
         validate_rows([])
 
@@ -284,8 +288,8 @@ def test_the_pairs_api_refuses_what_it_cannot_do_and_writes_no_file(split_servic
             {"input": {"messages": [{"role": "user", "content": "Hi"}]},
              "preferred_output": [{"role": "assistant", "content": "Hello?"}],
              "non_preferred_output": [{"role": "user", "content": "Hi"}]}]})
-    assert line.value.body["message"].startswith("line 1: non_preferred_output[0].role must be assistant")
-    assert line.value.body["param"] == "pairs[0].non_preferred_output[0].role"
+    assert line.value.body["message"].startswith("line 1: `non_preferred_output` [0].role is 'user'")
+    assert line.value.body["param"] == "pairs[0]"
     with pytest.raises(openai.BadRequestError) as name:
         client.post("/pairs/files", cast_to=object, body={"pairs": [], "filename": "x.txt"})
     assert name.value.body["param"] in ("pairs", "filename")

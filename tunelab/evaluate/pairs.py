@@ -19,8 +19,8 @@ with its full input (the report's system message and the prompt's messages), so 
 answered the same conversation. Reports from before the per-prompt `messages` field hold the last user message
 (`question`) only; it stands for the conversation then.
 
-`validate_rows` checks preference lines sent back after a person edited them (the studio's review), naming the
-line and the field of each problem.
+`validate_rows` checks preference lines sent back after a person edited them (the studio's review) with the data
+check's rules for a preference line, naming the line and the field of a problem.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
+from ..data.preference import check_pair, same_answer
 from ..errors import InvalidRequest
 
-ROLES = ("system", "user", "assistant", "tool", "function", "developer")
 ALIASES = {"preferred_completion": "preferred_output", "non_preferred_completion": "non_preferred_output"}
 MAX_ROWS = 10_000
 
@@ -174,7 +174,8 @@ def mine(reports: Sequence[dict], *, checks: Sequence[str] | None = None, max_pe
                 (pooled.failing if failed else pooled.passing).append(got)
     pairs, capped = [], 0
     for prompt in prompts.values():
-        passing, failing = _distinct(prompt.passing), _distinct(prompt.failing)
+        passing = _distinct(prompt.passing)
+        failing = _distinct(prompt.failing, also_seen=passing)  # a text that also passed elsewhere is no loser
         made = [Pair(prompt.id, prompt.kind, prompt.messages, passing[i % len(passing)].side, bad.side, bad.failed)
                 for i, bad in enumerate(failing)] if passing else []
         if max_per_prompt is not None and len(made) > max_per_prompt:
@@ -249,73 +250,44 @@ def _evidence(score: dict) -> str | None:
     return score.get("reason") or score.get("evidence")
 
 
-def _distinct(answers: Iterable[_Answer]) -> list[_Answer]:
-    """The answers with distinct texts, first seen first (two seeds can give the same answer)."""
-    seen, kept = set(), []
+def _distinct(answers: Iterable[_Answer], also_seen: Iterable[_Answer] = ()) -> list[_Answer]:
+    """The answers with distinct texts (spacing aside), first seen first (two seeds can give the same answer),
+    leaving out the texts of `also_seen`."""
+    seen, kept = {_squash(a.side.text) for a in also_seen}, []
     for answer in answers:
-        if answer.side.text not in seen:
-            seen.add(answer.side.text)
+        if _squash(answer.side.text) not in seen:
+            seen.add(_squash(answer.side.text))
             kept.append(answer)
     return kept
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------------------------------------------- edited rows
 
 
 def validate_rows(rows: Sequence[Any], param: str = "pairs") -> list[dict]:
-    """Preference lines as a client sent them, checked; returns them with the old field names renamed. The first
-    problem is an `InvalidRequest` naming the line (1-based, as in the file) and the field."""
+    """Preference lines as a client sent them, checked by the data check's rules for a preference line
+    (`data/preference.py`), plus: the two answers differ. Returns them with the older field names renamed. The
+    first problem is an `InvalidRequest` naming the line (1-based, as in the file) and the field."""
     if not isinstance(rows, list) or not rows:
         raise InvalidRequest(f"{param} is a non-empty list of preference lines", param=param)
     if len(rows) > MAX_ROWS:
         raise InvalidRequest(f"{param}: {len(rows)} lines; at most {MAX_ROWS:,} in one file", param=param)
-    return [_row(row, number, param) for number, row in enumerate(rows, 1)]
-
-
-def _row(row: Any, number: int, param: str) -> dict:
-    def bad(where: str, what: str) -> InvalidRequest:
-        return InvalidRequest(f"line {number}: {where} {what}", param=f"{param}[{number - 1}].{where}".rstrip("."))
-
-    if not isinstance(row, dict):
-        raise InvalidRequest(f"line {number}: a preference line is an object with input, preferred_output and "
-                             "non_preferred_output", param=f"{param}[{number - 1}]")
-    row = {ALIASES.get(k, k): v for k, v in row.items()}
-    unknown = sorted(set(row) - {"input", "preferred_output", "non_preferred_output"})
-    if unknown:
-        raise bad(unknown[0], "is not a field of a preference line (input, preferred_output, non_preferred_output)")
-    given = row.get("input")
-    if not isinstance(given, dict):
-        raise bad("input", "must be an object with messages")
-    extra = sorted(set(given) - {"messages", "tools", "parallel_tool_calls"})
-    if extra:
-        raise bad(f"input.{extra[0]}", "is not a field of input (messages, tools, parallel_tool_calls)")
-    messages = given.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad("input.messages", "must be a non-empty list of messages")
-    for i, message in enumerate(messages):
-        where = f"input.messages[{i}]"
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise bad(f"{where}.role", f"must be one of {', '.join(ROLES)}")
-        if not isinstance(message.get("content"), str) and not message.get("tool_calls"):
-            raise bad(f"{where}.content", "must be a string")
-    if messages[-1]["role"] == "assistant":
-        raise bad("input.messages", "must end before the answer: the last message is the assistant's")
-    if "tools" in given and not isinstance(given["tools"], list):
-        raise bad("input.tools", "must be a list")
-    if "parallel_tool_calls" in given and not isinstance(given["parallel_tool_calls"], bool):
-        raise bad("input.parallel_tool_calls", "must be true or false")
-    texts = []
-    for key in ("preferred_output", "non_preferred_output"):
-        output = row.get(key)
-        if not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict):
-            raise bad(key, "must be a list of exactly one assistant message")
-        if output[0].get("role") != "assistant":
-            raise bad(f"{key}[0].role", "must be assistant")
-        content = output[0].get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise bad(f"{key}[0].content", "must be a non-empty string")
-        texts.append(content)
-    if texts[0].strip() == texts[1].strip():
-        raise bad("preferred_output", "is the same answer as non_preferred_output: a pair needs two different "
-                                      "answers")
-    return row
+    checked = []
+    for number, row in enumerate(rows, 1):
+        where = f"{param}[{number - 1}]"
+        if not isinstance(row, dict):
+            raise InvalidRequest(f"line {number}: a preference line is an object with input, preferred_output and "
+                                 "non_preferred_output", param=where)
+        example, problems = check_pair(number, row)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise InvalidRequest(f"line {number}: {problems[0][1]}{more}", param=where)
+        if same_answer(example):
+            raise InvalidRequest(f"line {number}: `preferred_output` is the same answer as `non_preferred_output`: "
+                                 "a pair needs two different answers", param=where)
+        checked.append({ALIASES.get(k, k): v for k, v in row.items()})
+    return checked

@@ -32,6 +32,7 @@ class PairsService:
             raise InvalidRequest(mined.why_none(), param="evaluations")
         saved = None
         if body.save:
+            validate_rows(mined.rows(), "evaluations")  # the saved file passes the data check, or nothing is saved
             saved = self._save(mined.jsonl(), body.filename or f"pairs-{body.evaluations[0]}.jsonl")
         return PairList(data=[PreferencePair(**p.to_dict()) for p in mined.pairs], summary=mined.summary,
                         file=saved)

@@ -45,7 +45,7 @@ export async function review(main, id) {
     if (cap.value) body.max_per_prompt = Number(cap.value);
     try {
       const mined = await post("/pairs", body);
-      if (first) for (const input of checks.querySelectorAll("input")) input.checked = mined.summary.checks.includes(input.value);
+      if (!body.checks) for (const input of checks.querySelectorAll("input")) input.checked = mined.summary.checks.includes(input.value);
       show(result, mined, id);
     } catch (error) {
       replace(result, errorBox(error));
@@ -100,7 +100,10 @@ function item(pair, i) {
     h("div", { class: "bubble failed non-preferred" }, h("span", { class: "role" }, `non-preferred · ${origin(pair.non_preferred)}`),
       h("span", { class: "text" }, pair.row.non_preferred_output[0].content)),
     h("ul", { class: "why" }, pair.failed.map((f) => h("li", {}, `fails ${f.title || f.check}`, f.reason ? `: ${f.reason}` : ""))));
-  keep.addEventListener("change", () => node.classList.toggle("dropped", !keep.checked));
+  keep.addEventListener("change", () => {
+    node.classList.toggle("dropped", !keep.checked);
+    node.style.opacity = keep.checked ? "" : "0.55"; // a dropped pair stays readable, and can be kept again
+  });
   const row = () => ({ ...pair.row, preferred_output: [{ role: "assistant", content: preferred.value }] });
   return { node, keep, row };
 }
