@@ -141,37 +141,7 @@ def mine(reports: Sequence[dict], *, checks: Sequence[str] | None = None, max_pe
         raise InvalidRequest("max_per_prompt is at least 1", param="max_per_prompt")
     names = list(names) if names is not None else [None] * len(reports)
     chosen = _choose(reports, checks, names)
-    prompts: dict[str, _Prompt] = {}
-    excluded = {"filtered": 0, "errors": 0, "empty": 0, "unjudged": 0}
-    answers = 0
-    for report, name in zip(reports, names):
-        system = (report.get("settings") or {}).get("system")
-        seed = (report.get("settings") or {}).get("seed")
-        titles = {k: s.get("title") for k, s in _summaries(report).items()}
-        for prompt in report.get("prompts", []):
-            messages = ([{"role": "system", "content": system}] if system else []) + _messages(prompt)
-            key = json.dumps([prompt["id"], messages], sort_keys=True)
-            pooled = prompts.setdefault(key, _Prompt(str(prompt["id"]), prompt.get("kind") or "general", messages))
-            for candidate, answer in prompt["answers"].items():
-                answers += 1
-                left_out = _left_out(answer)
-                if left_out:
-                    excluded[left_out] += 1
-                    continue
-                failed, applied = [], 0
-                for check, better in chosen.items():
-                    score = (answer.get("scores") or {}).get(check) or {}
-                    value = score.get("value")
-                    if value is None:
-                        continue
-                    applied += 1
-                    if bool(value) != better:
-                        failed.append(Failure(check, titles.get(check), value, _evidence(score)))
-                if not applied:
-                    excluded["unjudged"] += 1
-                    continue
-                got = _Answer(Side(name, candidate, seed, answer["text"]), failed)
-                (pooled.failing if failed else pooled.passing).append(got)
+    prompts, excluded, answers = _pool(reports, names, chosen)
     pairs, capped = [], 0
     for prompt in prompts.values():
         passing = _distinct(prompt.passing)
@@ -190,6 +160,46 @@ def mine(reports: Sequence[dict], *, checks: Sequence[str] | None = None, max_pe
                "prompts_with_pair": len({p.prompt_id + json.dumps(p.messages) for p in pairs}),
                "pairs": len(pairs), "capped": capped, "max_per_prompt": max_per_prompt, "failures": failures}
     return Mined(pairs, summary)
+
+
+def _pool(reports: Sequence[dict], names: Sequence[str | None], chosen: dict[str, bool]):
+    """Every answer judged and filed under its prompt (id + whole input), with the counts of those left out."""
+    prompts: dict[str, _Prompt] = {}
+    excluded = {"filtered": 0, "errors": 0, "empty": 0, "unjudged": 0}
+    answers = 0
+    for report, name in zip(reports, names):
+        settings = report.get("settings") or {}
+        system = settings.get("system")
+        titles = {k: s.get("title") for k, s in _summaries(report).items()}
+        for prompt in report.get("prompts", []):
+            messages = ([{"role": "system", "content": system}] if system else []) + _messages(prompt)
+            key = json.dumps([prompt["id"], messages], sort_keys=True)
+            pooled = prompts.setdefault(key, _Prompt(str(prompt["id"]), prompt.get("kind") or "general", messages))
+            for candidate, answer in prompt["answers"].items():
+                answers += 1
+                failed = _judge(answer, chosen, titles)
+                if isinstance(failed, str):
+                    excluded[failed] += 1
+                    continue
+                got = _Answer(Side(name, candidate, settings.get("seed"), answer["text"]), failed)
+                (pooled.failing if failed else pooled.passing).append(got)
+    return prompts, excluded, answers
+
+
+def _judge(answer: dict, chosen: dict[str, bool], titles: dict[str, str | None]) -> list[Failure] | str:
+    """The chosen checks the answer failed (none: it passes), or why it is left out."""
+    left_out = _left_out(answer)
+    if left_out:
+        return left_out
+    failed, applied = [], 0
+    for check, better in chosen.items():
+        score = (answer.get("scores") or {}).get(check) or {}
+        if score.get("value") is None:
+            continue  # the check does not apply to this answer
+        applied += 1
+        if bool(score["value"]) != better:
+            failed.append(Failure(check, titles.get(check), score["value"], _evidence(score)))
+    return failed if applied else "unjudged"
 
 
 def _choose(reports: Sequence[dict], requested: Sequence[str] | None, names: Sequence[str | None]) -> dict[str, bool]:
