@@ -92,7 +92,8 @@ def test_only_the_chosen_checks_judge_and_a_check_that_does_not_apply_does_not_c
 
 def test_checks_that_cannot_pass_or_fail_are_refused_naming_the_field():
     rep = report({"q": {"base": answer("A?"), "ft": answer("B.", engagement=False)}})
-    for check, why in (("length", "has no better direction"), ("style", "scores more than yes or no"), ("vibes", "has no check")):
+    for check, why in (("length", "has no better direction"), ("style", "scores more than yes or no"),
+                       ("vibes", "has no check")):
         with pytest.raises(InvalidRequest, match=why) as refused:
             mine([rep], checks=[check])
         assert refused.value.param == "checks"

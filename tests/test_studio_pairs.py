@@ -151,7 +151,8 @@ def test_the_wizard_sends_the_dpo_method_with_its_beta(page, server, tmp_path):
     dialog.locator("button", has_text="Next").click()
     beta = dialog.locator("input[name=beta]")
     assert beta.get_attribute("placeholder") == "auto (0.1)"
-    assert "closer to the model it starts from" in dialog.locator("label.field", has=page.locator("input[name=beta]")).inner_text()
+    hint = dialog.locator("label.field", has=page.locator("input[name=beta]")).inner_text()
+    assert "closer to the model it starts from" in hint
     beta.fill("5")
     dialog.locator("button", has_text="Next").click()
     dialog.get_by_text("Beta is a number above 0 and at most 2").wait_for()
