@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tunelab.errors import InvalidRequest, InvalidTrainingFile
+from tunelab.errors import CheckpointError, InvalidRequest, InvalidTrainingFile
 from tunelab.models.catalog import resolve_model
 from tunelab.train.config import parse_config, resolve
 from tunelab.train.metrics import DPO_COLUMNS
@@ -65,9 +65,10 @@ class Recorder:
         pass
 
 
-@pytest.fixture
-def data(tmp_path):
-    return write_jsonl(tmp_path / "pairs.jsonl", pairs(12)), write_jsonl(tmp_path / "valid.jsonl", pairs(4, 12))
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    return write_jsonl(folder / "pairs.jsonl", pairs(12)), write_jsonl(folder / "valid.jsonl", pairs(4, 12))
 
 
 def dpo_config(tiny_model, data, out, **overrides):
@@ -81,7 +82,9 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_dpo_loss_falls_margin_grows_and_base_weights_stay_identical(tiny_model, data, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def whole(tiny_model, data, tmp_path_factory):
+    """One uninterrupted DPO run (3 epochs of 3 steps), keeping its model's base tensors from before training."""
     from tunelab.train import recipe
 
     kept = {}
@@ -94,11 +97,17 @@ def test_dpo_loss_falls_margin_grows_and_base_weights_stay_identical(tiny_model,
         kept["buffers"] = {k: v.clone() for k, v in model.named_buffers()}
         return model, lean
 
-    monkeypatch.setattr(recipe, "setup_model", keep_model)
-    out = tmp_path / "run"
+    out = tmp_path_factory.mktemp("dpo") / "whole"
     reporter = Recorder()
-    result = run(dpo_config(tiny_model, data, out), reporter)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELAB_HOME", str(out.parent / "home"))
+        patch.setattr(recipe, "setup_model", keep_model)
+        result = run(dpo_config(tiny_model, data, out), reporter)
+    return out, result, reporter, kept
 
+
+def test_dpo_loss_falls_margin_grows_and_base_weights_stay_identical(whole):
+    out, result, reporter, kept = whole
     assert not result.stopped_early and result.steps == 9
     first, last = reporter.steps[0], reporter.steps[-1]
     # The first step starts from the reference itself: the log-ratios are 0, so the loss is log 2, the margin 0.
@@ -149,34 +158,29 @@ def test_the_reference_is_the_base_model_with_the_adapter_off(tiny_model, data):
     assert torch.allclose(ours.flatten(), torch.stack(plain), atol=1e-3)
 
 
-@pytest.mark.parametrize("stop_after", [2, 5])  # mid-epoch 0, mid-epoch 1
-def test_a_resumed_dpo_run_equals_an_uninterrupted_one(tiny_model, data, tmp_path, stop_after):
-    whole = tmp_path / "whole"
-    run(dpo_config(tiny_model, data, whole), Recorder())
+def test_a_resumed_dpo_run_equals_an_uninterrupted_one(tiny_model, data, whole, tmp_path):
+    import shutil
+
     parts = tmp_path / "parts"
     stop = threading.Event()
-    first = run(dpo_config(tiny_model, data, parts), Recorder(stop_after, stop), stop=stop)
-    assert first.stopped_early and first.steps == stop_after
+    first = run(dpo_config(tiny_model, data, parts), Recorder(4, stop), stop=stop)  # mid-epoch 2
+    assert first.stopped_early and first.steps == 4
     reference = load_file(parts / REFERENCE_FILE)
+    orphan = tmp_path / "orphan"  # the same run without its reference file cannot resume
+    shutil.copytree(parts, orphan)
+    (orphan / REFERENCE_FILE).unlink()
+    with pytest.raises(CheckpointError, match="reference log-probabilities cannot be recomputed"):
+        run(dpo_config(tiny_model, data, orphan), Recorder(), resume=True)
+
     second = Recorder()
     run(dpo_config(tiny_model, data, parts), second, resume=True)
-    assert second.steps[0].step == stop_after + 1
-    assert any("loaded from the run" in m for m in second.messages)
-
-    assert read_csv(whole / "results.csv") == read_csv(parts / "results.csv")
+    assert second.steps[0].step == 5 and any("loaded from the run" in m for m in second.messages)
+    assert read_csv(whole[0] / "results.csv") == read_csv(parts / "results.csv")
     assert all(torch.equal(reference[k], load_file(parts / REFERENCE_FILE)[k]) for k in reference)
-    a = load_file(whole / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(reference[k], load_file(whole[0] / REFERENCE_FILE)[k]) for k in reference)
+    a = load_file(whole[0] / "adapter" / "adapter_model.safetensors")
     b = load_file(parts / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k]) for k in a)
-
-
-def test_a_resume_without_the_reference_file_is_refused(tiny_model, data, tmp_path):
-    out = tmp_path / "run"
-    stop = threading.Event()
-    run(dpo_config(tiny_model, data, out), Recorder(3, stop), stop=stop)
-    (out / REFERENCE_FILE).unlink()
-    with pytest.raises(Exception, match="reference log-probabilities cannot be recomputed"):
-        run(dpo_config(tiny_model, data, out), Recorder(), resume=True)
 
 
 def test_a_chat_file_is_refused_for_dpo_and_a_pair_file_for_supervised(tiny_model, data, tmp_path):
