@@ -266,3 +266,89 @@ def test_sdk_dpo_requests_are_checked(service, tmp_path):
     assert err.body["param"] == "training_file" and "chat format" in err.body["message"]
     err = create(training_file=train.id, validation_file=chats.id, method={"type": "dpo"})
     assert err.body["param"] == "validation_file"
+    bad = [json.dumps(r) for r in pairs(11)]
+    bad[2] = json.dumps({**pair("Oslo"), "preferred_output": [{"role": "assistant", "content": "a"}] * 2})
+    broken = upload(client, tmp_path, bad, "broken-pairs.jsonl")
+    job = wait_for(client, client.fine_tuning.jobs.create(model="tiny", training_file=broken.id,
+                                                          method={"type": "dpo"}).id)
+    assert job.status == "failed" and job.error.param == "training_file"
+    assert "line 3: [invalid_output]" in job.error.message and "exactly one assistant message" in job.error.message
+
+
+# --- the data check ------------------------------------------------------------------------------------------------
+
+def checked_pairs() -> tuple[list, list]:
+    """A training file with a broken line (5), two pairs whose answers are equal (7, 9), and a validation file
+    one of whose prompts (line 2) is a training prompt."""
+    train = [json.dumps(r) for r in pairs(12)]
+    train[4] = json.dumps({"input": {"messages": [{"role": "user", "content": "hi"}]},
+                           "preferred_output": [{"role": "assistant", "content": "   "}],
+                           "non_preferred_output": [{"role": "assistant", "content": "no"}]})
+    for i in (6, 8):
+        same = json.loads(train[i])
+        same["non_preferred_output"] = [{"role": "assistant",
+                                         "content": same["preferred_output"][0]["content"].replace(" ", "  ") + " "}]
+        train[i] = json.dumps(same)
+    valid = [json.dumps(pair("Reykjavik", 40)), train[0], json.dumps(pair("Nara", 41))]
+    return train, valid
+
+
+def test_the_files_api_report_knows_preference_files(service, tmp_path):
+    import httpx2 as httpx
+
+    client = service.client()
+    train_rows, valid_rows = checked_pairs()
+    train = upload(client, tmp_path, train_rows, "pairs.jsonl")
+    valid = upload(client, tmp_path, valid_rows, "valid.jsonl")
+    report = httpx.get(f"{service.base_url}/files/{train.id}/report", params={"model": "tiny",
+                       "validation_file": valid.id}, headers={"Authorization": "Bearer test-key"}).json()
+    assert not report["ok"]
+    mine, theirs = report["files"]
+    assert mine["format"] == theirs["format"] == "preference" and mine["examples"] == 11
+    assert [(e["line"], e["rule"]) for e in mine["errors"]] == [(5, "invalid_output")]
+    assert "preferred_output" in mine["errors"][0]["message"]
+    equal = [w for w in mine["warnings"] if w["rule"] == "equal_answers"]
+    assert len(equal) == 1 and "lines 7, 9" in equal[0]["message"]
+    overlap = [w for w in theirs["warnings"] if w["rule"] == "train_validation_overlap"]
+    assert len(overlap) == 1 and "line 2" in overlap[0]["message"]
+    stats = mine["pairs"]
+    assert stats["pairs"] == 11 and stats["preferred"]["min"] > 0 and stats["context_limit"] == 1024
+    for side in ("prompt", "preferred", "non_preferred"):
+        assert 0 < stats[side]["min"] <= stats[side]["mean"] <= stats[side]["max"]
+    assert mine["tokens"]["examples"] == 22 and report["n_epochs"] == 10  # two conversations per pair; auto on 11
+
+    chats = upload(client, tmp_path, varied_chats(12), "chats.jsonl")
+    mixed = httpx.get(f"{service.base_url}/files/{train.id}/report", params={"validation_file": chats.id, "model": "tiny"},
+                      headers={"Authorization": "Bearer test-key"}).json()
+    assert [(e["line"], e["rule"]) for e in mixed["files"][1]["errors"]] == [(1, "wrong_format")]
+
+
+def test_tunelab_data_check_on_preference_files(capsys, tiny_model, tmp_path):
+    from tunelab.cli.main import main
+
+    def tunelab(*argv):
+        try:
+            main(list(argv))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    train_rows, valid_rows = checked_pairs()
+    train = write_jsonl(tmp_path / "pairs.jsonl", train_rows)
+    valid = write_jsonl(tmp_path / "valid.jsonl", valid_rows)
+    code, output = tunelab("data", "check", str(train), "--validation", str(valid), "--model", str(tiny_model))
+    assert code == 1 and "error line 5 [invalid_output]" in output
+    assert "line 5 [invalid_output]" in output and "[equal_answers]" in output
+    assert "[train_validation_overlap]" in output and "preferred answer tokens: min" in output
+
+    clean = write_jsonl(tmp_path / "clean.jsonl", pairs(12))
+    code, output = tunelab("data", "check", str(clean), "--model", str(tiny_model), "--json")
+    report = json.loads(output)
+    assert code == 0 and report["ok"] and report["files"][0]["format"] == "preference"
+    assert report["files"][0]["pairs"]["truncated_preferred"] == []
+
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [json.dumps(r) for r in pairs(11)] + [json.dumps(varied_chats(1)[0])])
+    code, output = tunelab("data", "check", str(mixed), "--model", str(tiny_model))
+    assert code == 1 and "line 12 [mixed_format]" in output
