@@ -352,3 +352,31 @@ def test_tunelab_data_check_on_preference_files(capsys, tiny_model, tmp_path):
     mixed = write_jsonl(tmp_path / "mixed.jsonl", [json.dumps(r) for r in pairs(11)] + [json.dumps(varied_chats(1)[0])])
     code, output = tunelab("data", "check", str(mixed), "--model", str(tiny_model))
     assert code == 1 and "line 12 [mixed_format]" in output
+
+
+@pytest.mark.slow
+def test_a_two_process_dpo_job_trains_what_one_process_trains(monkeypatch, tiny_model, home, tmp_path):
+    """DPO on N processes: each rank computes its share of the references and of every batch's pairs; the
+    gradients and metrics are summed (fp32 products, so only the order of float sums differs)."""
+    from tunelab.models.catalog import import_model
+    from conftest import serve_in_thread
+
+    for key, value in {"TUNELAB_API_KEY": "test-key", "TUNELAB_LEASE_SECONDS": "3",
+                       "TUNELAB_TRAIN_PRECISION": "fp32", "TUNELAB_AUTO_COMPARE": "false"}.items():
+        monkeypatch.setenv(key, value)
+    import_model(tiny_model, "tiny")
+    with serve_in_thread() as running:
+        client = running.client()
+        train = upload(client, tmp_path, pairs(11), "pairs.jsonl")  # batches of 3: the last has 2 pairs
+        jobs = [wait_for(client, client.fine_tuning.jobs.create(
+            model="tiny", training_file=train.id, seed=4, extra_body={"nproc": nproc},
+            method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 3}}}).id, timeout=300)
+            for nproc in (1, 2)]
+        assert [j.status for j in jobs] == ["succeeded"] * 2, [j.error for j in jobs]
+        results = [list(csv.DictReader(client.files.content(j.result_files[0]).text.splitlines())) for j in jobs]
+    assert len(results[0]) == len(results[1]) == 8
+    for one, two in zip(*results):
+        for column in ("train_loss", "train_reward_margin", "train_chosen_logp"):
+            assert float(one[column]) == pytest.approx(float(two[column]), abs=2e-3), (one["step"], column)
+    a, b = (load_file(home / "state" / "jobs" / j.id / "adapter" / "adapter_model.safetensors") for j in jobs)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
