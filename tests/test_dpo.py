@@ -229,19 +229,32 @@ def test_sdk_dpo_job_end_to_end_with_dpo_metrics(service, tmp_path):
     assert answer.choices[0].message.content is not None
 
 
-def test_sdk_dpo_continues_a_supervised_fine_tune(tuned, tmp_path):
+def test_dpo_continues_a_supervised_fine_tune_from_the_command_line(tuned, tmp_path, capsys, monkeypatch):
+    """`tunelab jobs create --dpo` on an `ft:` model: the job trains from that fine-tune, which is its reference."""
+    import re
+
+    from test_cli import tunelab
+
     service, sft_model = tuned
+    monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
+    train = write_jsonl(tmp_path / "pairs.jsonl", pairs(10))
+    code, output = tunelab(capsys, "jobs", "create", "--model", sft_model, "--train", str(train), "--dpo", "--beta",
+                           "0.5", "--epochs", "1", "--batch-size", "5", "--seed", "2", "--suffix", "dpo", "--wait")
+    assert code == 0, output
+    job_id = re.search(r"Created (ftjob-\w+)", output).group(1)
+    code, output = tunelab(capsys, "jobs", "show", job_id)
+    assert code == 0 and "DPO, beta 0.5" in " ".join(output.split())
+
     client = service.client()
-    train = upload(client, tmp_path, pairs(10), "pairs.jsonl")
-    job = wait_for(client, client.fine_tuning.jobs.create(
-        model=sft_model, training_file=train.id, suffix="dpo", seed=2,
-        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 1, "batch_size": 5}}}).id)
-    assert job.status == "succeeded", job.error
-    assert job.model == sft_model and job.method.dpo.hyperparameters.beta == 0.5
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "succeeded" and job.model == sft_model and job.method.dpo.hyperparameters.beta == 0.5
     first = min((e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"),
                 key=lambda e: e.data["step"])
     # The reference is the supervised fine-tune itself: the first step measures no difference from it.
+    assert first.data["train_loss"] == pytest.approx(0.693147, abs=1e-4)
     assert abs(first.data["train_reward_margin"]) < 1e-4
+    code, output = tunelab(capsys, "jobs", "create", "--model", "tiny", "--train", str(train), "--beta", "0.2")
+    assert code == 2 and "--beta applies to preference fine-tuning" in output
 
 
 def test_sdk_dpo_requests_are_checked(service, tmp_path):
