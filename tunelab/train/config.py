@@ -36,7 +36,7 @@ FLAGS = {
     "n_epochs": "--epochs", "batch_size": "--batch-size", "learning_rate_multiplier": "--learning-rate-multiplier",
     "seed": "--seed", "method": "--method", "lora_rank": "--lora-rank", "suffix": "--suffix",
     "train_file": "--train", "validation_file": "--validation", "model": "--model", "out": "--out",
-    "objective": "--dpo", "beta": "--beta",
+    "objective": "--dpo", "beta": "--beta", "init_adapter": "--from-adapter",
 }
 
 

@@ -412,7 +412,8 @@ def _save_final(model, tokenizer, weights: Path, out: Path, base: LocalModel, co
     crash_point("final.after_weights")
     manifest = {
         "tunelab_version": __version__, "created": int(time.time()), "base_model": base.name,
-        "base_model_source": base.meta.get("source"), "method": hp.method, "suffix": config.suffix,
+        "base_model_source": base.meta.get("source"), "method": hp.method, "objective": hp.objective,
+        "beta": hp.beta, "suffix": config.suffix,
         "seed": hp.seed, "steps": steps, "trained_tokens": trained_tokens,
         "training_file": {"path": str(config.train_file), "sha256": _sha256(config.train_file)},
         "validation_file": ({"path": str(config.validation_file), "sha256": _sha256(config.validation_file)}
