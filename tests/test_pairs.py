@@ -147,6 +147,10 @@ def test_each_failing_answer_gets_a_passing_one_in_turn_up_to_the_cap_and_the_ou
     capped = mine([rep], max_per_prompt=2)
     assert [p.non_preferred.candidate for p in capped.pairs] == ["b0", "b1"] and capped.summary["capped"] == 3
     assert mine([rep]).jsonl() == mined.jsonl()  # the same reports give the same file, byte for byte
+    assert mined.summary["preferred_cut_off"] == 0
+    answers["g0"]["finish_reason"] = "length"  # cut off at max_tokens: still preferred, but counted and marked
+    cut = mine([report({"q": answers}, candidates=list(answers))])
+    assert cut.summary["preferred_cut_off"] == 3 and cut.pairs[0].preferred.finish_reason == "length"
 
 
 def test_edited_lines_are_checked_by_line_and_field():

@@ -74,6 +74,10 @@ def pairs(
     for check, count in summary["failures"].items():
         table.add_row(f"Non-preferred failing {check}", str(count))
     out.print(table)
+    if summary["preferred_cut_off"]:
+        out.print(f"[yellow]{summary['preferred_cut_off']} preferred answers were cut off at the comparison's max "
+                  "tokens: trained as preferred they teach stopping mid-sentence; finish or drop them (the studio's "
+                  "review), or compare again with a larger --max-tokens[/yellow]", highlight=False)
     out.print(f"Wrote {summary['pairs']} pairs to {out_path}", highlight=False)
     if mined.get("file"):
         out.print(f"Uploaded as [bold]{mined['file']['id']}[/bold] ({mined['file']['filename']}), a training file "

@@ -12,7 +12,8 @@ least one chosen check applied and none failed, and fails when one failed. Filte
 are left out on both sides: never preferred, and an empty or cut-off answer teaches nothing as the bad example.
 Each failing answer is paired with one passing answer, taken in turn so that several passing answers share the
 work; `max_per_prompt` keeps the first pairs of each prompt. The output depends only on the reports and their
-order.
+order. A preferred answer cut off at the comparison's max_tokens is counted (`preferred_cut_off`) and marked, for
+a reviewer to finish or drop: trained as preferred, it would teach stopping mid-sentence.
 
 Several reports over the same prompts (several seeds, other candidates) pool their answers: a prompt is its id
 with its full input (the report's system message and the prompt's messages), so answers pool only where they
@@ -44,6 +45,7 @@ class Side:
     candidate: str
     seed: int | None
     text: str
+    finish_reason: str | None = None  # "length": cut off at the comparison's max_tokens
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ def mine(reports: Sequence[dict], *, checks: Sequence[str] | None = None, max_pe
                "prompts_with_passing": sum(1 for p in prompts.values() if p.passing),
                "prompts_with_failing": sum(1 for p in prompts.values() if p.failing),
                "prompts_with_pair": len({p.prompt_id + json.dumps(p.messages) for p in pairs}),
-               "pairs": len(pairs), "capped": capped, "max_per_prompt": max_per_prompt, "failures": failures}
+               "pairs": len(pairs), "capped": capped, "max_per_prompt": max_per_prompt, "failures": failures,
+               "preferred_cut_off": sum(1 for p in pairs if p.preferred.finish_reason == "length")}
     return Mined(pairs, summary)
 
 
@@ -181,7 +184,8 @@ def _pool(reports: Sequence[dict], names: Sequence[str | None], chosen: dict[str
                 if isinstance(failed, str):
                     excluded[failed] += 1
                     continue
-                got = _Answer(Side(name, candidate, settings.get("seed"), answer["text"]), failed)
+                got = _Answer(Side(name, candidate, settings.get("seed"), answer["text"], answer.get("finish_reason")),
+                              failed)
                 (pooled.failing if failed else pooled.passing).append(got)
     return prompts, excluded, answers
 

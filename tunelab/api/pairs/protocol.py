@@ -33,6 +33,7 @@ class Side(BaseModel):
     candidate: str
     seed: int | None
     text: str
+    finish_reason: str | None = Field(default=None, description="length: cut off at the comparison's max_tokens")
 
 
 class Failure(BaseModel):

@@ -84,7 +84,8 @@ function show(into, mined, id) {
   replace(into,
     h("section", { class: "card" },
       h("p", { class: "summary" }, `${s.pairs} pairs from ${s.prompts_with_pair} of ${s.prompts} prompts · ${s.prompts_with_passing} prompts with a passing answer, ${s.prompts_with_failing} with a failing one · checks: ${s.checks.join(", ")}`,
-        s.capped ? ` · ${s.capped} more left out by the cap` : "", left ? ` · answers left out: ${left}` : ""),
+        s.capped ? ` · ${s.capped} more left out by the cap` : "", left ? ` · answers left out: ${left}` : "",
+        s.preferred_cut_off ? ` · ${s.preferred_cut_off} preferred answers cut off at max tokens` : ""),
       h("div", { class: "pairs" }, items.map((x) => x.node))),
     h("section", { class: "card form" }, h("p", {}, count), field("File name", filename), h("div", { class: "actions" }, save), saved));
 }
@@ -96,7 +97,8 @@ function item(pair, i) {
   const node = h("article", { class: "chat pair", dataset: { index: i, prompt: pair.prompt_id } },
     h("h3", {}, `${pair.prompt_id} · ${pair.kind} `, h("label", { class: "check" }, keep, " keep this pair")),
     messages.map((m) => h("div", { class: `bubble ${m.role}` }, h("span", { class: "role" }, m.role), h("span", { class: "text" }, m.content || ""))),
-    h("div", { class: "bubble assistant preferred" }, h("span", { class: "role" }, `preferred · ${origin(pair.preferred)}`), preferred),
+    h("div", { class: "bubble assistant preferred" }, h("span", { class: "role" }, `preferred · ${origin(pair.preferred)}`), preferred,
+      pair.preferred.finish_reason === "length" ? h("small", { class: "cut-off" }, "Cut off at the comparison's max tokens: finish the answer, or drop the pair (trained as preferred, it teaches stopping mid-sentence).") : null),
     h("div", { class: "bubble failed non-preferred" }, h("span", { class: "role" }, `non-preferred · ${origin(pair.non_preferred)}`),
       h("span", { class: "text" }, pair.row.non_preferred_output[0].content)),
     h("ul", { class: "why" }, pair.failed.map((f) => h("li", {}, `fails ${f.title || f.check}`, f.reason ? `: ${f.reason}` : ""))));
