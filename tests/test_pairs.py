@@ -1,7 +1,7 @@
 """Preference pairs from comparisons: the rule on handmade reports (pass and fail, checks that do not apply,
 filtered and errored answers, several reports pooled, the cap, the same output every time), edited lines checked
 by line and field; then through the API on real comparisons of the tiny model (a check that splits its answers),
-its refusals, and the `tunelab pairs` command."""
+its refusals, and the `tunelab pairs` command on the same comparisons."""
 
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def expected_pairs(found: list[dict]) -> dict[str, tuple[set, set]]:
     return sides
 
 
-def test_pairs_from_real_comparisons_through_the_api_and_saved_as_a_file(split_service):
+def test_pairs_from_real_comparisons_through_the_api_and_the_command(split_service, capsys, tmp_path, monkeypatch):
     client = split_service.client()
     found = comparisons(client)
     assert found[0]["report"]["prompts"][0]["messages"] == PROMPTS[0]["messages"]  # the report keeps the input
@@ -267,6 +267,28 @@ def test_pairs_from_real_comparisons_through_the_api_and_saved_as_a_file(split_s
     assert made["object"] == "file" and made["purpose"] == "fine-tune"
     assert [json.loads(x) for x in client.files.content(made["id"]).text.splitlines()] == edited
 
+    # the same through `tunelab pairs`: the file written, the summary printed, the upload on the service
+    monkeypatch.setenv("TUNELAB_BASE_URL", split_service.base_url.removesuffix("/v1"))
+    out = tmp_path / "pairs.jsonl"
+    code, output = tunelab(capsys, "pairs", *[f["id"] for f in found], "--out", str(out), "--max-per-prompt", "1",
+                           "--upload")
+    assert code == 0, output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == len(with_pair)
+    assert "Prompts with a pair" in output and "even_words" in output
+    uploaded = next(f for f in client.files.list() if f.filename == "pairs.jsonl")
+    assert [json.loads(x) for x in client.files.content(uploaded.id).text.splitlines()] == lines
+    assert uploaded.id in output
+
+    code, output = tunelab(capsys, "pairs", found[0]["id"], "--out", str(tmp_path / "x.jsonl"), "--checks", "length")
+    assert code == 2 and output.strip().startswith("error: --checks: ") and "Traceback" not in output
+    code, output = tunelab(capsys, "pairs", found[0]["id"], "--out", str(tmp_path / "x.jsonl"),
+                           "--max-per-prompt", "0")
+    assert code == 2 and "--max-per-prompt" in output
+    code, output = tunelab(capsys, "pairs", "eval-missing", "--out", str(tmp_path / "x.jsonl"))
+    assert code == 2 and "eval-missing" in output
+    assert not (tmp_path / "x.jsonl").exists()
+
 
 def test_the_pairs_api_refuses_what_it_cannot_do_and_writes_no_file(split_service):
     client = split_service.client(max_retries=0)
@@ -299,31 +321,3 @@ def test_the_pairs_api_refuses_what_it_cannot_do_and_writes_no_file(split_servic
         client.post("/pairs/files", cast_to=object, body={"pairs": [], "filename": "x.txt"})
     assert name.value.body["param"] in ("pairs", "filename")
     assert list(client.files.list()) == []  # nothing half-made
-
-
-def test_the_pairs_command_writes_the_file_and_prints_the_summary(capsys, split_service, tmp_path, monkeypatch):
-    client = split_service.client()
-    found = comparisons(client, seeds=(1, 2))
-    sides = expected_pairs(found)
-    with_pair = [p for p, (good, bad) in sides.items() if good and bad - good]
-    assert with_pair, "the tiny model's answers should split on an even word count somewhere"
-    monkeypatch.setenv("TUNELAB_BASE_URL", split_service.base_url.removesuffix("/v1"))
-    out = tmp_path / "pairs.jsonl"
-    code, output = tunelab(capsys, "pairs", *[f["id"] for f in found], "--out", str(out), "--max-per-prompt", "1",
-                           "--upload")
-    assert code == 0, output
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(lines) == len(with_pair)
-    assert "Prompts with a pair" in output and "even_words" in output
-    uploaded = next(f for f in client.files.list() if f.filename == "pairs.jsonl")
-    assert [json.loads(x) for x in client.files.content(uploaded.id).text.splitlines()] == lines
-    assert uploaded.id in output
-
-    code, output = tunelab(capsys, "pairs", found[0]["id"], "--out", str(tmp_path / "x.jsonl"), "--checks", "length")
-    assert code == 2 and output.strip().startswith("error: --checks: ") and "Traceback" not in output
-    code, output = tunelab(capsys, "pairs", found[0]["id"], "--out", str(tmp_path / "x.jsonl"),
-                           "--max-per-prompt", "0")
-    assert code == 2 and "--max-per-prompt" in output
-    code, output = tunelab(capsys, "pairs", "eval-missing", "--out", str(tmp_path / "x.jsonl"))
-    assert code == 2 and "eval-missing" in output
-    assert not (tmp_path / "x.jsonl").exists()
