@@ -74,7 +74,7 @@ def pairs(
     for check, count in summary["failures"].items():
         table.add_row(f"Non-preferred failing {check}", str(count))
     out.print(table)
-    if summary["preferred_cut_off"]:
+    if summary.get("preferred_cut_off"):  # a service from before the count has none
         out.print(f"[yellow]{summary['preferred_cut_off']} preferred answers were cut off at the comparison's max "
                   "tokens: trained as preferred they teach stopping mid-sentence; finish or drop them (the studio's "
                   "review), or compare again with a larger --max-tokens[/yellow]", highlight=False)
