@@ -182,7 +182,10 @@ def test_bad_requests_get_openai_errors_naming_the_field(service, tmp_path):
          "hyperparameters.n_epochs"),
         (dict(model="tiny", training_file=train.id, suffix="x" * 65), openai.BadRequestError, "suffix"),
         (dict(model="tiny", training_file=train.id, seed=-1), openai.BadRequestError, "seed"),
-        (dict(model="tiny", training_file=train.id, method={"type": "dpo"}), openai.BadRequestError, "method.type"),
+        (dict(model="tiny", training_file=train.id, method={"type": "reinforcement"}), openai.BadRequestError,
+         "method.type"),
+        (dict(model="tiny", training_file=train.id, method={"type": "dpo"}), openai.BadRequestError,
+         "training_file"),  # a chat file for a preference method
         (dict(model="tiny", training_file=train.id, extra_body={"epochs": 3}), openai.BadRequestError, "epochs"),
     ]
     for kwargs, error, param in cases:

@@ -29,6 +29,8 @@ BAD_LINES = {
     "invalid_tools": json.dumps({"messages": [USER, BOT], "tools": [{"type": "function"}]}),
     "no_trained_assistant": json.dumps({"messages": [USER, {**BOT, "weight": 0}]}),
     "encoding": json.dumps({"messages": [USER, {"role": "assistant", "content": "\ud800"}]}),
+    "mixed_format": json.dumps({"input": {"messages": [USER]}, "preferred_output": [BOT],
+                                "non_preferred_output": [{"role": "assistant", "content": "no."}]}),
 }
 
 
@@ -37,7 +39,7 @@ def rules_in_docstring() -> set[str]:
 
 
 def test_every_documented_rule_has_a_fixture():
-    assert rules_in_docstring() == set(BAD_LINES) | {"too_few_examples"}
+    assert rules_in_docstring() == set(BAD_LINES) | {"too_few_examples", "equal_answers"}
 
 
 @pytest.mark.parametrize("rule", sorted(BAD_LINES))
@@ -120,3 +122,91 @@ def test_travel_data_set_is_valid():
     for name, minimum in (("train.jsonl", 150), ("valid.jsonl", 30)):
         result = validate_file(TRAVEL / name)
         assert result.errors == [] and len(result.examples) >= minimum
+
+
+# --- preference pairs (data/preference.py) ------------------------------------------------------------------------
+
+def good_pair(i: int) -> dict:
+    return {"input": {"messages": [SYS, {"role": "user", "content": f"Plans for day {i}?"}]},
+            "preferred_output": [{"role": "assistant", "content": f"Walk the old town on day {i}. Your pace?"}],
+            "non_preferred_output": [{"role": "assistant", "content": f"Book Hotel Plaza {i}."}]}
+
+
+def with_(i: int, **changes) -> str:
+    row = good_pair(i)
+    for key, value in changes.items():
+        if value is None:
+            row.pop(key, None)
+        else:
+            row[key] = value
+    return json.dumps(row)
+
+
+ANSWER = [{"role": "assistant", "content": "Fine."}]
+# rule -> a preference line that breaks exactly that rule
+BAD_PAIRS = {
+    "unknown_key": with_(0, score=1),
+    "missing_input": with_(0, input={"messages": []}),
+    "invalid_output": with_(0, preferred_output=ANSWER * 2),
+    "mixed_format": json.dumps({"messages": [USER, BOT]}),
+}
+# more ways to break a pair, each with the rule and a piece of its message
+MORE_BAD_PAIRS = [
+    (with_(0, input=None), "missing_input", "`input` must be an object"),
+    (with_(0, input={"messages": [USER, BOT]}), "missing_input", "ends with an assistant message"),
+    (with_(0, input={"messages": [{"role": "user", "content": " "}]}), "invalid_content", "input.messages[0].content"),
+    (with_(0, input={"messages": [{"role": "narrator", "content": "x"}]}), "invalid_role", "input.messages[0].role"),
+    (with_(0, non_preferred_output=None), "invalid_output", "`non_preferred_output` is missing"),
+    (with_(0, preferred_output=[{"role": "user", "content": "x"}]), "invalid_output", "must be the assistant's"),
+    (with_(0, preferred_output=[{"role": "assistant", "content": ""}]), "invalid_output", "content is empty"),
+    (with_(0, preferred_output=[{**BOT, "tool_calls": [CALL]}]), "invalid_output", "only role and text"),
+    (with_(0, preferred_output={"role": "assistant", "content": "x"}), "invalid_output", "found an object"),
+]
+
+
+def pair_rules_in_docstring() -> set[str]:
+    from tunelab.data.preference import check_pair
+
+    return set(re.findall(r"- `(\w+)`", check_pair.__doc__))
+
+
+def test_every_documented_pair_rule_has_a_fixture():
+    assert pair_rules_in_docstring() | {"mixed_format"} == set(BAD_PAIRS)
+
+
+@pytest.mark.parametrize("line, rule, text", [(line, rule, rule) for rule, line in BAD_PAIRS.items()]
+                         + MORE_BAD_PAIRS)
+def test_pair_rule_is_reported_on_its_line(tmp_path, line, rule, text):
+    rows = [json.dumps(good_pair(i)) for i in range(12)]
+    rows.insert(4, line)
+    result = validate_file(write_jsonl(tmp_path / "pairs.jsonl", rows))
+    assert result.format == "preference" and len(result.examples) == 12
+    assert [(p.line, p.rule) for p in result.errors] == [(5, rule)]
+    assert text in str(result.errors[0])
+
+
+def test_pairs_with_the_old_names_and_text_parts_are_accepted(tmp_path):
+    rows = [good_pair(i) for i in range(10)]
+    rows[0] = {"input": rows[0]["input"], "preferred_completion": rows[0]["preferred_output"],
+               "non_preferred_completion": [{"role": "assistant", "content": [{"type": "text", "text": "No."}]}]}
+    result = validate_file(write_jsonl(tmp_path / "pairs.jsonl", rows), expect="preference")
+    assert not result.problems and result.examples[0].non_preferred == "No."
+
+
+def test_a_file_whose_pairs_all_have_equal_answers_is_refused(tmp_path):
+    rows = [good_pair(i) for i in range(10)]
+    for row in rows:
+        row["non_preferred_output"] = [{"role": "assistant", "content": "  " + row["preferred_output"][0]["content"]
+                                        .replace(" ", "\n ")}]
+    result = validate_file(write_jsonl(tmp_path / "pairs.jsonl", rows))
+    assert [(p.line, p.rule) for p in result.errors] == [(0, "equal_answers")]
+
+
+def test_the_format_a_caller_needs_is_named(tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [good_pair(i) for i in range(10)])
+    chats = write_jsonl(tmp_path / "chats.jsonl", varied_chats(10))
+    for path, expect, other in ((pairs, "chat", "preference"), (chats, "preference", "chat")):
+        result = validate_file(path, expect=expect)
+        assert [(p.line, p.rule) for p in result.errors] == [(1, "wrong_format")]
+        assert f"in the {other} format" in result.errors[0].message and f"needs the {expect} format" in \
+            result.errors[0].message

@@ -10,9 +10,10 @@ from .exports.router import router as exports
 from .files.router import router as files
 from .jobs.router import router as jobs
 from .models.router import router as models
+from .pairs.router import router as pairs
 from .storage.router import router as storage
 from .stored.router import router as stored
 from .uploads.router import router as uploads
 
 ROUTERS = (files, uploads, jobs, models, chat, deployments, content_filters, evaluations, storage, exports,
-           stored, evals)
+           stored, evals, pairs)

@@ -146,6 +146,8 @@ def jobs_create(
     batch_size: str = typer.Option("auto", "--batch-size", help="'auto' or 1–256."),
     learning_rate_multiplier: str = typer.Option("auto", "--learning-rate-multiplier", help="'auto' or a factor."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Fixes data order and initialisation."),
+    dpo: bool = typer.Option(False, "--dpo", help="Preference fine-tuning (method dpo) on preference pairs."),
+    beta: str = typer.Option("auto", "--beta", help="DPO's beta: 'auto' (0.1) or above 0 and at most 2."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job until it finishes."),
     base_url: BaseUrl = None, api_key: ApiKey = None, as_json: AsJson = False,
 ) -> None:
@@ -156,11 +158,13 @@ def jobs_create(
         validation_file = _file_id(api, validation, "validation") if validation else None
         hyperparameters = {"n_epochs": parse_auto(epochs, int), "batch_size": parse_auto(batch_size, int),
                            "learning_rate_multiplier": parse_auto(learning_rate_multiplier, float)}
+        if beta != "auto" and not dpo:
+            raise TunelabError("--beta applies to preference fine-tuning: add --dpo", param="beta")
+        method = ({"type": "dpo", "dpo": {"hyperparameters": {**hyperparameters, "beta": parse_auto(beta, float)}}}
+                  if dpo else {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}})
         job = api.fine_tuning.jobs.create(
             model=model or get_settings().default_model, training_file=training_file,
-            validation_file=validation_file, suffix=suffix, seed=seed,
-            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-            extra_headers=_once())
+            validation_file=validation_file, suffix=suffix, seed=seed, method=method, extra_headers=_once())
     if as_json and not wait:
         return _print_json(job)
     out.print(f"Created [bold]{job.id}[/bold] ({job.status})")
@@ -218,7 +222,9 @@ def jobs_show(job_id: str = typer.Argument(..., help="The job id (ftjob-…)."),
     rows = [("status", job.status), ("model", job.model), ("training file", job.training_file),
             ("validation file", job.validation_file or "–"),
             ("hyperparameters", f"epochs {hp.n_epochs}, batch size {hp.batch_size}, "
-                                f"learning rate multiplier {hp.learning_rate_multiplier}"),
+                                f"learning rate multiplier {hp.learning_rate_multiplier}"
+                                + (f"; DPO, beta {job.method.dpo.hyperparameters.beta}"
+                                   if job.method and job.method.type == "dpo" and job.method.dpo else "")),
             ("seed", str(job.seed)), ("created", _when(job.created_at)), ("finished", _when(job.finished_at)),
             ("trained tokens", f"{job.trained_tokens:,}" if job.trained_tokens else "–"),
             ("fine-tuned model", job.fine_tuned_model or "–"), ("result files", ", ".join(job.result_files) or "–")]

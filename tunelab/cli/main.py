@@ -29,6 +29,7 @@ from .clean import clean
 from .compare import compare
 from .export import export
 from .lab import lab_app
+from .pairs import pairs
 from .client import ApiKey, BaseUrl, ServiceUnreachable, chat, delete_service_model, deploy, deployments_app, \
     files_app, jobs_app, list_service_models, parse_auto
 
@@ -48,6 +49,7 @@ app.command("chat")(chat)
 app.command("compare")(compare)
 app.command("clean")(clean)
 app.command("export")(export)
+app.command("pairs")(pairs)
 
 out = Console()
 err = Console(stderr=True)
@@ -128,7 +130,7 @@ def models_import(path: Path = typer.Argument(..., help="A Hugging Face safetens
 
 @data_app.command("check")
 def data_check(
-    file: Path = typer.Argument(..., help="Training data, chat-format JSONL."),
+    file: Path = typer.Argument(..., help="Training data: chat-format JSONL, or preference pairs for DPO."),
     validation: Optional[Path] = typer.Option(None, "--validation", help="Validation data, same format."),
     model: Optional[str] = typer.Option(None, "--model", help="Tokenize with this model's tokenizer and template "
                                         "[default: SmolLM2-135M-Instruct]."),
@@ -164,7 +166,8 @@ def data_check(
 def train(
     model: str = typer.Option(None, "--model", help="Base model name (see `tunelab models list`) or a model "
                               "directory [default: SmolLM2-135M-Instruct]."),
-    train_file: Path = typer.Option(..., "--train", help="Training data, chat-format JSONL."),
+    train_file: Path = typer.Option(..., "--train", help="Training data, chat-format JSONL (with --dpo: "
+                                    "preference pairs)."),
     validation: Optional[Path] = typer.Option(None, "--validation", help="Validation data, same format."),
     suffix: Optional[str] = typer.Option(None, "--suffix", help="Up to 64 letters, digits, '.', '_', '-'."),
     epochs: str = typer.Option("auto", "--epochs", help="'auto' or 1–50."),
@@ -181,8 +184,16 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     nproc: int = typer.Option(1, "--nproc", help="Training processes (1–64), under torchrun: each takes its share "
                               "of every batch."),
+    dpo: bool = typer.Option(False, "--dpo", help="Preference fine-tuning (DPO) on preference pairs "
+                             "(docs/preference.md) instead of supervised fine-tuning."),
+    beta: str = typer.Option("auto", "--beta", help="DPO's beta: 'auto' (0.1) or above 0 and at most 2; higher "
+                             "stays closer to the starting model."),
+    init_adapter: Optional[Path] = typer.Option(None, "--from-adapter", help="Start from this LoRA adapter (a "
+                                                "run's adapter/ directory): continued training, e.g. DPO after "
+                                                "supervised fine-tuning."),
 ) -> None:
-    """Fine-tune a base model on chat JSONL; writes the adapter, results.csv, config and manifest to --out."""
+    """Fine-tune a base model on chat JSONL (or, with --dpo, on preference pairs); writes the adapter,
+    results.csv, config and manifest to --out."""
     from ..train.config import parse_config
     from ..train.launch import MAX_PROCESSES, world_size
     from ..train.recipe import run
@@ -202,7 +213,11 @@ def train(
         model=model or get_settings().default_model, train_file=train_file, validation_file=validation,
         suffix=suffix, n_epochs=parse_auto(epochs, int), batch_size=parse_auto(batch_size, int),
         learning_rate_multiplier=parse_auto(learning_rate_multiplier, float), seed=seed, method=method,
-        lora_rank=lora_rank, out=out_dir, precision=get_settings().train_precision)
+        lora_rank=_adapter_rank(init_adapter) if init_adapter else lora_rank, out=out_dir,
+        precision=get_settings().train_precision, objective="dpo" if dpo else "supervised",
+        beta=parse_auto(beta, float), init_adapter=init_adapter)
+    if beta != "auto" and not dpo:
+        raise TunelabError("--beta applies to preference fine-tuning: add --dpo", param="beta")
     if world_size() > 1:  # started by a torchrun of the user's (several nodes): this process is one rank
         raise typer.Exit(rank_main(config.model_dump_json(), resume))
     if not 1 <= nproc <= MAX_PROCESSES:
@@ -216,6 +231,8 @@ def train(
         raise typer.Exit(130)
     final = result.metrics
     summary = f"train loss {final.get('train_loss', float('nan')):.3f}"
+    if "train_reward_margin" in final:
+        summary += f", reward margin {final['train_reward_margin']:.3f}"
     if "full_valid_loss" in final:
         summary += f", validation loss {final['full_valid_loss']:.3f}"
     out.print(f"[green]Done[/green] in {result.steps} steps ({summary}).")
@@ -237,6 +254,14 @@ def serve(host: Optional[str] = typer.Option(None, "--host", help="Address to bi
 
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     run_server(Settings(**overrides), out)
+
+
+def _adapter_rank(adapter: Path) -> int:
+    """The LoRA rank of a saved adapter, which a run continuing from it must use."""
+    config = adapter / "adapter_config.json"
+    if not config.is_file():
+        raise TunelabError(f"{adapter}: not a LoRA adapter directory (no adapter_config.json)", param="from_adapter")
+    return json.loads(config.read_text())["r"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,8 +40,12 @@ class ConsoleReporter:
 
     def step(self, m: StepMetrics) -> None:
         extra = f" · valid {m.valid_loss:.3f}" if m.valid_loss is not None else ""
-        if m.full_valid_loss is not None:
+        if m.full_valid_loss is not None and m.full_valid_mean_token_accuracy is not None:
             extra += f" · full valid {m.full_valid_loss:.3f} ({m.full_valid_mean_token_accuracy:.1%} acc)"
+        elif m.full_valid_loss is not None:  # DPO: the validation pairs' reward margin
+            extra += f" · full valid {m.full_valid_loss:.3f} (margin {m.extra['full_valid_reward_margin']:.2f})"
+        scores = (f"acc {m.train_mean_token_accuracy:.1%}" if m.train_mean_token_accuracy is not None else
+                  f"margin {m.extra['train_reward_margin']:.2f} · reward acc {m.extra['train_reward_accuracy']:.0%}")
         if self.progress is not None:
             self.progress.update(self.task, completed=m.step, epoch=m.epoch, loss=f"{m.train_loss:.3f}",
                                  tps=f"{m.tokens_per_second:.0f}", eta=_eta(m.eta_seconds))
@@ -49,7 +53,7 @@ class ConsoleReporter:
                 self.progress.console.print(f"epoch {m.epoch} done at step {m.step}{extra}")
         elif m.step % self.every == 0 or m.step == m.total_steps or m.full_valid_loss is not None:
             self.console.print(f"step {m.step}/{m.total_steps} · epoch {m.epoch} · loss {m.train_loss:.3f} · "
-                               f"acc {m.train_mean_token_accuracy:.1%}{extra} · {m.tokens_per_second:.0f} tok/s · "
+                               f"{scores}{extra} · {m.tokens_per_second:.0f} tok/s · "
                                f"ETA {_eta(m.eta_seconds)}")
 
     def message(self, text: str) -> None:

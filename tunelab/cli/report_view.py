@@ -12,7 +12,8 @@ SHOWN_ERRORS = 50
 
 def print_report(console: Console, report: Report, note: str | None = None) -> None:
     for f in report.files:
-        console.rule(f"[bold]{f.file}[/bold] — {f.examples} valid example(s)")
+        kind = "preference pair(s)" if f.format == "preference" else "example(s)"
+        console.rule(f"[bold]{f.file}[/bold] — {f.examples} valid {kind}")
         for e in f.errors[:SHOWN_ERRORS]:
             where = f"line {e['line']}" if e["line"] else "file"
             console.print(f"[red]error[/red] {where} {_finding(e)}", highlight=False, soft_wrap=True)
@@ -30,6 +31,8 @@ def print_report(console: Console, report: Report, note: str | None = None) -> N
             for b in t.histogram:
                 bar = "█" * round(30 * b["count"] / peak)
                 console.print(f"  {b['from']:>6}–{b['to']:<6} {bar} {b['count']}", highlight=False, soft_wrap=True)
+            if f.pairs:
+                _print_pairs(console, f.pairs)
             if t.over_limit:
                 console.print(f"[yellow]warning[/yellow] {len(t.over_limit)} example(s) exceed the "
                               f"{t.context_limit}-token context and will be truncated from the end (lines "
@@ -49,6 +52,18 @@ def print_report(console: Console, report: Report, note: str | None = None) -> N
                       "training.")
     else:
         console.print(f"[green bold]✓ ready to train[/green bold] ({warnings} warning(s))")
+
+
+def _print_pairs(console: Console, pairs) -> None:
+    for label, spread in (("prompt", pairs.prompt), ("preferred answer", pairs.preferred),
+                          ("non-preferred answer", pairs.non_preferred)):
+        console.print(f"  {label} tokens: min {spread['min']} · mean {spread['mean']:.0f} · max {spread['max']}",
+                      highlight=False)
+    for label, lines in (("preferred", pairs.truncated_preferred), ("non-preferred", pairs.truncated_non_preferred)):
+        if lines:
+            console.print(f"[yellow]warning[/yellow] {len(lines)} pair(s) with the {label} side over the "
+                          f"{pairs.context_limit}-token context: the answer is cut from the end (lines "
+                          f"{', '.join(map(str, lines[:10]))})", soft_wrap=True)
 
 
 def _finding(problem: dict) -> str:

@@ -1,6 +1,10 @@
-"""Format validation of chat-format JSONL training files: one function, `validate_file`, and its rules.
+"""Format validation of JSONL training files: one function, `validate_file`, and its rules.
 
     tunelab data check FILE      # runs this, then the token statistics and review warnings of `report.py`
+
+A file is in one of two formats, told apart by its first example: chat (`{"messages": [...]}`, supervised
+fine-tuning) or preference pairs (`{"input": ..., "preferred_output": ..., "non_preferred_output": ...}`, DPO;
+the rules of a pair are in preference.py). A file holding both is an error naming the first line that differs.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ MIN_EXAMPLES = 10  # the cloud's minimum; fewer fails the job with `invalid_n_ex
 MAX_JSON_DEPTH = 64  # deeper nesting is refused before it can exhaust the parser's stack
 
 ROLES = ("system", "user", "assistant", "tool", "function")
+PREFERENCE_KEYS = {"preferred_output", "non_preferred_output", "preferred_completion", "non_preferred_completion"}
 EXAMPLE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
 MESSAGE_KEYS = {
     "system": {"role", "content", "name"},
@@ -47,19 +52,54 @@ class Example:
     tools: list[dict] | None = None
 
 
+FORMATS = {"chat": "chat format ({\"messages\": [...]}, for supervised fine-tuning)",
+           "preference": "preference format ({\"input\": {\"messages\": [...]}, \"preferred_output\": [...], "
+                         "\"non_preferred_output\": [...]}, for DPO)"}
+
+
 @dataclass
 class Validation:
     file: str
-    examples: list[Example] = field(default_factory=list)
+    examples: list = field(default_factory=list)  # Example (chat) or preference.PreferenceExample
     problems: list[Problem] = field(default_factory=list)
+    format: str = "chat"  # or "preference": what the file's first example is
+    first_line: int = 0  # where that first example is (0: no example at all)
 
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
 
-def validate_file(path: str | Path, *, min_examples: int = MIN_EXAMPLES, name: str | None = None) -> Validation:
-    """Check that every line of `path` is a chat example in the OpenAI fine-tuning format.
+def line_format(data: dict) -> str | None:
+    """"chat" or "preference" for a parsed line, by its keys; None when it names neither."""
+    if "messages" in data:
+        return "chat"
+    if "input" in data or set(data) & PREFERENCE_KEYS:
+        return "preference"
+    return None
+
+
+def detect_format(path: str | Path, max_lines: int = 100) -> tuple[str | None, int]:
+    """The format of a file's first JSON object line and that line's number, read cheaply (the first `max_lines`
+    lines); (None, 0) when none is found there. `validate_file` reads the whole file with the same rule."""
+    with Path(path).open("rb") as lines:
+        for number, chunk in enumerate(lines, start=1):
+            if number > max_lines:
+                break
+            try:
+                data = json.loads(chunk.removeprefix(b"\xef\xbb\xbf"))
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(data, dict):
+                return line_format(data) or "chat", number
+    return None, 0
+
+
+def validate_file(path: str | Path, *, min_examples: int = MIN_EXAMPLES, name: str | None = None,
+                  expect: str | None = None) -> Validation:
+    """Check that every line of `path` is an example in the OpenAI fine-tuning format — chat, or preference pairs
+    (the format of the file's first example; `expect` names the one the caller needs, and a file in the other
+    is one error, `wrong_format`, saying which format is needed).
 
     Rules (each error names the file, the 1-based line and the rule):
     - `encoding`: every line is UTF-8 with no NUL bytes and no lone surrogates (also from `\\ud800` escapes).
@@ -81,6 +121,9 @@ def validate_file(path: str | Path, *, min_examples: int = MIN_EXAMPLES, name: s
       `parallel_tool_calls` is a boolean.
     - `no_trained_assistant`: the example has at least one assistant message with weight other than 0.
     - `too_few_examples`: the file holds at least `min_examples` (10) valid examples (reported on line 0).
+    - `mixed_format`: every line is in the format of the file's first example (chat or preference).
+    - `equal_answers` (preference): not every pair's two answers are the same text (reported on line 0).
+    Preference lines follow the rules of preference.py instead of the per-example ones above.
     """
     name = name or str(path)  # how errors name the file (the service names the uploaded file, not its blob)
     result = Validation(file=name)
@@ -92,9 +135,21 @@ def validate_file(path: str | Path, *, min_examples: int = MIN_EXAMPLES, name: s
         for number, chunk in enumerate(lines, start=1):
             _check_line(number, chunk.removeprefix(b"\xef\xbb\xbf") if number == 1 else chunk, result, error)
 
+    if expect and result.first_line and result.format != expect:
+        result.problems = [Problem(name, result.first_line, "wrong_format",
+                                   f"this file is in the {FORMATS[result.format]}, but this training needs the "
+                                   f"{FORMATS[expect]}")]
+        result.examples = []
+        return result
     if len(result.examples) < min_examples:
         error(0, "too_few_examples",
               f"the file has {len(result.examples)} valid example(s), but must have at least {min_examples}")
+    if result.format == "preference" and result.examples:
+        from .preference import same_answer
+
+        if all(same_answer(e) for e in result.examples):
+            error(0, "equal_answers", "in every pair the preferred and non-preferred answers are the same text: "
+                                      "there is no preference to learn")
     return result
 
 
@@ -121,11 +176,24 @@ def _check_line(number: int, chunk: bytes, result: Validation, error) -> None:
         return error(number, "invalid_json", f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(data, dict):
         return error(number, "not_an_object", f"each line must be a JSON object, found {_kind(data)}")
-    found = _check_example(data)
+    kind = line_format(data)
+    if not result.first_line:
+        result.format, result.first_line = kind or "chat", number
+    elif kind and kind != result.format:
+        return error(number, "mixed_format", f"this line is in the {FORMATS[kind]}, but the file is in the "
+                                             f"{FORMATS[result.format]} (from line {result.first_line}); a file "
+                                             "holds one format")
+    if result.format == "preference":
+        from .preference import check_pair
+
+        example, found = check_pair(number, data)
+    else:
+        found = _check_example(data)
+        example = None if found else Example(number, _normalise(data["messages"]), data.get("tools"))
     for rule, message in found:
         error(number, rule, message)
-    if not found:
-        result.examples.append(Example(number, _normalise(data["messages"]), data.get("tools")))
+    if example is not None:
+        result.examples.append(example)
 
 
 def _check_example(data: dict) -> list[tuple[str, str]]:

@@ -161,7 +161,7 @@ def report(spec: Spec, answers: dict[str, list[Answer]], scored: dict, losses: d
             "filtered": sum(1 for a in got if a.finish_reason == "content_filter"),
             "validation": losses.get(name),
         })
-    prompts = [{"id": p.id, "kind": p.kind, "question": p.messages[-1]["content"],
+    prompts = [{"id": p.id, "kind": p.kind, "question": p.messages[-1]["content"], "messages": p.messages,
                 "answers": {name: {**asdict(answers[name][i]),
                                    "scores": {k: asdict(s) for k, s in scored[name].scores[i].items()}}
                             for name in spec.candidates}}

@@ -65,6 +65,9 @@ def note_outcome(db: Database, job_id: str, status: str, cause: str) -> None:
 def metrics_message(metrics: dict) -> str:
     """`Step 12/120: training loss=1.23, validation loss=1.30, full validation loss=1.28`."""
     text = f"Step {metrics['step']}/{metrics['total_steps']}: training loss={metrics['train_loss']:.2f}"
+    if "train_reward_margin" in metrics:  # a DPO step
+        text += (f", reward margin={metrics['train_reward_margin']:.2f}, reward accuracy="
+                 f"{metrics['train_reward_accuracy']:.2f}")
     if "valid_loss" in metrics:
         text += f", validation loss={metrics['valid_loss']:.2f}"
     if "full_valid_loss" in metrics:
@@ -94,7 +97,9 @@ class JobReporter:
             else:
                 add_event(conn, self.lease.job_id,
                           f"Fine-tuning job started: {total_steps} steps ({shown['n_epochs']} epochs, batch size "
-                          f"{shown['batch_size']}, learning rate {hyperparameters['learning_rate']:.2g})")
+                          f"{shown['batch_size']}, learning rate {hyperparameters['learning_rate']:.2g}"
+                          + (f", DPO with beta {hyperparameters['beta']:g}" if hyperparameters.get("beta") else "")
+                          + ")")
 
     def step(self, metrics: StepMetrics) -> None:
         data = metrics.openai()

@@ -179,7 +179,8 @@ def _config(request: dict, run_dir: Path, files: Files, registry: Registry) -> t
                          n_epochs=hp["n_epochs"], batch_size=hp["batch_size"],
                          learning_rate_multiplier=hp["learning_rate_multiplier"], seed=request["seed"],
                          method=start.method or "lora", out=run_dir,
-                         precision=get_settings().train_precision, **extra)
+                         precision=get_settings().train_precision, objective=request.get("method", "supervised"),
+                         beta=hp.get("beta", "auto"), **extra)
     return config, names
 
 

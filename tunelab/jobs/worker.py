@@ -102,7 +102,8 @@ class Worker:
             try:
                 row = self.files.get(file_id)
                 result = validate_file(self.files.path(file_id), name=f"{file_id} ({row['filename']})",
-                                       min_examples=MIN_EXAMPLES if param == "training_file" else 1)
+                                       min_examples=MIN_EXAMPLES if param == "training_file" else 1,
+                                       expect="preference" if request.get("method") == "dpo" else "chat")
             except (NotFound, FileNotFoundError):
                 error = {"code": f"invalid_{param}", "param": param,
                          "message": f"the {param.replace('_', ' ')} {file_id} was deleted before the job could use it"}

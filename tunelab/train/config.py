@@ -5,7 +5,10 @@ The `"auto"` rule (recorded with every run and printed before training starts):
   (`min(25, ceil(100 / n))` when `3 n < 100`), very large ones fewer (`max(1, 25000 // n)` when `3 n > 25000`).
 - `batch_size`: the largest power of two not above `n / 32`, between 1 and 8 (160 examples → 4). Small batches
   give small data sets enough optimizer steps; on a CPU a bigger batch buys no speed.
-- `learning_rate_multiplier`: 1.0, scaling the method's base learning rate (LoRA 4e-4, full 2e-5).
+- `learning_rate_multiplier`: 1.0, scaling the method's base learning rate (LoRA 4e-4, full 2e-5; for DPO,
+  LoRA 1e-4 and full 5e-6: a preference step moves the answers' log-probabilities directly, and a smaller rate
+  keeps the model near its reference).
+- `beta` (DPO): 0.1, the strength of the pull towards the reference model; higher is more conservative.
 
 The matrix products of a LoRA run's frozen base weights are bf16 on CPUs that compute bf16 natively
 (`precision.py`; `TUNELAB_TRAIN_PRECISION`), recorded as `matmul_precision`.
@@ -24,6 +27,8 @@ from ..errors import InvalidRequest
 from .precision import resolve_precision
 
 BASE_LEARNING_RATE = {"lora": 4e-4, "full": 2e-5}
+DPO_LEARNING_RATE = {"lora": 1e-4, "full": 5e-6}
+DEFAULT_BETA = 0.1  # what "auto" means for DPO's beta (the cloud's and TRL's default)
 WARMUP_SHARE = 0.05  # of all steps, linear warm-up before a linear decay to zero
 
 # How each field is called on the command line, so an error names what the user typed.
@@ -32,6 +37,7 @@ FLAGS = {
     "n_epochs": "--epochs", "batch_size": "--batch-size", "learning_rate_multiplier": "--learning-rate-multiplier",
     "seed": "--seed", "method": "--method", "lora_rank": "--lora-rank", "suffix": "--suffix",
     "train_file": "--train", "validation_file": "--validation", "model": "--model", "out": "--out",
+    "objective": "--dpo", "beta": "--beta", "init_adapter": "--from-adapter",
 }
 
 
@@ -40,6 +46,7 @@ BOUNDS = {
     "n_epochs": (lambda v: 1 <= v <= 50, "must be 'auto' or an integer from 1 to 50"),
     "batch_size": (lambda v: 1 <= v <= 256, "must be 'auto' or an integer from 1 to 256"),
     "learning_rate_multiplier": (lambda v: 0 < v <= 10, "must be 'auto' or a number above 0 and at most 10"),
+    "beta": (lambda v: 0 < v <= 2, "must be 'auto' or a number above 0 and at most 2"),
 }
 
 
@@ -80,8 +87,11 @@ class TrainConfig(BaseModel):
                                       "fine-tuning); its rank must equal lora_rank")
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="matrix products of the frozen "
                                                       "base weights (LoRA): bf16 where the CPU has it natively")
+    objective: Literal["supervised", "dpo"] = Field(default="supervised", description="supervised: chat files, "
+                                                    "cross-entropy; dpo: preference pairs (train/preference.py)")
+    beta: Literal["auto"] | float = Field(default="auto", description="DPO's beta")
 
-    @field_validator("n_epochs", "batch_size", "learning_rate_multiplier")
+    @field_validator("n_epochs", "batch_size", "learning_rate_multiplier", "beta")
     @classmethod
     def _bounds(cls, value, info):
         return check_bounds(info.field_name, value)
@@ -103,6 +113,8 @@ class Hyperparameters(BaseModel):
     total_steps: int
     eval_every: int
     matmul_precision: str = "fp32"  # "bf16": the frozen base weights multiply in bf16 (runs before it: fp32)
+    objective: str = "supervised"  # or "dpo" (runs before it: supervised)
+    beta: float | None = None  # DPO only
 
 
 def parse_config(**values) -> TrainConfig:
@@ -134,17 +146,19 @@ def auto_batch_size(n_examples: int) -> int:
 
 
 def resolve(config: TrainConfig, n_examples: int, n_valid: int) -> Hyperparameters:
-    """Turn every `"auto"` into a number for a training set of `n_examples` conversations."""
+    """Turn every `"auto"` into a number for a training set of `n_examples` conversations (or pairs)."""
     epochs = auto_epochs(n_examples) if config.n_epochs == "auto" else config.n_epochs
     batch = auto_batch_size(n_examples) if config.batch_size == "auto" else config.batch_size
     batch = min(batch, n_examples)
     multiplier = 1.0 if config.learning_rate_multiplier == "auto" else float(config.learning_rate_multiplier)
+    dpo = config.objective == "dpo"
+    base_rate = (DPO_LEARNING_RATE if dpo else BASE_LEARNING_RATE)[config.method]
     steps_per_epoch = math.ceil(n_examples / batch)
     total = steps_per_epoch * epochs
     lora = config.method == "lora"
     return Hyperparameters(
         n_epochs=epochs, batch_size=batch, learning_rate_multiplier=multiplier,
-        learning_rate=BASE_LEARNING_RATE[config.method] * multiplier,
+        learning_rate=base_rate * multiplier,
         seed=config.seed if config.seed is not None else random.SystemRandom().randrange(2**31),
         method=config.method, lora_rank=config.lora_rank if lora else None,
         lora_alpha=2 * config.lora_rank if lora else None,
@@ -152,4 +166,6 @@ def resolve(config: TrainConfig, n_examples: int, n_valid: int) -> Hyperparamete
         # A validation batch about five times an epoch: enough points for the curve, little extra compute.
         eval_every=config.eval_every or max(1, steps_per_epoch // 5) if n_valid else 0,
         matmul_precision=resolve_precision(config.precision, config.method),
+        objective=config.objective,
+        beta=(DEFAULT_BETA if config.beta == "auto" else float(config.beta)) if dpo else None,
     )

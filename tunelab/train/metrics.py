@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -13,6 +13,16 @@ from ..errors import CheckpointError
 
 COLUMNS = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
            "full_valid_loss", "full_valid_mean_token_accuracy"]
+# A DPO run's (train/preference.py): the loss is DPO's; the reward margin is the mean of β·(chosen log-ratio −
+# rejected log-ratio), the reward accuracy the share of pairs where it is positive; the log-probabilities are the
+# policy's, summed over each answer's tokens and averaged over the pairs.
+DPO_COLUMNS = ["step", "train_loss", "train_reward_margin", "train_reward_accuracy", "train_chosen_logp",
+               "train_rejected_logp", "valid_loss", "valid_reward_margin", "valid_reward_accuracy",
+               "full_valid_loss", "full_valid_reward_margin", "full_valid_reward_accuracy"]
+
+
+def columns_for(objective: str) -> list[str]:
+    return DPO_COLUMNS if objective == "dpo" else COLUMNS
 
 
 @dataclass
@@ -21,7 +31,7 @@ class StepMetrics:
     total_steps: int
     epoch: int
     train_loss: float
-    train_mean_token_accuracy: float
+    train_mean_token_accuracy: float | None  # None in a DPO run (its accuracy is the reward accuracy, in extra)
     tokens: int  # real (unpadded) tokens processed in this step
     tokens_per_second: float  # over the run so far
     eta_seconds: float
@@ -30,14 +40,28 @@ class StepMetrics:
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
     gpu_memory_mb: float | None = None  # peak allocated on the GPU (CUDA runs); in events, not in results.csv
+    extra: dict = field(default_factory=dict)  # an objective's own metrics (DPO_COLUMNS), by column name
 
-    def row(self) -> dict:
+    def record(self, prefix: str, measured: tuple) -> None:
+        """Set the `prefix` ("valid", "full_valid") metrics from an evaluation: (loss, token accuracy) for a
+        supervised run, (loss, None, {name: value}) for a DPO run."""
+        loss, accuracy, *extra = measured
+        setattr(self, f"{prefix}_loss", loss)
+        setattr(self, f"{prefix}_mean_token_accuracy", accuracy)
+        for name, value in (extra[0] if extra else {}).items():
+            self.extra[f"{prefix}_{name}"] = value
+
+    def _values(self) -> dict:
         values = asdict(self)
-        return {c: ("" if values[c] is None else values[c]) for c in COLUMNS}
+        return {**values, **values.pop("extra")}
+
+    def row(self, columns: list[str] = COLUMNS) -> dict:
+        values = self._values()
+        return {c: ("" if values.get(c) is None else values[c]) for c in columns}
 
     def openai(self) -> dict:
         """The `data` of an OpenAI metrics event: step, total_steps and the metrics this step has."""
-        values = {c: v for c, v in asdict(self).items() if c in COLUMNS and v is not None}
+        values = {c: v for c, v in self._values().items() if c in COLUMNS + DPO_COLUMNS and v is not None}
         gpu = {"gpu_memory_mb": round(self.gpu_memory_mb, 1)} if self.gpu_memory_mb is not None else {}
         return {**values, "total_steps": self.total_steps, **gpu}
 
@@ -60,9 +84,10 @@ class ResultsCsv:
 
     path: Path
     resumed_at: int = 0
+    columns: list[str] = field(default_factory=lambda: list(COLUMNS))
 
     def __post_init__(self):
-        header = ",".join(COLUMNS) + "\r\n"  # the csv module's line ending, as in every row
+        header = ",".join(self.columns) + "\r\n"  # the csv module's line ending, as in every row
         kept = []
         if self.resumed_at and self.path.exists():
             with self.path.open(newline="") as f:
@@ -82,7 +107,7 @@ class ResultsCsv:
 
     def write(self, metrics: StepMetrics) -> None:
         with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS).writerow(
-                {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in metrics.row().items()})
+            csv.DictWriter(f, fieldnames=self.columns).writerow(
+                {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in metrics.row(self.columns).items()})
             f.flush()
             os.fsync(f.fileno())

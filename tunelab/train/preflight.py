@@ -1,6 +1,10 @@
 """The pre-flight report: format errors, review warnings, token statistics and the training-time estimate.
 
     tunelab data check examples/travel/train.jsonl --validation examples/travel/valid.jsonl [--json]
+
+A preference file (DPO pairs) gets the pairs' review (data/preference.py) and the token counts of both sides:
+the token statistics then cover every conversation the training runs (prompt + preferred, prompt +
+non-preferred), and `pairs` gives the prompt and each answer's lengths and the pairs cut at the context.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 
 from typing_extensions import TypedDict  # pydantic reads typing's own only from Python 3.12
 
+from ..data.preference import render_pair, review_pairs
 from ..data.render import RenderedChat
 from ..data.review import review
 from ..data.samples import render_examples
@@ -45,6 +50,25 @@ class TokenStats:
     context_limit: int
 
 
+class Spread(TypedDict):
+    min: int
+    mean: float
+    max: int
+
+
+@dataclass
+class PairStats:
+    """Token counts of a preference file's pairs: the prompt, the preferred and the non-preferred answer."""
+
+    pairs: int
+    prompt: Spread
+    preferred: Spread
+    non_preferred: Spread
+    truncated_preferred: list[int]  # lines whose prompt + preferred answer exceed the context (cut from the end)
+    truncated_non_preferred: list[int]
+    context_limit: int
+
+
 @dataclass
 class FileReport:
     file: str
@@ -52,6 +76,8 @@ class FileReport:
     errors: list[dict] = field(default_factory=list)
     warnings: list[dict] = field(default_factory=list)
     tokens: TokenStats | None = None
+    format: str = "chat"  # or "preference"
+    pairs: PairStats | None = None
 
 
 @dataclass
@@ -78,13 +104,16 @@ def preflight(train: Path, validation: Path | None = None, model: str | None = N
     `names` are how the report names the two files (default: their paths; the service names uploads by id)."""
     names = names or (str(train), str(validation) if validation else None)
     checked = [validate_file(train, name=names[0])]
+    kind = checked[0].format
+    if validation:  # in the training file's format, or one error saying so
+        checked.append(validate_file(validation, name=names[1], expect=kind, min_examples=1))
+    reports = [FileReport(v.file, len(v.examples), errors=[_problem(p) for p in v.errors], format=kind)
+               for v in checked]
+    check = review_pairs if kind == "preference" else review
+    reports[0].warnings = [_problem(p) for p in check(names[0], checked[0].examples,
+                                                      (checked[1].file, checked[1].examples) if validation else None)]
     if validation:
-        checked.append(validate_file(validation, name=names[1]))
-    reports = [FileReport(v.file, len(v.examples), errors=[_problem(p) for p in v.errors]) for v in checked]
-    reports[0].warnings = [_problem(p) for p in review(names[0], checked[0].examples,
-                                                       (checked[1].file, checked[1].examples) if validation else None)]
-    if validation:
-        reports[1].warnings = [_problem(p) for p in review(names[1], checked[1].examples)]
+        reports[1].warnings = [_problem(p) for p in check(names[1], checked[1].examples)]
         overlap = [w for w in reports[0].warnings if w["rule"] == "train_validation_overlap"]
         reports[0].warnings = [w for w in reports[0].warnings if w not in overlap]
         reports[1].warnings += overlap
@@ -100,12 +129,17 @@ def preflight(train: Path, validation: Path | None = None, model: str | None = N
     tokenizer = load_tokenizer(base.path)
     limit = base.meta.get("context_length") or 2048
     for file_report, v in zip(reports, checked):
-        if v.examples:
+        if v.examples and kind == "preference":
+            rendered = [render_pair(tokenizer, e) for e in v.examples]
+            file_report.tokens = _token_stats(v, [c for pair in rendered for c in pair], limit,
+                                              [e.line for e in v.examples for _ in (0, 1)])
+            file_report.pairs = _pair_stats(v, rendered, limit)
+        elif v.examples:
             file_report.tokens = _token_stats(v, render_examples(v.examples, tokenizer), limit)
 
     stats = reports[0].tokens
     if stats and reports[0].examples:
-        auto = auto_hyperparameters(stats.examples)
+        auto = auto_hyperparameters(reports[0].examples)
         report.n_epochs, report.batch_size = auto["n_epochs"], auto["batch_size"]
         report.billed_tokens = stats.total * report.n_epochs
         valid_tokens = reports[1].tokens.total if validation and reports[1].tokens else 0
@@ -120,10 +154,13 @@ def auto_hyperparameters(n_examples: int) -> dict:
             "learning_rate_multiplier": 1.0}
 
 
-def _token_stats(validation: Validation, chats: list[RenderedChat], limit: int) -> TokenStats:
+def _token_stats(validation: Validation, chats: list[RenderedChat], limit: int,
+                 lines: list[int] | None = None) -> TokenStats:
+    """Over `chats`, one per example (or two per pair: `lines` then names each chat's line)."""
     lengths = [len(c.input_ids) for c in chats]
     trained = [c.trained_tokens for c in chats]
-    over = [e.line for e, n in zip(validation.examples, lengths) if n > limit]
+    lines = lines or [e.line for e in validation.examples]
+    over = sorted({line for line, n in zip(lines, lengths) if n > limit})
     ordered = sorted(lengths)
     return TokenStats(
         examples=len(lengths), total=sum(min(n, limit) for n in lengths), min=ordered[0],
@@ -131,6 +168,21 @@ def _token_stats(validation: Validation, chats: list[RenderedChat], limit: int) 
         max=ordered[-1], trained_total=sum(trained), trained_median=statistics.median(trained),
         histogram=_histogram(ordered), over_limit=over, context_limit=limit,
     )
+
+
+def _pair_stats(validation: Validation, rendered: list[tuple[RenderedChat, RenderedChat]], limit: int) -> PairStats:
+    def spread(values: list[int]) -> Spread:
+        return {"min": min(values), "mean": round(statistics.mean(values), 1), "max": max(values)}
+
+    lines = [e.line for e in validation.examples]
+    preferred = [c.trained_tokens for c, _ in rendered]
+    non_preferred = [r.trained_tokens for _, r in rendered]
+    prompt = [len(c.input_ids) - c.trained_tokens for c, _ in rendered]
+    return PairStats(
+        pairs=len(rendered), prompt=spread(prompt), preferred=spread(preferred), non_preferred=spread(non_preferred),
+        truncated_preferred=[line for line, (c, _) in zip(lines, rendered) if len(c.input_ids) > limit],
+        truncated_non_preferred=[line for line, (_, r) in zip(lines, rendered) if len(r.input_ids) > limit],
+        context_limit=limit)
 
 
 def _histogram(ordered: list[int]) -> list[dict]:

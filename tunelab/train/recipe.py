@@ -33,14 +33,14 @@ import torch
 from .. import __version__
 from ..config import get_settings
 from ..crashpoints import crash_point
-from ..data.samples import Sample, load_samples
+from ..data.samples import PairSample, Sample, load_pairs, load_samples
 from ..errors import CheckpointError, InvalidRequest
 from ..models.catalog import LocalModel, resolve_model
 from ..models.load import load_causal_lm, load_tokenizer
 from . import best, checkpoints
 from .config import Hyperparameters, TrainConfig, resolve
 from .distributed import Group
-from .metrics import Reporter, ResultsCsv, StepMetrics
+from .metrics import Reporter, ResultsCsv, StepMetrics, columns_for
 from ..models.llama_block import unsupported
 from .lean_forward import LeanForward, lean_forward
 from .loss import head_loss
@@ -85,7 +85,10 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
     optimizer, scheduler = setup_optimizer(model, hp)
     ckpt_root = out / "checkpoints"
     step, last = restore(model, optimizer, scheduler, ckpt_root, config, hp, resume, reporter, group)
-    results = ResultsCsv(out / "results.csv", resumed_at=step) if main else None
+    if hp.objective == "dpo":  # the reference: the starting model's log-probabilities, once, kept in the run
+        from .preference import attach_references
+        attach_references(model, lean, out, train_set, valid_set, hp.beta, resume, reporter, group)
+    results = ResultsCsv(out / "results.csv", resumed_at=step, columns=columns_for(hp.objective)) if main else None
 
     reporter.start(hp.model_dump(), hp.total_steps, step)
     settings = get_settings()
@@ -110,19 +113,19 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
             batch = [train_set[i] for i in order[position]]
             model.train()
             started = time.perf_counter()
-            loss, accuracy, tokens = train_step(model, lean, batch, optimizer, scheduler, group)
+            loss, accuracy, tokens, *extra = train_step(model, lean, batch, optimizer, scheduler, group)
             clock.tick(tokens, time.perf_counter() - started)
             step += 1
             metrics = StepMetrics(step, hp.total_steps, epoch + 1, loss, accuracy, tokens, clock.tokens_per_second,
-                                  clock.eta(hp.total_steps - step), gpu_memory_mb=_gpu_memory_mb(model))
+                                  clock.eta(hp.total_steps - step), gpu_memory_mb=_gpu_memory_mb(model),
+                                  extra=extra[0] if extra else {})
             if valid_set and step % hp.eval_every == 0:
                 k = step // hp.eval_every - 1
                 chunk = [valid_set[(k * hp.batch_size + j) % len(valid_set)] for j in range(hp.batch_size)]
-                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, lean, chunk, group)
+                metrics.record("valid", evaluate(model, lean, chunk, group))
             epoch_done = step % hp.steps_per_epoch == 0 or step == hp.total_steps
             if valid_set and epoch_done:
-                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, lean, valid_set,
-                                                                                           group)
+                metrics.record("full_valid", evaluate(model, lean, valid_set, group))
             if main:
                 results.write(metrics)
                 crash_point("results.after_row")
@@ -171,12 +174,13 @@ def run(config: TrainConfig, reporter: Reporter, *, resume: bool = False,
 
 
 def setup_data(config: TrainConfig, base: LocalModel, reporter: Reporter) -> tuple[object, list[Sample], list[Sample]]:
-    """The tokenizer and the training and validation samples, cut to the context (`max_seq_len`, else the model's);
-    the cut ones are reported by line."""
+    """The tokenizer and the training and validation samples (for DPO, pairs of samples), cut to the context
+    (`max_seq_len`, else the model's); the cut ones are reported by line."""
     tokenizer = load_tokenizer(base.path)
     max_len = config.max_seq_len or base.meta.get("context_length") or 2048
-    train_set = load_samples(config.train_file, tokenizer, max_len, param="training_file")
-    valid_set = load_samples(config.validation_file, tokenizer, max_len, param="validation_file") \
+    load = load_pairs if config.objective == "dpo" else load_samples
+    train_set = load(config.train_file, tokenizer, max_len, param="training_file")
+    valid_set = load(config.validation_file, tokenizer, max_len, param="validation_file") \
         if config.validation_file else []
     for name, samples in (("training", train_set), ("validation", valid_set)):
         cut = [s.line for s in samples if s.truncated]
@@ -273,6 +277,16 @@ def loss_step(model: torch.nn.Module, lean: LeanForward | None, samples: list[Sa
     matmul per token for SmolLM2) runs only at positions whose next token is trained.
     """
     causal = _causal(model)
+    hidden = trained_hidden(model, lean, samples, prefix)
+    return head_loss(causal.get_output_embeddings(), hidden, torch.cat([s.targets for s in samples]).to(hidden.device),
+                     getattr(causal.config, "final_logit_softcapping", None))
+
+
+def trained_hidden(model: torch.nn.Module, lean: LeanForward | None, samples: list[Sample],
+                   prefix: SharedPrefix | None = None) -> torch.Tensor:
+    """The final hidden states at the trained positions of `samples`, one row per trained token, in order: what
+    the vocabulary head turns into the loss (`loss_step`, and the per-answer log-probabilities of preference.py)."""
+    causal = _causal(model)
     device = causal.device
     start = prefix.length if prefix else 0
     cached = list(zip(prefix.keys, prefix.values)) if prefix else None
@@ -289,15 +303,18 @@ def loss_step(model: torch.nn.Module, lean: LeanForward | None, samples: list[Sa
             out = causal.get_decoder()(input_ids=sample.input_ids[start:].to(device)[None], **extra)
             hidden.append(out.last_hidden_state[0][(sample.positions - start).to(device)])
         hidden = torch.cat(hidden)
-    return head_loss(causal.get_output_embeddings(), hidden, torch.cat([s.targets for s in samples]).to(device),
-                     getattr(causal.config, "final_logit_softcapping", None))
+    return hidden
 
 
 def train_step(model, lean: LeanForward | None, batch: list[Sample], optimizer, scheduler,
                group: Group | None = None) -> tuple[float, float, int]:
     """One optimizer step over `batch`; the loss is the mean over all trained tokens of the batch. With `group`,
     this rank computes its share of the batch, normalised by the whole batch's trained tokens, and the summed
-    gradients of all ranks make the same step one process takes."""
+    gradients of all ranks make the same step one process takes. A batch of preference pairs takes DPO's step
+    (preference.py), which also returns its own metrics."""
+    if batch and isinstance(batch[0], PairSample):
+        from .preference import dpo_step
+        return dpo_step(model, lean, batch, optimizer, scheduler, group)
     n_trained = sum(s.n_trained for s in batch)
     total, correct = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
@@ -328,7 +345,11 @@ def train_step(model, lean: LeanForward | None, batch: list[Sample], optimizer, 
 @torch.no_grad()
 def evaluate(model, lean: LeanForward | None, samples: list[Sample], group: Group | None = None,
              ) -> tuple[float, float]:
-    """Mean token loss and accuracy over `samples`, weighted by trained tokens; split across `group`'s ranks."""
+    """Mean token loss and accuracy over `samples`, weighted by trained tokens; split across `group`'s ranks.
+    Preference pairs are measured by DPO's loss instead (preference.py)."""
+    if samples and isinstance(samples[0], PairSample):
+        from .preference import dpo_evaluate
+        return dpo_evaluate(model, lean, samples, group)
     model.eval()
     total, correct = 0.0, 0
     mine = group.share(samples) if group else samples
@@ -419,7 +440,8 @@ def _save_final(model, tokenizer, weights: Path, out: Path, base: LocalModel, co
     crash_point("final.after_weights")
     manifest = {
         "tunelab_version": __version__, "created": int(time.time()), "base_model": base.name,
-        "base_model_source": base.meta.get("source"), "method": hp.method, "suffix": config.suffix,
+        "base_model_source": base.meta.get("source"), "method": hp.method, "objective": hp.objective,
+        "beta": hp.beta, "suffix": config.suffix,
         "seed": hp.seed, "steps": steps, "trained_tokens": trained_tokens,
         "training_file": {"path": str(config.train_file), "sha256": _sha256(config.train_file)},
         "validation_file": ({"path": str(config.validation_file), "sha256": _sha256(config.validation_file)}
@@ -447,7 +469,7 @@ def _hyperparameters(out: Path, config: TrainConfig, hp: Hyperparameters, resume
             raise InvalidRequest(f"{out} holds no run to resume (no config.json)", param="out")
         recorded = json.loads(saved.read_text())
         mine = json.loads(config.model_dump_json())
-        changed = [k for k in ("model", "train_file", "validation_file", "method", "lora_rank")
+        changed = [k for k in ("model", "train_file", "validation_file", "method", "lora_rank", "objective")
                    if recorded["config"].get(k) != mine.get(k)]
         if changed:
             raise InvalidRequest(f"the run in {out} was started with different {', '.join(changed)}; "

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ...train.preflight import TokenStats
+from ...train.preflight import PairStats, TokenStats
 from ..protocol import CursorPage
 
 
@@ -46,6 +46,8 @@ class FileCheck(BaseModel):
     errors: list[Problem]
     warnings: list[Problem]
     tokens: TokenStats | None
+    format: Literal["chat", "preference"] = "chat"
+    pairs: PairStats | None = None  # a preference file's prompt and answer lengths
 
 
 class FileReport(BaseModel):

@@ -34,10 +34,27 @@ class Supervised(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    """DPO's: the supervised ones and `beta`, `"auto"` (0.1) or above 0 and at most 2."""
+
+    beta: Auto | float = "auto"
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, value, info):
+        return check_bounds("beta", value)
+
+
+class Dpo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: Supervised | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: Dpo | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -92,9 +109,17 @@ class ShownHyperparameters(BaseModel):
     learning_rate_multiplier: Auto | float
 
 
+class ShownDpoHyperparameters(ShownHyperparameters):
+    beta: Auto | float
+
+
 class MethodShown(BaseModel):
-    type: Literal["supervised"] = "supervised"
-    supervised: dict[str, ShownHyperparameters]
+    """The job's method as the cloud shows it: `{"type": "supervised", "supervised": {"hyperparameters": …}}` or
+    `{"type": "dpo", "dpo": {"hyperparameters": {…, "beta": …}}}` (the other key null)."""
+
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: dict[str, ShownHyperparameters] | None = None
+    dpo: dict[str, ShownDpoHyperparameters] | None = None
 
 
 JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
@@ -134,6 +159,11 @@ class FineTuningJob(BaseModel):
         request = json.loads(row["request"])
         resolved = json.loads(row["hyperparameters"]) if row["hyperparameters"] else None
         shown = {k: (resolved or request["hyperparameters"])[k] for k in SHOWN}
+        kind = request.get("method", "supervised")
+        method = {"type": "supervised", "supervised": {"hyperparameters": shown}}
+        if kind == "dpo":  # beta as asked until training resolves it
+            beta = resolved["resolved"].get("beta") if resolved else request["hyperparameters"].get("beta", "auto")
+            method = {"type": "dpo", "dpo": {"hyperparameters": {**shown, "beta": beta}}}
         return cls(
             id=row["id"], model=request["model"], created_at=row["created_at"], finished_at=row["finished_at"],
             fine_tuned_model=row["output_model"] if row["status"] == "succeeded" else None,
@@ -143,7 +173,7 @@ class FineTuningJob(BaseModel):
             error=json.loads(row["error"]) if row["error"] else None, seed=request["seed"],
             estimated_finish=row["estimated_finish"] if row["status"] == "running" else None,
             integrations=[], metadata=request["metadata"], user_provided_suffix=request["suffix"],
-            hyperparameters=shown, method={"type": "supervised", "supervised": {"hyperparameters": shown}},
+            hyperparameters=shown, method=method,
             nproc=request.get("nproc", 1))
 
 

@@ -19,7 +19,7 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 
 from ...config import Settings
-from ...data.validate import validate_file
+from ...data.validate import FORMATS, detect_format, validate_file
 from ...deploy.deployments import Deployments
 from ...errors import InvalidRequest, NotFound
 from ...jobs import events
@@ -68,8 +68,9 @@ class JobsService:
     def create(self, body: JobCreate, idempotency_key: str | None = None) -> FineTuningJob:
         """Check the request (model, files, method) and record the job in `validating_files`."""
         start = self.registry.training_start(body.model)
-        if body.method and body.method.type != "supervised":
-            raise InvalidRequest(f"the {body.method.type!r} method is not available: tunelab trains supervised "
+        kind = body.method.type if body.method else "supervised"
+        if kind not in ("supervised", "dpo"):
+            raise InvalidRequest(f"the {kind!r} method is not available: tunelab trains supervised and dpo "
                                  "fine-tunes", param="method.type")
         if body.early_stopping and not body.validation_file:
             raise InvalidRequest("early stopping watches the validation loss: give a validation_file, or leave "
@@ -77,14 +78,17 @@ class JobsService:
         if body.integrations:
             raise InvalidRequest("integrations (such as Weights & Biases) are not available in tunelab; the "
                                  "job's events and results.csv carry its metrics", param="integrations")
-        supervised = body.method.supervised if body.method and body.method.supervised else None
-        hyper = (supervised.hyperparameters if supervised and supervised.hyperparameters else body.hyperparameters)
+        chosen = getattr(body.method, kind, None) if body.method else None
+        hyper = chosen.hyperparameters if chosen and chosen.hyperparameters else body.hyperparameters
+        shown = hyper.model_dump() if hyper else {k: "auto" for k in SHOWN}
+        if kind == "dpo":
+            shown = {"beta": "auto", **shown}
         request = {
             "model": body.model, "base": start.base, "training_file": body.training_file,
             "validation_file": body.validation_file, "suffix": body.suffix,
             "seed": body.seed if body.seed is not None else random.SystemRandom().randrange(2**31),
-            "hyperparameters": hyper.model_dump() if hyper else {k: "auto" for k in SHOWN},
-            "metadata": body.metadata, "nproc": body.nproc,
+            "hyperparameters": shown, "metadata": body.metadata, "nproc": body.nproc,
+            **({"method": "dpo"} if kind == "dpo" else {}),  # absent for supervised: older requests match
         }
         if body.early_stopping:
             request["early_stopping"] = body.early_stopping.model_dump()
@@ -93,7 +97,7 @@ class JobsService:
                     if unset}
         fingerprint = hashlib.sha256(body.model_dump_json(exclude=left_out or None).encode()).hexdigest()
         with self.db.write() as conn:
-            self._check_files(body, conn)
+            self._check_files(body, conn, "preference" if kind == "dpo" else "chat")
             while True:  # the model id carries 8 hex digits of the job id: keep them unique
                 job_id = new_id("ftjob")
                 output = f"ft:{start.base}:{self.owner}:{body.suffix or ''}:{job_id[-8:]}"
@@ -110,9 +114,10 @@ class JobsService:
             events.add_event(conn, job_id, f"Validating {files}")
             return self.get(job_id, conn)
 
-    def _check_files(self, body: JobCreate, conn) -> None:
-        """The job's files exist and are for fine-tuning; inside the job's write transaction, so a concurrent
-        delete cannot slip between this check and the job that reads them."""
+    def _check_files(self, body: JobCreate, conn, expect: str) -> None:
+        """The job's files exist, are for fine-tuning and in the format the method trains on (`expect`: chat or
+        preference, told from the first example); inside the job's write transaction, so a concurrent delete
+        cannot slip between this check and the job that reads them. The worker checks every line afterwards."""
         for param in ("training_file", "validation_file"):
             file_id = getattr(body, param)
             if file_id is None:
@@ -124,6 +129,12 @@ class JobsService:
             if found["purpose"] != "fine-tune":
                 raise InvalidRequest(f"the file {file_id} has purpose {found['purpose']!r}; fine-tuning needs a "
                                      "file uploaded with purpose 'fine-tune'", param=param)
+            kind, line = detect_format(self.files.path(file_id))
+            if kind and kind != expect:
+                method = "dpo" if expect == "preference" else "supervised"
+                raise InvalidRequest(f"the {param.replace('_', ' ')} {file_id} is in the {FORMATS[kind]} (line "
+                                     f"{line}), but the {method} method trains on the {FORMATS[expect]}",
+                                     param=param)
         if body.validation_file and body.validation_file == body.training_file:
             raise InvalidRequest("the validation file must be different from the training file",
                                  param="validation_file")

@@ -144,9 +144,21 @@ function example(line, raw) {
   } catch {
     return h("article", { class: "chat broken", id: `line-${line}`, dataset: { line } }, h("h3", {}, `Line ${line}`), h("pre", {}, raw.slice(0, 2000)));
   }
-  const messages = Array.isArray(parsed?.messages) ? parsed.messages : [];
+  const messages = Array.isArray(parsed?.messages) ? parsed.messages : preferencePair(parsed);
   return h("article", { class: "chat", id: `line-${line}`, dataset: { line } }, h("h3", {}, `Line ${line}`),
     messages.length ? messages.map(bubble) : h("pre", {}, raw.slice(0, 2000)));
+}
+
+// A preference pair (DPO) as bubbles: the prompt, then both answers, each labelled.
+function preferencePair(parsed) {
+  const prompt = Array.isArray(parsed?.input?.messages) ? parsed.input.messages : [];
+  const answer = (names, label) => {
+    const found = names.map((n) => parsed?.[n]).find(Array.isArray)?.[0];
+    return found ? [{ ...found, role: `${found.role ?? "?"} · ${label}` }] : [];
+  };
+  const answers = [...answer(["preferred_output", "preferred_completion"], "preferred"),
+    ...answer(["non_preferred_output", "non_preferred_completion"], "non-preferred")];
+  return answers.length ? [...prompt, ...answers] : [];
 }
 
 export function bubble(message) {
@@ -191,6 +203,9 @@ function showReport(into, report, lines) {
       fact("Tokens per example", `min ${stats.min} · median ${stats.median} · p95 ${stats.p95} · max ${stats.max}`),
       fact("Trained tokens", `${stats.trained_total.toLocaleString()} (assistant turns)`),
       fact("Context limit", `${stats.context_limit}${stats.over_limit.length ? ` · ${stats.over_limit.length} examples over it are truncated` : ""}`),
+      ...(train.pairs ? ["prompt", "preferred", "non_preferred"].map((side) => fact(
+        `${side.replace("_", "-")} tokens (${train.pairs.pairs} pairs)`,
+        `min ${train.pairs[side].min} · mean ${train.pairs[side].mean} · max ${train.pairs[side].max}`)) : []),
       report.n_epochs ? fact("auto epochs · batch size", `${report.n_epochs} · ${report.batch_size}`) : null,
       report.billed_tokens ? fact("Tokens trained in all", report.billed_tokens.toLocaleString()) : null,
       report.estimated_seconds ? fact("Estimated training time", `about ${duration(report.estimated_seconds)} on this machine`) : null) : null,

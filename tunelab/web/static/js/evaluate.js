@@ -4,11 +4,13 @@
 import { del, download, get, post } from "./api.js";
 import { shares } from "./charts.js";
 import { QUESTIONS, TRAVEL_SYSTEM } from "./lab.js";
+import { review } from "./pairs.js";
 import { badge, busy, confirmDialog, errorBox, field, go, h, notice, number, poll, progress, redraw, replace, table, when } from "./ui.js";
 
 const SHARES = ["policy", "engagement", "redirect"];
 
 export async function render(main, { id }) {
+  if (id && id.endsWith("/pairs")) return review(main, id.slice(0, -"/pairs".length));
   return id === "new" ? create(main) : id ? open(main, id) : list(main);
 }
 
@@ -120,6 +122,7 @@ async function open(main, id) {
       h("div", { class: "actions" },
         found.report ? ["html", "markdown", "json"].map((format) => h("button", { type: "button", onclick: (event) => busy(event.target,
           () => download(`/evaluations/${id}/report`, `${id}.${{ html: "html", markdown: "md", json: "json" }[format]}`, { format })) }, `Download ${format === "markdown" ? "Markdown" : format.toUpperCase()}`)) : null,
+        found.report ? h("a", { class: "button", href: `#/evaluate/${id}/pairs` }, "Make preference pairs") : null,
         found.status !== "running" ? h("button", { type: "button", class: "danger", onclick: async (event) => {
           if (!(await confirmDialog("Delete comparison", `Delete ${id}?`))) return;
           await busy(event.target, async () => { await del(`/evaluations/${id}`); go("#/evaluate"); });

@@ -1,6 +1,6 @@
-// Fine-tuning: the jobs with their status, and the "+ Fine-tune model" wizard — base model and suffix, training
-// and validation data (upload or pick), task parameters with their defaults (`auto` and what it resolves to),
-// seed, review and Confirm (POST /v1/fine_tuning/jobs).
+// Fine-tuning: the jobs with their status, and the "+ Fine-tune model" wizard — base model, method (supervised, or
+// DPO on preference pairs) and suffix, training and validation data (upload or pick), task parameters with their
+// defaults (`auto` and what it resolves to), seed, review and Confirm (POST /v1/fine_tuning/jobs).
 
 import { all, get, post, randomId } from "./api.js";
 import { uploadFiles } from "./data.js";
@@ -8,6 +8,8 @@ import { badge, dialog, dropZone, duration, errorBox, errorText, field, go, h, p
 
 const UNFINISHED = ["validating_files", "queued", "running", "paused"];
 const PARAMS = [["n_epochs", "Epochs"], ["batch_size", "Batch size"], ["learning_rate_multiplier", "Learning rate multiplier"]];
+const METHODS = [["supervised", "Supervised (examples of good answers)"], ["dpo", "DPO preference (pairs of a preferred and a non-preferred answer)"]];
+const BETA_AUTO = 0.1; // what "auto" resolves to for DPO's beta
 
 export async function render(main, { query }) {
   const list = h("div", {});
@@ -31,7 +33,7 @@ export async function render(main, { query }) {
   }, 3000);
   if (query.get("new")) {
     history.replaceState(null, "", "#/fine-tuning"); // a reload shows the list, not the wizard again
-    wizard({ training_file: query.get("training_file"), model: query.get("model") });
+    wizard({ training_file: query.get("training_file"), model: query.get("model"), method: query.get("method") });
   }
   return stop;
 }
@@ -43,7 +45,8 @@ export async function wizard(preset) {
     .map((m) => [m.id, m.kind === "base" ? `${m.id} (base, ${m.parameters} parameters)` : `${m.id} (continue fine-tuning)`]);
   const state = { model: preset.model && choices.some(([id]) => id === preset.model) ? preset.model : defaults.model,
                   suffix: "", training_file: preset.training_file || "", validation_file: "", seed: "",
-                  n_epochs: "auto", batch_size: "auto", learning_rate_multiplier: "auto", files };
+                  n_epochs: "auto", batch_size: "auto", learning_rate_multiplier: "auto", files,
+                  method: preset.method === "dpo" ? "dpo" : "supervised", beta: "auto" };
   await dialog("Fine-tune a model", (close) => {
     const body = h("div", { class: "body wizard" });
     const steps = [basics, data, parameters, review];
@@ -82,11 +85,14 @@ function nav({ back, next }, nextLabel = "Next", check = () => true) {
 function basics(state, steps) {
   const model = select(steps.choices, state.model, { name: "model" });
   const suffix = h("input", { name: "suffix", value: state.suffix, placeholder: "ft-travel", maxlength: 64, pattern: "[A-Za-z0-9._\\-]+" });
+  const method = select(METHODS, state.method, { name: "method" });
   return [
     field("Base model", model, `Default: ${steps.defaults.model}. A fine-tuned model continues from its weights.`),
+    field("Method", method, "DPO trains on preference pairs (a file of input, preferred_output, non_preferred_output lines), best on top of a supervised fine-tune."),
     field("Model suffix", suffix, "Names the fine-tuned model ft:<base>:local:<suffix>:<id>; letters, digits, . _ -"),
     nav(steps, "Next", () => {
       state.model = model.value;
+      state.method = method.value;
       state.suffix = suffix.value.trim();
       if (state.suffix && !/^[A-Za-z0-9._-]{1,64}$/.test(state.suffix)) return "The suffix is 1–64 letters, digits, '.', '_' or '-'.";
       return true;
@@ -163,15 +169,22 @@ function parameters(state, steps) {
     return field(title, input, `Default ${auto}: ${spec.rule}. Range ${spec.minimum}–${spec.maximum}.`);
   });
   const seed = h("input", { name: "seed", value: state.seed, placeholder: "random (recorded with the job)", inputmode: "numeric" });
+  const beta = h("input", { name: "beta", value: state.beta === "auto" ? "" : state.beta, placeholder: `auto (${BETA_AUTO})`, inputmode: "decimal" });
   return [
     h("p", { class: "hint" }, resolved.training_file ? `For ${resolved.training_file.examples} training examples, “auto” resolves as shown. Leave a field empty to keep the default.` : "Leave a field empty to keep the default."),
     rows,
+    state.method === "dpo" ? field("Beta", beta, `Default auto (${BETA_AUTO}): a higher beta keeps the fine-tune closer to the model it starts from. Range above 0 to 2.`) : null,
     field("Seed", seed, "The same seed gives the same loss curve."),
     nav(steps, "Next", () => {
       for (const [key, title] of PARAMS) {
         const text = inputs[key].value.trim();
         if (text && !Number.isFinite(Number(text))) return `${title} must be a number, or empty for auto.`;
         state[key] = text ? Number(text) : "auto";
+      }
+      if (state.method === "dpo") {
+        const given = beta.value.trim();
+        if (given && !(Number(given) > 0 && Number(given) <= 2)) return "Beta is a number above 0 and at most 2, or empty for auto.";
+        state.beta = given ? Number(given) : "auto";
       }
       const text = seed.value.trim();
       if (text && !/^\d+$/.test(text)) return "The seed is a whole number (0 or more), or empty for a random one.";
@@ -196,8 +209,10 @@ function review(state, steps) {
   const confirm = h("button", { type: "button", class: "primary", onclick: async () => {
     confirm.disabled = true;
     confirm.textContent = "Creating…";
-    const body = { model: state.model, training_file: state.training_file,
-                   hyperparameters: Object.fromEntries(PARAMS.map(([key]) => [key, state[key]])) };
+    const hyperparameters = Object.fromEntries(PARAMS.map(([key]) => [key, state[key]]));
+    const body = { model: state.model, training_file: state.training_file };
+    if (state.method === "dpo") body.method = { type: "dpo", dpo: { hyperparameters: { ...hyperparameters, beta: state.beta } } };
+    else body.hyperparameters = hyperparameters;
     if (state.validation_file) body.validation_file = state.validation_file;
     if (state.suffix) body.suffix = state.suffix;
     if (state.seed) body.seed = Number(state.seed);
@@ -214,9 +229,10 @@ function review(state, steps) {
   const idempotency = randomId(); // a second click never makes a second job
   return [
     h("dl", { class: "facts" },
-      [["Base model", state.model], ["Suffix", state.suffix || "(none)"], ["Training data", name(state.training_file)],
+      [["Base model", state.model], ["Method", state.method === "dpo" ? "DPO preference" : "Supervised"], ["Suffix", state.suffix || "(none)"], ["Training data", name(state.training_file)],
        ["Validation data", name(state.validation_file)], ["Epochs", shown("n_epochs")], ["Batch size", shown("batch_size")],
-       ["Learning rate multiplier", shown("learning_rate_multiplier")], ["Seed", state.seed || "random"]]
+       ["Learning rate multiplier", shown("learning_rate_multiplier")],
+       ...(state.method === "dpo" ? [["Beta", state.beta === "auto" ? `auto (${BETA_AUTO})` : state.beta]] : []), ["Seed", state.seed || "random"]]
         .map(([label, value]) => [h("dt", {}, label), h("dd", {}, String(value))])),
     problem,
     h("div", { class: "actions" }, h("button", { type: "button", onclick: steps.back }, "Back"), confirm),
