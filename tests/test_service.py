@@ -37,8 +37,9 @@ def test_a_job_runs_from_upload_to_a_fine_tuned_model(service, tmp_path, home):
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
     messages = [e.message for e in reversed(events)]  # oldest first
     assert messages[0] == f"Created fine-tuning job: {job.id}"
-    assert messages[-3:-1] == [f"New fine-tuned model created: {job.fine_tuned_model}",
-                               "The job has successfully completed"]
+    assert messages[-4] == f"New fine-tuned model created: {job.fine_tuned_model}"
+    assert messages[-3].startswith(f"Recommended checkpoint: {job.fine_tuned_model}:ckpt-step-")
+    assert messages[-2] == "The job has successfully completed"
     assert messages[-1].startswith(f"Comparing {job.fine_tuned_model} with tiny on the validation file")
     assert "Files validated, moving job to queued state" in messages
     metrics = [e for e in reversed(events) if e.type == "metrics"]
