@@ -19,7 +19,7 @@ from tunelab.train.config import parse_config, resolve
 from tunelab.train.metrics import DPO_COLUMNS
 from tunelab.train.preference import REFERENCE_FILE
 from tunelab.train.recipe import run, setup_model
-from conftest import upload, varied_chats, wait_for, write_jsonl
+from conftest import upload, varied_chats, wait_for, wait_for_event, write_jsonl
 
 PLACES = ["Lisbon", "Kyoto", "Cusco", "Hanoi", "Oslo", "Fez", "Quebec", "Hobart", "Tbilisi", "Cartagena",
           "Valletta", "Bergen", "Oaxaca", "Zanzibar", "Ljubljana", "Hoi An"]
@@ -229,6 +229,9 @@ def test_sdk_dpo_job_end_to_end_with_dpo_metrics(service, tmp_path):
     answer = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
                                             messages=[{"role": "user", "content": "Oslo?"}])
     assert answer.choices[0].message.content is not None
+    # After the job, the fine-tune is compared with its base on the validation pairs' prompts (the preferred
+    # answers as references), as a supervised job's validation conversations are.
+    wait_for_event(client, job.id, "on the validation file: evaluation")
 
 
 def test_dpo_continues_a_supervised_fine_tune_from_the_command_line(tuned, tmp_path, capsys, monkeypatch):
