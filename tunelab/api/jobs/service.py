@@ -121,7 +121,10 @@ class JobsService:
             if found["purpose"] != "fine-tune":
                 raise InvalidRequest(f"the file {file_id} has purpose {found['purpose']!r}; fine-tuning needs a "
                                      "file uploaded with purpose 'fine-tune'", param=param)
-            kind, line = detect_format(self.files.path(file_id))
+            try:
+                kind, line = detect_format(self.files.path(file_id))
+            except OSError:  # its bytes are gone: the worker's check fails the job, naming the file
+                kind, line = None, 0
             if kind and kind != expect:
                 method = "dpo" if expect == "preference" else "supervised"
                 raise InvalidRequest(f"the {param.replace('_', ' ')} {file_id} is in the {FORMATS[kind]} (line "
