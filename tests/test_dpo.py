@@ -19,11 +19,13 @@ from tunelab.train.config import parse_config, resolve
 from tunelab.train.metrics import DPO_COLUMNS
 from tunelab.train.preference import REFERENCE_FILE
 from tunelab.train.recipe import run, setup_model
-from conftest import upload, varied_chats, wait_for, write_jsonl
+from conftest import upload, varied_chats, wait_for, wait_for_event, write_jsonl
 
 PLACES = ["Lisbon", "Kyoto", "Cusco", "Hanoi", "Oslo", "Fez", "Quebec", "Hobart", "Tbilisi", "Cartagena",
           "Valletta", "Bergen", "Oaxaca", "Zanzibar", "Ljubljana", "Hoi An"]
-SYSTEM = "You are a travel assistant."
+# Long enough (> 16 tokens) that the pairs of a batch share it as a prefix computed once (train/prefix.py).
+SYSTEM = ("You are a travel assistant. Help people plan their trips: ask about their pace, their interests and their "
+          "budget, and never name hotels, restaurants or companies.")
 
 
 def pair(place: str, i: int = 0, *, preferred: str | None = None, non_preferred: str | None = None,
@@ -72,7 +74,7 @@ def data(tmp_path_factory):
 
 
 def dpo_config(tiny_model, data, out, **overrides):
-    values = dict(model=str(tiny_model), train_file=data[0], validation_file=data[1], objective="dpo", n_epochs=3,
+    values = dict(model=str(tiny_model), train_file=data[0], validation_file=data[1], objective="dpo", n_epochs=2,
                   batch_size=4, learning_rate_multiplier=10.0, seed=5, out=out)
     return parse_config(**{**values, **overrides})
 
@@ -84,7 +86,7 @@ def read_csv(path):
 
 @pytest.fixture(scope="module")
 def whole(tiny_model, data, tmp_path_factory):
-    """One uninterrupted DPO run (3 epochs of 3 steps), keeping its model's base tensors from before training."""
+    """One uninterrupted DPO run (2 epochs of 3 steps), keeping its model's base tensors from before training."""
     from tunelab.train import recipe
 
     kept = {}
@@ -108,7 +110,7 @@ def whole(tiny_model, data, tmp_path_factory):
 
 def test_dpo_loss_falls_margin_grows_and_base_weights_stay_identical(whole):
     out, result, reporter, kept = whole
-    assert not result.stopped_early and result.steps == 9
+    assert not result.stopped_early and result.steps == 6
     first, last = reporter.steps[0], reporter.steps[-1]
     # The first step starts from the reference itself: the log-ratios are 0, so the loss is log 2, the margin 0.
     assert first.train_loss == pytest.approx(0.693147, abs=1e-4) and abs(first.extra["train_reward_margin"]) < 1e-4
@@ -125,8 +127,8 @@ def test_dpo_loss_falls_margin_grows_and_base_weights_stay_identical(whole):
     assert lora_b and all(after[k].abs().sum() > 0 for k in lora_b)
 
     rows = read_csv(out / "results.csv")
-    assert list(rows[0]) == DPO_COLUMNS and len(rows) == 9
-    assert all(rows[i]["full_valid_loss"] and rows[i]["full_valid_reward_margin"] for i in (2, 5, 8))
+    assert list(rows[0]) == DPO_COLUMNS and len(rows) == 6
+    assert all(rows[i]["full_valid_loss"] and rows[i]["full_valid_reward_margin"] for i in (2, 5))
     reference = load_file(out / REFERENCE_FILE)
     assert reference["train"].shape == (12, 2) and reference["valid"].shape == (4, 2)
     assert (reference["train"] < 0).all()
@@ -227,6 +229,9 @@ def test_sdk_dpo_job_end_to_end_with_dpo_metrics(service, tmp_path):
     answer = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
                                             messages=[{"role": "user", "content": "Oslo?"}])
     assert answer.choices[0].message.content is not None
+    # After the job, the fine-tune is compared with its base on the validation pairs' prompts (the preferred
+    # answers as references), as a supervised job's validation conversations are.
+    wait_for_event(client, job.id, "on the validation file: evaluation")
 
 
 def test_dpo_continues_a_supervised_fine_tune_from_the_command_line(tuned, tmp_path, capsys, monkeypatch):

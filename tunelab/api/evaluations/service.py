@@ -139,9 +139,14 @@ class EvaluationsService:
         if not request.get("validation_file"):
             return
         prompts = []
+        pairs = request.get("method") == "dpo"  # preference pairs: the prompt, the preferred answer as reference
         for number, line in enumerate(self.files.path(request["validation_file"]).read_text(encoding="utf-8")
                                       .splitlines(), 1):
-            messages = json.loads(line)["messages"] if line.strip() else []
+            row = json.loads(line) if line.strip() else {}
+            if pairs and row:
+                answer = (row.get("preferred_output") or row.get("preferred_completion"))[0]
+                row = {"messages": [*row["input"]["messages"], answer]}
+            messages = row.get("messages", [])
             last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
             if last and messages[last - 1].get("role") == "user":
                 plain = [{k: m[k] for k in ("role", "content", "name") if k in m} for m in messages[:last]]
@@ -151,8 +156,9 @@ class EvaluationsService:
             return
         body = {"candidates": [request["model"], job["output_model"]], "prompts": prompts[:MAX_AUTO_PROMPTS],
                 "system": None, "seed": 42, "temperature": 0.7, "max_tokens": 256, "checks": None,
-                "validation_file": request["validation_file"], "style_file": request["training_file"],
-                "job_id": job_id}
+                # a DPO job's files are pairs, not chats: the chat files come from the model it started from
+                "validation_file": None if pairs else request["validation_file"],
+                "style_file": None if pairs else request["training_file"], "job_id": job_id}
 
         async def start() -> Evaluation:
             return self.create(body)
@@ -189,10 +195,14 @@ class EvaluationsService:
         for name in body["candidates"]:
             served = self.deployments.serving(name)
             model = (served[0]["model"] if served else name).split(":ckpt-step-")[0]
-            tuned = self.registry.fine_tuned(model)
-            job = self.queue.get(tuned["job_id"]) if tuned and tuned["job_id"] else None
+            while model:  # a DPO fine-tune's files are preference pairs: use those of the model it started from
+                tuned = self.registry.fine_tuned(model)
+                job = self.queue.get(tuned["job_id"]) if tuned and tuned["job_id"] else None
+                request = json.loads(job["request"]) if job else {}
+                if request.get("method") != "dpo":
+                    break
+                model = request["model"]
             if job:
-                request = json.loads(job["request"])
                 found.setdefault("style_file", request.get("training_file"))
                 found.setdefault("validation_file", request.get("validation_file"))
         return {key: body.get(key) or found.get(key) for key in ("style_file", "validation_file")}

@@ -131,8 +131,8 @@ class JobsService:
                                      "file uploaded with purpose 'fine-tune'", param=param)
             try:
                 kind, line = detect_format(self.files.path(file_id))
-            except OSError:  # its bytes are gone: the worker's check fails the job and says so
-                continue
+            except OSError:  # its bytes are gone: the worker's check fails the job, naming the file
+                kind, line = None, 0
             if kind and kind != expect:
                 method = "dpo" if expect == "preference" else "supervised"
                 raise InvalidRequest(f"the {param.replace('_', ' ')} {file_id} is in the {FORMATS[kind]} (line "

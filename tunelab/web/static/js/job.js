@@ -73,7 +73,10 @@ export async function render(main, { id, query }) {
     setPoints(accuracy, metrics);
     showRecommended(recommended, loss, job.recommended_checkpoint);
     lossCanvas.dataset.points = String(metrics.length);
-    replace(latest, last ? `Step ${last.step} of ${last.total_steps}: training loss ${number(last.train_loss)}, token accuracy ${number(last.train_mean_token_accuracy)}` +
+    const score = last?.train_reward_margin !== undefined // a DPO job: its margin, not a token accuracy
+      ? `reward margin ${number(last.train_reward_margin)}, reward accuracy ${number(last.train_reward_accuracy)}`
+      : `token accuracy ${number(last?.train_mean_token_accuracy)}`;
+    replace(latest, last ? `Step ${last.step} of ${last.total_steps}: training loss ${number(last.train_loss)}, ${score}` +
       (last.valid_loss !== undefined && last.valid_loss !== null ? `, validation loss ${number(last.valid_loss)}` : "") : "No metrics yet: they appear once training starts.");
     details(panels.Details, job, ordered, last);
     const lastMetrics = ordered.filter((e) => e.type === "metrics").pop();
