@@ -71,7 +71,10 @@ def page(server):
 
 def comparisons(http, seeds) -> list[dict]:
     created = [http.post("/evaluations", json={"candidates": ["tiny"], "prompts": PROMPTS, "seed": seed,
-                                               "system": "You are a travel assistant.", "max_tokens": 10}).json()["id"]
+                                               "system": "You are a travel assistant.", "max_tokens": 10,
+                                               # one check only: whether the tiny model's noise ends with a
+                                               # question (engagement) would decide if any answer can pass
+                                               "checks": ["even_words"]}).json()["id"]
                for seed in seeds]
     found = []
     for evaluation_id in created:

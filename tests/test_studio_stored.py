@@ -120,4 +120,4 @@ def test_clean_up_deletes_stored_completions_last(page, server):
     done = page.locator("ol.log li").all_inner_texts()
     assert [line.split()[1] for line in done][-2:] == ["stored", "stored"], done  # after the files
     assert client.chat.completions.list().data == []
-    expect(page.locator("p.empty", has_text="None.")).to_have_count(7)  # one per kind
+    expect(page.locator("p.empty", has_text="None.")).to_have_count(8)  # one per kind, evals included
