@@ -125,6 +125,9 @@ def test_several_reports_pool_their_answers_by_prompt_and_conversation():
     q1, q2 = mined.pairs
     assert (q1.preferred.evaluation, q1.preferred.seed, q1.non_preferred.seed) == ("eval-b", 2, 1)
     assert (q2.preferred.evaluation, q2.non_preferred.evaluation) == ("eval-a", "eval-b")
+    swapped = mine([seed2, seed1], names=["eval-b", "eval-a"])  # the order they are named in changes nothing
+    assert [(p.row(), p.preferred, p.non_preferred) for p in swapped.pairs] == \
+        [(p.row(), p.preferred, p.non_preferred) for p in mined.pairs]
     # another system message is another conversation: its answers do not pool with these
     other = report({"q1": {"ft": answer("Rome is lovely. What do you enjoy?")}}, system="Be brief.", candidates=["ft"])
     apart = mine([seed1, other])

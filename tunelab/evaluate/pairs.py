@@ -142,6 +142,8 @@ def mine(reports: Sequence[dict], *, checks: Sequence[str] | None = None, max_pe
     if max_per_prompt is not None and max_per_prompt < 1:
         raise InvalidRequest("max_per_prompt is at least 1", param="max_per_prompt")
     names = list(names) if names is not None else [None] * len(reports)
+    if all(names):  # the same comparisons give the same pairs, in whatever order they were named
+        reports, names = map(list, zip(*sorted(zip(reports, names), key=lambda pair: pair[1])))
     chosen = _choose(reports, checks, names)
     prompts, excluded, answers = _pool(reports, names, chosen)
     pairs, capped = [], 0
