@@ -20,6 +20,8 @@ from tunelab.train.metrics import DPO_COLUMNS
 from tunelab.train.preference import REFERENCE_FILE
 from tunelab.train.recipe import run, setup_model
 from conftest import upload, varied_chats, wait_for, wait_for_event, write_jsonl
+from test_cli import tunelab
+from test_train import Recorder
 
 PLACES = ["Lisbon", "Kyoto", "Cusco", "Hanoi", "Oslo", "Fez", "Quebec", "Hobart", "Tbilisi", "Cartagena",
           "Valletta", "Bergen", "Oaxaca", "Zanzibar", "Ljubljana", "Hoi An"]
@@ -42,29 +44,6 @@ def pair(place: str, i: int = 0, *, preferred: str | None = None, non_preferred:
 
 def pairs(n: int, start: int = 0) -> list[dict]:
     return [pair(PLACES[i % len(PLACES)], i) for i in range(start, start + n)]
-
-
-class Recorder:
-    def __init__(self, stop_after: int | None = None, stop: threading.Event | None = None):
-        self.steps, self.messages = [], []
-        self.stop_after, self.stop = stop_after, stop
-
-    def start(self, hyperparameters, total_steps, first_step):
-        self.hyperparameters = hyperparameters
-
-    def step(self, metrics):
-        self.steps.append(metrics)
-        if self.stop_after == metrics.step:
-            self.stop.set()
-
-    def message(self, text):
-        self.messages.append(text)
-
-    def checkpoint(self, step, path, metrics):
-        pass
-
-    def finish(self):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +217,6 @@ def test_dpo_continues_a_supervised_fine_tune_from_the_command_line(tuned, tmp_p
     """`tunelab jobs create --dpo` on an `ft:` model: the job trains from that fine-tune, which is its reference."""
     import re
 
-    from test_cli import tunelab
 
     service, sft_model = tuned
     monkeypatch.setenv("TUNELAB_BASE_URL", service.base_url.removesuffix("/v1"))
@@ -342,33 +320,22 @@ def test_the_files_api_report_knows_preference_files(service, tmp_path):
 
 
 def test_tunelab_data_check_on_preference_files(capsys, tiny_model, tmp_path):
-    from tunelab.cli.main import main
-
-    def tunelab(*argv):
-        try:
-            main(list(argv))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        captured = capsys.readouterr()
-        return code, captured.out + captured.err
-
     train_rows, valid_rows = checked_pairs()
     train = write_jsonl(tmp_path / "pairs.jsonl", train_rows)
     valid = write_jsonl(tmp_path / "valid.jsonl", valid_rows)
-    code, output = tunelab("data", "check", str(train), "--validation", str(valid), "--model", str(tiny_model))
+    code, output = tunelab(capsys, "data", "check", str(train), "--validation", str(valid), "--model", str(tiny_model))
     assert code == 1 and "error line 5 [invalid_output]" in output
     assert "line 5 [invalid_output]" in output and "[equal_answers]" in output
     assert "[train_validation_overlap]" in output and "preferred answer tokens: min" in output
 
     clean = write_jsonl(tmp_path / "clean.jsonl", pairs(12))
-    code, output = tunelab("data", "check", str(clean), "--model", str(tiny_model), "--json")
+    code, output = tunelab(capsys, "data", "check", str(clean), "--model", str(tiny_model), "--json")
     report = json.loads(output)
     assert code == 0 and report["ok"] and report["files"][0]["format"] == "preference"
     assert report["files"][0]["pairs"]["truncated_preferred"] == []
 
     mixed = write_jsonl(tmp_path / "mixed.jsonl", [json.dumps(r) for r in pairs(11)] + [json.dumps(varied_chats(1)[0])])
-    code, output = tunelab("data", "check", str(mixed), "--model", str(tiny_model))
+    code, output = tunelab(capsys, "data", "check", str(mixed), "--model", str(tiny_model))
     assert code == 1 and "line 12 [mixed_format]" in output
 
 
